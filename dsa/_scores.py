@@ -1,0 +1,133 @@
+"""Lightning-indexer scores: I[b,t,n] = sum_h w[b,t,h] * relu(q[b,t,h,:] . k[b,n,:]).
+
+Everything here is capture-safe: shapes depend only on tensor shapes (never on tensor values),
+lengths and positions stay on the device, and no Python branch looks at a tensor's contents.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["indexer_scores"]
+
+# `aten::bmm.dtype` (half inputs, float32 output) arrived in torch 2.8. It lets the head-weighted
+# sum accumulate and land in float32 without first writing a float32 copy of the [B*T, H, L]
+# logits, which is the largest tensor of the step. It has a CUDA kernel only and no autograd
+# formula, so the float32 fallback below stays the reference path.
+_HAS_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _is_integer(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_inputs(q: Tensor, k: Tensor, w: Tensor) -> None:
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, D]; got shape {tuple(q.shape)}")
+    batch, tokens, heads, dim = q.shape
+    if k.dim() != 3 or k.shape[0] != batch or k.shape[2] != dim:
+        raise ValueError(f"k must be [B={batch}, L, D={dim}]; got shape {tuple(k.shape)}")
+    if tuple(w.shape) != (batch, tokens, heads):
+        raise ValueError(f"w must be [B={batch}, T={tokens}, H={heads}]; got {tuple(w.shape)}")
+    if q.dtype != k.dtype:
+        raise TypeError(f"q and k must share a dtype; got {q.dtype} and {k.dtype}")
+    if not (q.device == k.device == w.device):
+        raise ValueError(f"q, k, w must share a device; got {q.device}, {k.device}, {w.device}")
+
+
+def _visible_limit(
+    seq_lens: Tensor | None,
+    causal_positions: Tensor | None,
+    batch: int,
+    tokens: int,
+    device: torch.device,
+) -> Tensor | None:
+    """Per-token count of visible keys, broadcastable to [B, T]; None when every key is visible.
+
+    Key n is visible to token t of row b iff n < seq_lens[b] (or seq_lens[b, t]) and, when
+    positions are given, n <= causal_positions[b, t]. Both bounds fold into one limit,
+    min(seq_len, position + 1), so the mask is a single comparison against arange(L).
+    """
+    limit: Tensor | None = None
+    if seq_lens is not None:
+        if seq_lens.device != device or not _is_integer(seq_lens):
+            raise TypeError(f"seq_lens must be an integer tensor on {device}")
+        if tuple(seq_lens.shape) == (batch,):
+            limit = seq_lens.view(batch, 1)
+        elif tuple(seq_lens.shape) == (batch, tokens):
+            limit = seq_lens
+        else:
+            raise ValueError(
+                f"seq_lens must be [B={batch}] or [B={batch}, T={tokens}]; "
+                f"got {tuple(seq_lens.shape)}"
+            )
+    if causal_positions is not None:
+        if causal_positions.device != device or not _is_integer(causal_positions):
+            raise TypeError(f"causal_positions must be an integer tensor on {device}")
+        if tuple(causal_positions.shape) == (tokens,):
+            upto = causal_positions.view(1, tokens) + 1
+        elif tuple(causal_positions.shape) == (batch, tokens):
+            upto = causal_positions + 1
+        else:
+            raise ValueError(
+                f"causal_positions must be [T={tokens}] or [B={batch}, T={tokens}]; "
+                f"got {tuple(causal_positions.shape)}"
+            )
+        limit = upto if limit is None else torch.minimum(limit, upto)
+    return limit
+
+
+def _weighted_relu_sum(weights: Tensor, logits: Tensor) -> Tensor:
+    """float32 result of bmm(weights [N, 1, H], logits [N, H, L]), accumulated in float32."""
+    if (
+        _HAS_BMM_OUT_DTYPE
+        and logits.is_cuda
+        and logits.dtype in _HALF_DTYPES
+        and weights.dtype == logits.dtype
+        and not (logits.requires_grad or weights.requires_grad)
+    ):
+        return torch.bmm(weights, logits, out_dtype=torch.float32)
+    return torch.bmm(weights.float(), logits.float())
+
+
+def indexer_scores(
+    q: Tensor,
+    k: Tensor,
+    w: Tensor,
+    *,
+    seq_lens: Tensor | None = None,
+    causal_positions: Tensor | None = None,
+) -> Tensor:
+    """Return the float32 index scores [B, T, L]; keys a token may not see score -inf.
+
+    Args:
+        q: index queries [B, T, H, D].
+        k: index keys [B, L, D], one key head shared by all H index heads. L is the static
+            buffer width (L_max), not the live length.
+        w: per-token head weights [B, T, H] (the model's ``weights_proj(x) * H**-0.5 * D**-0.5``).
+        seq_lens: integer device tensor, [B] (one length per row; 0 marks a padding row) or
+            [B, T] (one length per query token, for multi-token prediction). Key n is visible
+            iff n < length. Values above L mean "all of the buffer"; values <= 0 hide every key.
+        causal_positions: integer device tensor, [T] (shared by the batch) or [B, T]: the
+            absolute position of each query token. Key n is visible iff n <= position, which
+            is the prefill causal mask. Combined with ``seq_lens`` by taking the stricter bound.
+
+    q . k runs as one batched matmul in the input dtype (bf16 on GPU); relu applies per head;
+    the head-weighted sum accumulates in float32. No host reads, no value-dependent shapes.
+    """
+    _check_inputs(q, k, w)
+    batch, tokens, heads, dim = q.shape
+    length = k.shape[1]
+    # [B, T*H, D] @ [B, D, L] -> [B, T*H, L]: one GEMM reads the key cache once for all heads.
+    logits = torch.bmm(q.reshape(batch, tokens * heads, dim), k.transpose(1, 2))
+    logits = torch.relu_(logits).view(batch * tokens, heads, length)
+    weights = w.reshape(batch * tokens, 1, heads)
+    scores = _weighted_relu_sum(weights, logits).view(batch, tokens, length)
+
+    limit = _visible_limit(seq_lens, causal_positions, batch, tokens, q.device)
+    if limit is not None:
+        hidden = torch.arange(length, device=q.device) >= limit.unsqueeze(-1)
+        scores = scores.masked_fill_(hidden, float("-inf"))
+    return scores

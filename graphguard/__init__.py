@@ -1,0 +1,57 @@
+"""graphguard: safe CUDA-graph capture for PyTorch.
+
+Hazards (host syncs, pinned allocation, stream escapes, pageable copies, RNG reseeding, stale
+host scalars) are caught *before* the illegal call, reported as one structured diagnostic that
+names your line, and the process stays healthy. Without a GPU, audit mode finds the same hazards.
+"""
+
+from ._capture import Capture, capture
+from ._diagnostic import Diagnostic, TensorInfo
+from ._errors import (
+    ConfigError,
+    GraphGuardError,
+    HazardError,
+    HostBufferReadError,
+    HostSyncError,
+    NotCapturedError,
+    PageableCopyError,
+    PinnedAllocError,
+    RngStateError,
+    StaleHostScalarError,
+    StaleOutputError,
+    StreamEscapeError,
+)
+from ._guard import guard
+from ._log import disable_json_logs, enable_json_logs
+from ._rules import KINDS, RULES, Rule, get_rule
+from ._state import allow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "RULES",
+    "Capture",
+    "ConfigError",
+    "Diagnostic",
+    "GraphGuardError",
+    "HazardError",
+    "HostBufferReadError",
+    "HostSyncError",
+    "NotCapturedError",
+    "PageableCopyError",
+    "PinnedAllocError",
+    "Rule",
+    "RngStateError",
+    "StaleHostScalarError",
+    "StaleOutputError",
+    "StreamEscapeError",
+    "TensorInfo",
+    "__version__",
+    "allow",
+    "capture",
+    "disable_json_logs",
+    "enable_json_logs",
+    "get_rule",
+    "guard",
+]

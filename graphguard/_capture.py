@@ -1,0 +1,339 @@
+"""``graphguard.capture()``: a CUDA-graph capture region that refuses hazards before they happen.
+
+Capture mode mirrors ``torch.cuda.graph`` (synchronise, empty the cache, switch to a side
+stream, ``capture_begin``) but keeps the pieces in hand, so that when a hazard is found the
+capture can be *ended* cleanly instead of being invalidated by the illegal call: that is what
+keeps the process usable afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from ._diagnostic import Diagnostic
+from ._errors import ConfigError, GraphGuardError, HazardError, NotCapturedError
+from ._log import get_logger
+from ._session import guarded, new_state, overrides, trim_traceback
+from ._state import ON_HAZARD, register_global_capture, unregister_global_capture
+
+__all__ = ["MODES", "Capture", "capture", "validate_on_hazard"]
+
+MODES = ("auto", "capture", "audit")
+CAPTURE_ERROR_MODES = ("global", "thread_local", "relaxed")
+
+_capture_streams: dict[int, Any] = {}
+_capture_streams_lock = threading.Lock()
+
+
+def _default_capture_stream() -> Any:
+    """One side stream per device for captures (torch.cuda.graph keeps one too)."""
+    device = torch.cuda.current_device()
+    with _capture_streams_lock:
+        stream = _capture_streams.get(device)
+        if stream is None:
+            stream = _capture_streams[device] = torch.cuda.Stream()
+        return stream
+
+
+def _capture_begin_kwargs(pool: Any, capture_error_mode: str) -> dict[str, Any]:
+    """Keyword arguments for ``CUDAGraph.capture_begin``, feature-detected (they change often)."""
+    try:
+        params = inspect.signature(torch.cuda.CUDAGraph.capture_begin).parameters
+    except (TypeError, ValueError):  # a C signature: pass only what every release accepts
+        params = {}
+    kwargs: dict[str, Any] = {}
+    if pool is not None:
+        kwargs["pool"] = pool
+    if "capture_error_mode" in params:
+        kwargs["capture_error_mode"] = capture_error_mode
+    elif capture_error_mode != "global":
+        raise ConfigError(
+            f"capture_error_mode={capture_error_mode!r} needs a torch whose "
+            f"CUDAGraph.capture_begin accepts it (this one, {torch.__version__}, does not)"
+        )
+    return kwargs
+
+
+def validate_on_hazard(on_hazard: object) -> str:
+    if on_hazard not in ON_HAZARD:
+        raise ConfigError.bad_choice("on_hazard", on_hazard, ON_HAZARD)
+    return on_hazard  # type: ignore[return-value]
+
+
+def validate_label(label: object) -> str | None:
+    if label is not None and not isinstance(label, str):
+        raise ConfigError(f"label={label!r} is not valid; allowed values: a str or None")
+    return label
+
+
+class Capture:
+    """A capture region. Use it through :func:`capture`.
+
+    Attributes after the ``with`` block:
+
+    - ``mode``: "capture" or "audit" (what "auto" resolved to);
+    - ``graph``: the ``torch.cuda.CUDAGraph``, or ``None`` (audit mode, fallback, failure);
+    - ``hazards``: every diagnostic reported in the region (warn/fallback policies continue);
+    - ``fell_back``: whether a hazard ended the capture and the region finished eagerly.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "auto",
+        on_hazard: str = "raise",
+        label: str | None = None,
+        graph: Any = None,
+        pool: Any = None,
+        stream: Any = None,
+        capture_error_mode: str = "global",
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError.bad_choice("mode", mode, MODES)
+        self.on_hazard = validate_on_hazard(on_hazard)
+        self.label = validate_label(label)
+        if capture_error_mode not in CAPTURE_ERROR_MODES:
+            raise ConfigError.bad_choice(
+                "capture_error_mode", capture_error_mode, CAPTURE_ERROR_MODES
+            )
+        if graph is not None and not isinstance(graph, torch.cuda.CUDAGraph):
+            raise ConfigError(
+                f"graph={graph!r} is not valid; allowed values: a torch.cuda.CUDAGraph or None"
+            )
+        if stream is not None and not isinstance(stream, torch.cuda.Stream):
+            raise ConfigError(
+                f"stream={stream!r} is not valid; allowed values: a torch.cuda.Stream or None"
+            )
+        if pool is not None and not isinstance(pool, tuple):
+            raise ConfigError(
+                f"pool={pool!r} is not valid; allowed values: a handle from "
+                f"torch.cuda.graph_pool_handle() or CUDAGraph.pool(), or None"
+            )
+        self.requested_mode = mode
+        self.capture_error_mode = capture_error_mode
+        self._graph_arg = graph
+        self._pool = pool
+        self._stream_arg = stream
+        self.mode: str | None = None
+        self.graph: Any = None
+        self.hazards: list[Diagnostic] = []
+        self.fell_back = False
+        self.capturing = False
+        self._entered = False
+        self._stream_ctx: Any = None
+        self._stream: Any = None
+        self._ambient: Any = None
+        self._retired_graph: Any = None
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    # -- entering ---------------------------------------------------------------------------
+    def _resolve_mode(self) -> str:
+        if overrides.force_audit:
+            return "audit"
+        if self.requested_mode == "capture":
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "mode='capture' needs a CUDA device and torch.cuda.is_available() is False; "
+                    "use mode='auto' (audits without CUDA) or mode='audit'"
+                )
+            return "capture"
+        if self.requested_mode == "audit":
+            return "audit"
+        return "capture" if torch.cuda.is_available() else "audit"
+
+    def __enter__(self) -> Capture:
+        if self._entered:
+            raise GraphGuardError("a graphguard.capture() region can be entered only once")
+        self._entered = True
+        self.mode = self._resolve_mode()
+        get_logger().info(
+            "graphguard.capture.start",
+            mode=self.mode,
+            requested_mode=self.requested_mode,
+            label=self.label,
+            on_hazard=self.on_hazard,
+            cuda_available=torch.cuda.is_available(),
+        )
+        if self.mode == "capture":
+            self._begin_capture()
+        state = new_state(
+            on_hazard=self.on_hazard,
+            label=self.label,
+            region=self if self.mode == "capture" else None,
+        )
+        self._session = guarded(state)
+        try:
+            self._session.__enter__()
+        except BaseException:
+            self._end_capture(failed=True)
+            raise
+        self._state = state
+        return self
+
+    def _begin_capture(self) -> None:
+        graph = self._graph_arg if self._graph_arg is not None else torch.cuda.CUDAGraph()
+        kwargs = _capture_begin_kwargs(self._pool, self.capture_error_mode)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        self._ambient = torch.cuda.current_stream()
+        self._stream = self._stream_arg if self._stream_arg is not None else _default_capture_stream()
+        self._stream_ctx = torch.cuda.stream(self._stream)
+        self._stream_ctx.__enter__()
+        try:
+            graph.capture_begin(**kwargs)
+        except BaseException:
+            self._stream_ctx.__exit__(None, None, None)
+            raise
+        self.graph = graph
+        self.capturing = True
+        if self.capture_error_mode == "global":
+            register_global_capture(id(self), self.label, self)
+
+    # -- leaving ----------------------------------------------------------------------------
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            self._session.__exit__(exc_type, exc, tb)
+        finally:
+            self.hazards.extend(d for d in self._state.findings if d not in self.hazards)
+            end_error = self._end_capture(failed=exc_type is not None)
+        if isinstance(exc, HazardError):
+            trim_traceback(exc)
+        if exc is None and end_error is not None:
+            raise end_error
+        get_logger().info(
+            "graphguard.capture.end",
+            mode=self.mode,
+            label=self.label,
+            captured=self.graph is not None,
+            fell_back=self.fell_back,
+            hazards=len(self.hazards),
+        )
+        return False
+
+    def _end_capture(self, *, failed: bool) -> BaseException | None:
+        """End a recording capture, keep or discard its graph, restore the ambient stream."""
+        if self._stream_ctx is None:
+            return None
+        end_error: BaseException | None = None
+        with self._lock:
+            if self.capturing:
+                self.capturing = False
+                unregister_global_capture(id(self))
+                try:
+                    self.graph.capture_end()
+                except BaseException as e:  # an illegal call graphguard does not intercept
+                    end_error = e
+                if failed or end_error is not None:
+                    self._retire_graph()
+        self._stream_ctx.__exit__(None, None, None)
+        self._stream_ctx = None
+        # Anything that ran eagerly on the capture stream (a fallback) must be visible to work
+        # issued on the ambient stream after the region, as with any side stream.
+        self._ambient.wait_stream(self._stream)
+        return end_error
+
+    def _retire_graph(self) -> None:
+        # The graph is dropped from the public attribute but kept alive: tensors the region
+        # allocated live in its private memory pool, and the user may still hold them.
+        self._retired_graph = self.graph
+        self.graph = None
+
+    # -- called by the hazard policy ----------------------------------------------------------
+    def fall_back(self, diagnostic: Diagnostic) -> None:
+        """End the capture now, run what was recorded so far once, and continue eagerly."""
+        with self._lock:
+            if not self.capturing:
+                return
+            self.capturing = False
+            unregister_global_capture(id(self))
+            self.graph.capture_end()
+            # The work before the hazard was recorded, not run; running the recorded prefix
+            # once gives its tensors the values the eager continuation expects.
+            self.graph.replay()
+            self._retire_graph()
+            self.fell_back = True
+        get_logger().warning(
+            "graphguard.capture.fallback",
+            label=self.label,
+            code=diagnostic.code,
+            location=diagnostic.location,
+        )
+
+    def note_foreign_hazard(self, diagnostic: Diagnostic) -> None:
+        """Record a hazard another thread caused against this capture (see ``_patches``)."""
+        self.hazards.append(diagnostic)
+
+    # -- after the region -----------------------------------------------------------------------
+    def replay(self) -> None:
+        """Replay the captured graph.
+
+        Raises ``NotCapturedError`` when the region holds no graph: it ran in audit mode, fell
+        back to eager, failed, or has not finished yet. It is never a silent no-op.
+        """
+        graph = self.graph
+        if graph is None or self.capturing:
+            raise NotCapturedError(self._why_no_graph())
+        graph.replay()
+
+    def _why_no_graph(self) -> str:
+        label = f" {self.label!r}" if self.label else ""
+        if not self._entered:
+            return f"capture region{label} has not run yet; replay() needs a finished capture"
+        if self.capturing:
+            return f"capture region{label} is still recording; replay() after the with block"
+        if self.mode == "audit":
+            return (
+                f"capture region{label} ran in audit mode (no CUDA graph was recorded): run the "
+                f"step again to repeat it; on a GPU machine mode='auto' captures a graph"
+            )
+        if self.fell_back:
+            return (
+                f"capture region{label} fell back to eager at {self.hazards[0].location} "
+                f"({self.hazards[0].code}); there is no graph to replay: run the step again"
+            )
+        return f"capture region{label} failed; there is no graph to replay"
+
+    def __repr__(self) -> str:
+        return (
+            f"<graphguard.Capture label={self.label!r} mode={self.mode!r} "
+            f"captured={self.graph is not None} hazards={len(self.hazards)}>"
+        )
+
+
+def capture(
+    *,
+    mode: str = "auto",
+    on_hazard: str = "raise",
+    label: str | None = None,
+    graph: Any = None,
+    pool: Any = None,
+    stream: Any = None,
+    capture_error_mode: str = "global",
+) -> Capture:
+    """A guarded CUDA-graph capture region (``with graphguard.capture() as cap:``).
+
+    ``mode="auto"`` captures where CUDA is available and audits elsewhere; ``"capture"`` requires
+    CUDA; ``"audit"`` runs the body eagerly on any device and reports what would break or corrupt
+    a capture. ``graph``, ``pool``, ``stream`` and ``capture_error_mode`` are torch's own capture
+    options. ``on_hazard`` is "raise" (default), "warn" or "fallback"; see ``docs/contract.md``.
+    """
+    return Capture(
+        mode=mode,
+        on_hazard=on_hazard,
+        label=label,
+        graph=graph,
+        pool=pool,
+        stream=stream,
+        capture_error_mode=capture_error_mode,
+    )

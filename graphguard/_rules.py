@@ -1,0 +1,395 @@
+"""The hazard catalog: one table of rules read by the interceptors, the messages, the docs and the CLI.
+
+A rule is data. Interceptors name a rule by its code; the diagnostic takes title, why and fix
+from the rule; ``docs/rules/<code>.md`` is written from the same fields (``python -m graphguard
+rules --write-docs docs/rules`` regenerates the pages and a test checks they are current).
+
+Codes are ``GG`` plus three digits and are never reused: a retired rule keeps its code. The
+hundreds digit groups rules by kind; the kind strings are a public contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = ["KINDS", "RULES", "Rule", "get_rule", "iter_rules"]
+
+#: Public hazard kinds, in catalog order. New kinds are appended, never renamed.
+KINDS: tuple[str, ...] = (
+    "host-sync",
+    "pinned-alloc",
+    "stream-escape",
+    "pageable-copy",
+    "host-buffer-read",
+    "rng-state",
+    "stale-host-scalar",
+    "stale-output",
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One hazard rule: what it catches, why it breaks a capture and the capture-safe rewrite."""
+
+    code: str
+    kind: str
+    slug: str
+    title: str
+    why: str
+    fix: str
+    example: str
+    use_instead: str
+    #: What torch itself does with the hazard under a real capture (from measurements).
+    torch_behaviour: str
+
+    @property
+    def docs(self) -> str:
+        """Path of the rule's page, relative to the project root."""
+        return f"docs/rules/{self.code}.md"
+
+
+RULES: dict[str, Rule] = {}
+
+
+def _rule(**fields: str) -> None:
+    rule = Rule(**fields)
+    if rule.code in RULES:  # pragma: no cover - guards the table itself
+        raise AssertionError(f"duplicate rule code {rule.code}")
+    if rule.kind not in KINDS:  # pragma: no cover
+        raise AssertionError(f"rule {rule.code} has unknown kind {rule.kind!r}")
+    RULES[rule.code] = rule
+
+
+_POISONS = (
+    "torch fails with `cudaErrorStreamCaptureInvalidated` (\"operation failed due to a previous "
+    "error during capture\"), names no line, and leaves the process unusable: every later RNG "
+    "call raises \"Offset increment outside graph capture encountered unexpectedly\"."
+)
+
+# --- host-sync -------------------------------------------------------------------------------
+_rule(
+    code="GG101",
+    kind="host-sync",
+    slug="scalar-read",
+    title="a device value is read on the host",
+    why=(
+        "`.item()`, `int()`, `float()` and `complex()` of a device tensor copy the value to the "
+        "host and wait for the GPU. A CUDA graph records device work only; the host cannot wait "
+        "on work that is being recorded, not run, so the capture is invalidated."
+    ),
+    fix=(
+        "Keep the value on the device: use the tensor directly in later ops, validate with "
+        "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region."
+    ),
+    example="loss_value = loss.item()\nscale = float(grad_norm)",
+    use_instead="loss_buf.copy_(loss)          # read loss_buf.item() after replay()\n"
+    "scale = grad_norm             # keep it a device tensor",
+    torch_behaviour=_POISONS,
+)
+_rule(
+    code="GG102",
+    kind="host-sync",
+    slug="tensor-truth-value",
+    title="Python control flow on a device tensor",
+    why=(
+        "`if t:`, `assert t`, `while t.any():` and `bool(t)` turn a device value into a Python "
+        "bool, which needs the GPU's answer now. During capture nothing has run yet, so the "
+        "capture breaks; and even if it did not, a graph can replay only one branch."
+    ),
+    fix=(
+        "Make the choice on the device with `torch.where(cond, a, b)`, validate with "
+        "`torch._assert_async(cond)`, or move the decision outside the captured step."
+    ),
+    example="if (scores < 0).any():\n    scores = scores.clamp(min=0)\nassert torch.all(idx >= 0)",
+    use_instead="scores = torch.where(scores < 0, 0, scores)\n"
+    "torch._assert_async(torch.all(idx >= 0))",
+    torch_behaviour=_POISONS,
+)
+_rule(
+    code="GG103",
+    kind="host-sync",
+    slug="blocking-host-copy",
+    title="a device tensor is copied to the host",
+    why=(
+        "`.cpu()`, `.to('cpu')`, `.tolist()`, `.numpy()` and `np.asarray(t)` block until the GPU "
+        "has produced the data. Under capture the data does not exist yet."
+    ),
+    fix=(
+        "Copy into a preallocated device buffer inside the step and read it on the host after "
+        "`replay()`; or drop the read from the captured step."
+    ),
+    example="ids = logits.argmax(-1).tolist()",
+    use_instead="ids_buf.copy_(logits.argmax(-1))   # static device buffer\n"
+    "graph.replay(); ids = ids_buf.tolist()",
+    torch_behaviour=(
+        "torch raises \"Cannot copy between CPU and CUDA tensors during CUDA graph capture unless "
+        "the CPU tensor is pinned\" without naming a line; the process stays usable."
+    ),
+)
+_rule(
+    code="GG104",
+    kind="host-sync",
+    slug="tensor-print",
+    title="a device tensor is printed or formatted",
+    why=(
+        "`print(t)`, `str(t)`, `repr(t)` and f-strings of a tensor read its values on the host, "
+        "a blocking device-to-host copy that a capture cannot contain."
+    ),
+    fix="Log shapes and dtypes (`t.shape`, `t.dtype`) inside the step; print values after replay.",
+    example='print(f"logits: {logits[:2]}")',
+    use_instead='print(f"logits: shape={tuple(logits.shape)} dtype={logits.dtype}")',
+    torch_behaviour=_POISONS,
+)
+_rule(
+    code="GG105",
+    kind="host-sync",
+    slug="data-dependent-shape",
+    title="an op whose output shape depends on device data",
+    why=(
+        "`nonzero`, `argwhere`, `masked_select`, boolean-mask indexing (read and write), `unique`, "
+        "`repeat_interleave` without `output_size`, `bincount` and one-argument `torch.where` "
+        "must read device data to size their output. A graph has fixed shapes, and the read "
+        "is a host synchronisation."
+    ),
+    fix=(
+        "Keep shapes static: `torch.where(mask, x, fill)` instead of `x[mask]`, "
+        "`torch.nonzero_static(x, size=n)`, `repeat_interleave(..., output_size=n)`, or "
+        "`masked_fill_` instead of `x[mask] = v`."
+    ),
+    example="pos = x[x > 0]\nidx = mask.nonzero()",
+    use_instead="pos = torch.where(x > 0, x, 0)\n"
+    "idx = torch.nonzero_static(mask, size=max_hits, fill_value=-1)",
+    torch_behaviour=_POISONS,
+)
+_rule(
+    code="GG106",
+    kind="host-sync",
+    slug="host-comparison",
+    title="tensors compared into a Python bool",
+    why=(
+        "`torch.equal`, `torch.allclose` and `torch.is_nonzero` return a Python bool, so the host "
+        "must wait for the device reduction, which a capture cannot do."
+    ),
+    fix=(
+        "Compare on the device (`(a == b).all()`, `torch.isclose(a, b).all()`) and check with "
+        "`torch._assert_async`, or compare after replay."
+    ),
+    example="assert torch.equal(idx, ref_idx)",
+    use_instead="torch._assert_async((idx == ref_idx).all())",
+    torch_behaviour=_POISONS,
+)
+_rule(
+    code="GG107",
+    kind="host-sync",
+    slug="explicit-sync",
+    title="an explicit device synchronisation",
+    why=(
+        "`torch.cuda.synchronize()`, `Stream.synchronize()`, `Stream.query()`, "
+        "`Event.synchronize()`, `Event.query()` and `Event.elapsed_time()` wait for or ask about "
+        "work that, under capture, is recorded and not running."
+    ),
+    fix="Synchronise outside the captured region: before capture or after `replay()`.",
+    example="torch.cuda.synchronize()\nif done_event.query(): ...",
+    use_instead="graph.replay()\ntorch.cuda.synchronize()   # outside the captured step",
+    torch_behaviour=_POISONS,
+)
+
+# --- pinned-alloc ----------------------------------------------------------------------------
+_rule(
+    code="GG201",
+    kind="pinned-alloc",
+    slug="pinned-allocation",
+    title="pinned host memory allocated inside the region",
+    why=(
+        "`pin_memory=True` factories and `Tensor.pin_memory()` allocate page-locked host memory "
+        "with a host-side call that a graph does not record. torch lets it pass silently: the "
+        "buffer lives outside the graph's memory pool, and any copy the graph records keeps "
+        "pointing at this one allocation."
+    ),
+    fix="Allocate pinned staging buffers once, before capture, and reuse them.",
+    example="staging = torch.empty(n, pin_memory=True)",
+    use_instead="staging = torch.empty(n, pin_memory=True)   # before capture\n"
+    "with graphguard.capture():\n    out = step(x)",
+    torch_behaviour="Silent: capture and replay succeed.",
+)
+_rule(
+    code="GG202",
+    kind="pinned-alloc",
+    slug="nonblocking-device-to-host",
+    title="a non-blocking device-to-host copy allocates a pinned result",
+    why=(
+        "`t.to('cpu', non_blocking=True)` allocates a fresh pinned host tensor and records an "
+        "asynchronous copy into it. The host tensor is only valid after a synchronisation that "
+        "the captured step never performs, and the allocation is outside the graph."
+    ),
+    fix=(
+        "Copy into a pinned host buffer allocated before capture "
+        "(`host_buf.copy_(t, non_blocking=True)`), and read it after `replay()` and a sync."
+    ),
+    example="host = logits.to('cpu', non_blocking=True)",
+    use_instead="host_buf = torch.empty(shape, pin_memory=True)    # before capture\n"
+    "host_buf.copy_(logits, non_blocking=True)        # inside the step",
+    torch_behaviour="Silent: capture and replay succeed; the host copy is never synchronised.",
+)
+
+# --- stream-escape ---------------------------------------------------------------------------
+_rule(
+    code="GG301",
+    kind="stream-escape",
+    slug="uncaptured-stream",
+    title="work issued on a stream that is not being captured",
+    why=(
+        "A capture records only the capturing stream and streams that waited on it. Work issued "
+        "on the default stream, or on a side stream that never waited on the capture stream, "
+        "runs eagerly once during capture and is missing from the graph: replays silently skip it."
+    ),
+    fix=(
+        "Stay on the current stream inside the region, or fork a side stream properly: "
+        "`side.wait_stream(torch.cuda.current_stream())` before using it and "
+        "`torch.cuda.current_stream().wait_stream(side)` before the region ends."
+    ),
+    example="with torch.cuda.stream(torch.cuda.default_stream()):\n    y = x * 2",
+    use_instead="side.wait_stream(torch.cuda.current_stream())\n"
+    "with torch.cuda.stream(side):\n    y = x * 2\n"
+    "torch.cuda.current_stream().wait_stream(side)",
+    torch_behaviour="Silent: the work runs once during capture and is not in the graph.",
+)
+
+# --- pageable-copy ---------------------------------------------------------------------------
+_rule(
+    code="GG401",
+    kind="pageable-copy",
+    slug="pageable-host-to-device",
+    title="a host-to-device copy from pageable memory",
+    why=(
+        "A device tensor built from Python data (`torch.tensor([...], device='cuda')`), indexing "
+        "a device tensor with a Python list or a CPU tensor, and `.to('cuda')`/`.cuda()` of a "
+        "pageable CPU tensor all copy from pageable host memory, which CUDA cannot record."
+    ),
+    fix=(
+        "Create constants on the device before capture and reuse them; index with device "
+        "tensors; copy inputs into static device buffers before `replay()`."
+    ),
+    example="x = x + torch.tensor([1.0]).cuda()\nrows = table[[0, 2, 5]]",
+    use_instead="one = torch.ones(1, device='cuda')            # before capture\n"
+    "rows_idx = torch.tensor([0, 2, 5], device='cuda')  # before capture\n"
+    "x = x + one; rows = table[rows_idx]",
+    torch_behaviour=(
+        "torch raises \"Cannot copy between CPU and CUDA tensors during CUDA graph capture unless "
+        "the CPU tensor is pinned\" without naming a line; the process stays usable."
+    ),
+)
+
+# --- host-buffer-read ------------------------------------------------------------------------
+_rule(
+    code="GG402",
+    kind="host-buffer-read",
+    slug="pinned-host-to-device",
+    title="a copy from pinned host memory is recorded into the graph",
+    why=(
+        "A non-blocking copy from a pinned host tensor is recorded as a memcpy from that host "
+        "address. Every replay re-reads whatever the host buffer holds at that moment, with no "
+        "ordering against host writes: stale or torn inputs, silently."
+    ),
+    fix=(
+        "Copy host inputs into static device buffers before `replay()` (outside the graph). If "
+        "re-reading a dedicated pinned input buffer on every replay is intended, allow it at "
+        "that call site with `graphguard.allow('GG402')`."
+    ),
+    example="x_dev = pinned_batch.to('cuda', non_blocking=True)",
+    use_instead="static_x.copy_(pinned_batch, non_blocking=True)   # before replay\n"
+    "graph.replay()",
+    torch_behaviour="Silent: replay re-reads the host buffer, whatever it holds then.",
+)
+
+# --- rng-state -------------------------------------------------------------------------------
+_rule(
+    code="GG501",
+    kind="rng-state",
+    slug="rng-reseed",
+    title="the random generator is reseeded inside the region",
+    why=(
+        "A captured graph uses a seed and a device-side offset registered at capture. Reseeding "
+        "inside the region is either refused by torch or baked into the graph, so every replay "
+        "would draw the same numbers."
+    ),
+    fix="Seed once before capture; use `torch.Generator` objects registered with the graph.",
+    example="torch.manual_seed(step)",
+    use_instead="torch.manual_seed(0)        # once, before capture\n"
+    "g = torch.cuda.CUDAGraph(); g.register_generator_state(gen)",
+    torch_behaviour=(
+        "torch raises \"CUDAGeneratorImpl::set_current_seed can be called during stream capture "
+        "only if new seed is the same as the original seed\"; the process stays usable."
+    ),
+)
+_rule(
+    code="GG502",
+    kind="rng-state",
+    slug="rng-state-access",
+    title="generator state is read or set inside the region",
+    why=(
+        "`get_rng_state()`/`set_rng_state()` (torch and torch.cuda) read or overwrite the "
+        "generator's host-side seed and offset. Under capture the offset advances on the device "
+        "at replay, so the host snapshot is meaningless and a restore is baked or refused."
+    ),
+    fix="Save and restore generator state outside the captured region.",
+    example="state = torch.cuda.get_rng_state()\n...\ntorch.cuda.set_rng_state(state)",
+    use_instead="state = torch.cuda.get_rng_state()   # before capture or after replay",
+    torch_behaviour="Refused or baked, depending on the call; never reported with a line.",
+)
+
+# --- replay hazards (graphed steps) ------------------------------------------------------------
+_rule(
+    code="GG601",
+    kind="stale-host-scalar",
+    slug="stale-host-scalar",
+    title="a Python scalar baked into the graph has changed",
+    why=(
+        "A Python number consumed by captured work (a learning rate, a temperature, a step "
+        "count) is recorded as a constant. Changing it on the host afterwards does not change "
+        "the graph: every later replay silently uses the captured value."
+    ),
+    fix=(
+        "Keep values that change on the device (`capturable=True` optimizers, a 0-d device "
+        "tensor updated with `.fill_()` or `.copy_()` before replay), or re-capture when they change."
+    ),
+    example="opt = torch.optim.SGD(params, lr=0.1)\n"
+    "step = graphguard.graphed(train_step)\nsched.step()   # lr changes, graph keeps 0.1",
+    use_instead="lr = torch.tensor(0.1, device='cuda')\n"
+    "opt = torch.optim.Adam(params, lr=lr, capturable=True)",
+    torch_behaviour="Silent: replay keeps applying the captured value.",
+)
+_rule(
+    code="GG701",
+    kind="stale-output",
+    slug="stale-output",
+    title="a graph output was read after a later replay overwrote it",
+    why=(
+        "Graph outputs live in the graph's static memory. The next replay writes the same "
+        "memory, so a tensor kept from an earlier call now holds the newer call's values."
+    ),
+    fix=(
+        "Clone outputs you keep across calls (`out.clone()`), or ask graphguard for cloned "
+        "outputs with `graphed(..., clone_outputs=True)`."
+    ),
+    example="prev = step(x1)\ncur = step(x2)\nloss = (prev - cur).abs()   # prev was overwritten",
+    use_instead="prev = step(x1).clone()\ncur = step(x2)",
+    torch_behaviour="Silent: the old tensor holds the newer replay's values.",
+)
+
+
+def get_rule(code: str) -> Rule:
+    """The rule with ``code`` (case-insensitive); ``KeyError`` naming the known codes if absent."""
+    try:
+        return RULES[code.upper()]
+    except KeyError:
+        raise KeyError(f"unknown rule {code!r}; known rules: {', '.join(RULES)}") from None
+
+
+def iter_rules(kind: str | None = None) -> Iterator[Rule]:
+    """Rules in code order, optionally only those of one kind."""
+    for code in sorted(RULES):
+        rule = RULES[code]
+        if kind is None or rule.kind == kind:
+            yield rule

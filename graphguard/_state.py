@@ -1,0 +1,146 @@
+"""Who is guarded right now: the per-context guard stack, the allow-list and global captures.
+
+Everything here is per thread (``ContextVar``), except the registry of captures running in
+torch's default "global" error mode, which other threads must see: in that mode any thread's
+unsafe CUDA call breaks the capture.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError
+from ._rules import KINDS, RULES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ._diagnostic import Diagnostic
+
+__all__ = [
+    "ON_HAZARD",
+    "GuardState",
+    "active_global_captures",
+    "allow",
+    "current_state",
+    "is_allowed",
+    "pop_state",
+    "push_state",
+]
+
+ON_HAZARD = ("raise", "warn", "fallback")
+
+
+class Region:
+    """What a guard needs to know about the capture it runs in (implemented by ``Capture``)."""
+
+    label: str | None
+    capturing: bool  # True while a CUDA capture owned by graphguard is recording
+
+    def fall_back(self, diagnostic: Diagnostic) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class GuardState:
+    """One active guard: its policy, where it runs and what it found."""
+
+    on_hazard: str
+    label: str | None
+    #: "audit" (eager, no capture), "capture" (a capture is recording) or "eager" (fell back).
+    phase: str
+    #: The graphguard capture this guard runs in, if any.
+    region: Region | None = None
+    #: True when a capture not owned by graphguard (plain ``torch.cuda.graph``) is recording.
+    foreign_capture: bool = False
+    #: Audit on a machine without CUDA: CPU tensors stand for device tensors.
+    emulate: bool = False
+    #: Collect hazards instead of raising (``graphguard check`` runs programs this way).
+    collect: bool = False
+    findings: list[Diagnostic] = field(default_factory=list)
+    #: Tensors known to be genuine host tensors while emulating (id -> weakref).
+    host_ids: dict[int, Any] = field(default_factory=dict)
+    thread_name: str = field(default_factory=lambda: threading.current_thread().name)
+
+    @property
+    def effective_phase(self) -> str:
+        if self.region is not None:
+            return "capture" if self.region.capturing else "eager"
+        return "capture" if self.foreign_capture else self.phase
+
+
+_STACK: ContextVar[tuple[GuardState, ...]] = ContextVar("graphguard_guards", default=())
+_ALLOWED: ContextVar[frozenset[str]] = ContextVar("graphguard_allowed", default=frozenset())
+
+
+def current_state() -> GuardState | None:
+    """The innermost active guard in this thread/context, or ``None``."""
+    stack = _STACK.get()
+    return stack[-1] if stack else None
+
+
+def push_state(state: GuardState) -> Any:
+    return _STACK.set((*_STACK.get(), state))
+
+
+def pop_state(token: Any) -> None:
+    _STACK.reset(token)
+
+
+@contextmanager
+def allow(*codes_or_kinds: str) -> Iterator[None]:
+    """Allow known hazards inside the block: rule codes (``"GG402"``) or kinds (``"host-sync"``).
+
+    Allowed hazards are neither raised nor logged. Use it at the one call site that is known to
+    be safe, never around a whole step.
+    """
+    if not codes_or_kinds:
+        raise ConfigError("allow() needs at least one rule code or hazard kind")
+    normalized = set()
+    for item in codes_or_kinds:
+        if not isinstance(item, str):
+            raise ConfigError(f"allow() takes rule codes or kinds as strings, got {item!r}")
+        key = item.upper() if item.upper() in RULES else item
+        if key not in RULES and key not in KINDS:
+            raise ConfigError(
+                f"allow({item!r}): unknown rule code or kind; codes: {', '.join(RULES)}; "
+                f"kinds: {', '.join(KINDS)}"
+            )
+        normalized.add(key)
+    token = _ALLOWED.set(_ALLOWED.get() | normalized)
+    try:
+        yield
+    finally:
+        _ALLOWED.reset(token)
+
+
+def is_allowed(code: str, kind: str) -> bool:
+    allowed = _ALLOWED.get()
+    return bool(allowed) and (code in allowed or kind in allowed)
+
+
+# --- captures in "global" error mode, visible to every thread ---------------------------------
+_global_lock = threading.Lock()
+_global_captures: dict[int, tuple[str, str | None, Any]] = {}
+
+
+def register_global_capture(key: int, label: str | None, region: Any) -> None:
+    with _global_lock:
+        _global_captures[key] = (threading.current_thread().name, label, region)
+
+
+def unregister_global_capture(key: int) -> None:
+    with _global_lock:
+        _global_captures.pop(key, None)
+
+
+def active_global_captures() -> list[tuple[str, str | None, Any]]:
+    """(thread name, label, region) of every capture in "global" mode now recording."""
+    if not _global_captures:  # lock-free fast path: the common case is none
+        return []
+    with _global_lock:
+        return list(_global_captures.values())

@@ -1,0 +1,510 @@
+"""CPU tests of the DSA indexer workload: scores, top-k, mask update, module and hazard lines."""
+
+from __future__ import annotations
+
+import linecache
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import dsa
+from dsa import (
+    DSAIndexer,
+    indexer_scores,
+    select_topk,
+    unpatched_hazard_lines,
+    update_index_mask,
+    update_index_mask_unpatched,
+)
+
+NEG_INF = float("-inf")
+UPDATES: list[Callable[[Tensor, Tensor], Tensor]] = [update_index_mask, update_index_mask_unpatched]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_inputs(
+    batch: int, tokens: int, heads: int, dim: int, length: int, *, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Random fp32 q [B,T,H,D], k [B,L,D], w [B,T,H]; w has both signs, as in the model."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, tokens, heads, dim, generator=gen)
+    k = torch.randn(batch, length, dim, generator=gen)
+    w = torch.randn(batch, tokens, heads, generator=gen) * heads**-0.5 * dim**-0.5
+    return q, k, w
+
+
+def reference_scores(q: Tensor, k: Tensor, w: Tensor, limits: list[list[int]]) -> Tensor:
+    """float64 scores by explicit loops; limits[b][t] keys are visible to token t of row b."""
+    batch, tokens, heads, _ = q.shape
+    length = k.shape[1]
+    out = torch.empty(batch, tokens, length, dtype=torch.float64)
+    for b in range(batch):
+        for t in range(tokens):
+            row = torch.zeros(length, dtype=torch.float64)
+            for h in range(heads):
+                logits = k[b].double() @ q[b, t, h].double()
+                row += w[b, t, h].double() * logits.clamp_min(0)
+            row[max(limits[b][t], 0) :] = NEG_INF
+            out[b, t] = row
+    return out
+
+
+def reference_update(mask: Tensor, idx: Tensor) -> Tensor:
+    """Loop form of the mask contract: valid indices set 0, everything else untouched."""
+    out = mask.clone()
+    width = out.shape[-1]
+    flat_mask = out.view(-1, width)
+    flat_idx = idx.reshape(-1, idx.shape[-1])
+    for row in range(flat_mask.shape[0]):
+        for i in flat_idx[row].tolist():
+            if 0 <= i < width:
+                flat_mask[row, i] = 0.0
+    return out
+
+
+def reference_sets(ref: Tensor, k: int) -> list[list[set[int]]]:
+    """Expected selection sets from float64 scores: every visible key if few, else the top k."""
+    sets: list[list[set[int]]] = []
+    for b in range(ref.shape[0]):
+        sets.append([])
+        for t in range(ref.shape[1]):
+            row = ref[b, t]
+            visible = int(torch.isfinite(row).sum())
+            take = min(visible, k)
+            sets[b].append(set(row.topk(take).indices.tolist()) if take else set())
+    return sets
+
+
+def selected_sets(idx: Tensor) -> list[list[set[int]]]:
+    """Selections as sets per (b, t), sentinels dropped; fails on a duplicated pick."""
+    sets: list[list[set[int]]] = []
+    for b in range(idx.shape[0]):
+        sets.append([])
+        for t in range(idx.shape[1]):
+            picks = [i for i in idx[b, t].tolist() if i >= 0]
+            assert len(picks) == len(set(picks)), f"duplicate pick in row {b}, token {t}"
+            sets[b].append(set(picks))
+    return sets
+
+
+class HostReadRecorder(TorchDispatchMode):
+    """Records every aten op; the host-read ones are what breaks CUDA-graph capture."""
+
+    HOST_READS = frozenset({"aten._local_scalar_dense.default", "aten.nonzero.default"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def host_reads(self) -> list[str]:
+        return [op for op in self.ops if op in self.HOST_READS]
+
+
+@contextmanager
+def recording() -> Iterator[HostReadRecorder]:
+    with HostReadRecorder() as recorder:
+        yield recorder
+
+
+# --------------------------------------------------------------------------- public surface
+
+
+def test_all_is_sorted_and_lists_the_public_names() -> None:
+    """dsa.__all__ is sorted and names exactly the package's public attributes."""
+    public = {name for name in vars(dsa) if not name.startswith("_") and name != "annotations"}
+    assert dsa.__all__ == sorted(dsa.__all__)
+    assert set(dsa.__all__) == public
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def test_scores_match_float64_reference_small() -> None:
+    """Scores at B=2 H=4 D=32 L=64, seq_lens [64, 5], match a float64 loop reference."""
+    q, k, w = make_inputs(2, 1, 4, 32, 64, seed=0)
+    seq_lens = torch.tensor([64, 5])
+    got = indexer_scores(q, k, w, seq_lens=seq_lens)
+    ref = reference_scores(q, k, w, [[64], [5]])
+    assert got.dtype == torch.float32
+    assert (ref[torch.isfinite(ref)] < 0).any(), "negative scores must be covered"
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_scores_hide_keys_at_and_past_seq_len() -> None:
+    """Keys n >= seq_len score -inf and keys n < seq_len score finite values."""
+    q, k, w = make_inputs(4, 1, 4, 32, 128, seed=1)
+    seq_lens = torch.tensor([128, 16, 1, 0])
+    got = indexer_scores(q, k, w, seq_lens=seq_lens)
+    n = torch.arange(128)
+    for b, length in enumerate(seq_lens.tolist()):
+        assert torch.isfinite(got[b, 0]).tolist() == (n < length).tolist()
+
+
+def test_scores_without_lengths_see_every_key() -> None:
+    """With neither seq_lens nor positions every key scores a finite value."""
+    q, k, w = make_inputs(2, 3, 4, 16, 40, seed=2)
+    got = indexer_scores(q, k, w)
+    ref = reference_scores(q, k, w, [[40] * 3] * 2)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_scores_reject_float_seq_lens() -> None:
+    """A floating seq_lens tensor is refused before any work is done."""
+    q, k, w = make_inputs(2, 1, 4, 16, 32, seed=3)
+    with pytest.raises(TypeError, match="seq_lens"):
+        indexer_scores(q, k, w, seq_lens=torch.tensor([3.0, 4.0]))
+
+
+def test_scores_reject_mismatched_key_dim() -> None:
+    """A key cache whose head dim differs from q's is refused with a shape message."""
+    q, _, w = make_inputs(2, 1, 4, 16, 32, seed=4)
+    with pytest.raises(ValueError, match="k must be"):
+        indexer_scores(q, torch.randn(2, 32, 8), w)
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+def test_topk_matches_reference_sets_small() -> None:
+    """At B=2 L=64 k=8, seq_lens [64, 5], picks equal the float64 reference's top-k sets."""
+    q, k, w = make_inputs(2, 1, 4, 32, 64, seed=5)
+    idx = select_topk(indexer_scores(q, k, w, seq_lens=torch.tensor([64, 5])), 8)
+    ref = reference_scores(q, k, w, [[64], [5]])
+    assert idx.shape == (2, 1, 8) and idx.dtype == torch.int64
+    assert selected_sets(idx) == reference_sets(ref, 8)
+    assert idx[1, 0, 5:].tolist() == [-1, -1, -1]
+
+
+def test_ragged_rows_pick_min_of_length_and_k() -> None:
+    """Ragged B=4 L=128 k=16, seq_lens [128, 16, 1, 0], picks min(len, k) keys then sentinels."""
+    q, k, w = make_inputs(4, 1, 4, 32, 128, seed=6)
+    idx = select_topk(indexer_scores(q, k, w, seq_lens=torch.tensor([128, 16, 1, 0])), 16)
+    ref = reference_scores(q, k, w, [[128], [16], [1], [0]])
+    assert selected_sets(idx) == reference_sets(ref, 16)
+    assert (idx >= 0).sum(-1).flatten().tolist() == [16, 16, 1, 0]
+    # Sorted picks: every sentinel comes after every real pick.
+    assert idx[2, 0].tolist() == [0] + [-1] * 15
+    assert idx[3, 0].tolist() == [-1] * 16
+
+
+def test_topk_on_all_equal_scores_picks_k_distinct_visible_positions() -> None:
+    """With all-equal scores the picks are k distinct visible keys, compared as sets."""
+    scores = torch.zeros(3, 1, 64)
+    scores[1, 0, 5:] = NEG_INF
+    scores[2, 0, 20:] = NEG_INF
+    idx = select_topk(scores, 8)
+    sets = selected_sets(idx)
+    assert len(sets[0][0]) == 8 and sets[0][0] <= set(range(64))
+    assert sets[1][0] == set(range(5))
+    assert len(sets[2][0]) == 8 and sets[2][0] <= set(range(20))
+
+
+def test_k_larger_than_width_pads_with_sentinels() -> None:
+    """k=2048 over L=100 returns width 2048: every visible key, then -1 to the end."""
+    q, k, w = make_inputs(2, 1, 4, 32, 100, seed=7)
+    idx = select_topk(indexer_scores(q, k, w, seq_lens=torch.tensor([100, 37])), 2048)
+    assert idx.shape == (2, 1, 2048)
+    assert selected_sets(idx) == [[set(range(100))], [set(range(37))]]
+    assert (idx[0, 0, 100:] == -1).all() and (idx[1, 0, 37:] == -1).all()
+
+
+def test_nonfinite_scores_are_never_picked() -> None:
+    """NaN and +inf scores take their top slots but come back as -1 sentinels, never as picks."""
+    scores = torch.tensor([[[1.0, float("nan"), 3.0, float("inf"), NEG_INF, 2.0]]])
+    idx = select_topk(scores, 4)
+    assert selected_sets(idx) == [[{2, 5}]]
+    assert (idx == -1).sum() == 2
+
+
+def test_select_topk_rejects_nonpositive_k() -> None:
+    """k < 1 is refused with a ValueError."""
+    with pytest.raises(ValueError, match="k must be"):
+        select_topk(torch.zeros(1, 1, 4), 0)
+
+
+# --------------------------------------------------------------------------- mask update
+
+HAND_L = 16
+HAND_IDX = torch.tensor(
+    [
+        [0, -1, -5, HAND_L, HAND_L + 7, 3],
+        [-1, -1, -1, -1, -1, -1],
+        [HAND_L - 1, HAND_L, -5, 0, 0, HAND_L + 7],
+        [-5, HAND_L + 7, 9, -1, 9, HAND_L],
+    ]
+)
+HAND_FINITE = [{0, 3}, set(), {0, HAND_L - 1}, {9}]
+
+
+@pytest.mark.parametrize("update", UPDATES, ids=["patched", "unpatched"])
+def test_hand_built_indices_give_the_expected_mask(update: Callable[..., Tensor]) -> None:
+    """Rows mixing 0, -1, -5, L and L+7 zero exactly their valid positions of a fresh mask."""
+    mask = torch.full((4, HAND_L), NEG_INF)
+    out = update(mask, HAND_IDX)
+    for row, expected in enumerate(HAND_FINITE):
+        finite = {i for i in range(HAND_L) if torch.isfinite(out[row, i])}
+        assert finite == expected
+    assert (out[torch.isfinite(out)] == 0).all()
+
+
+def test_out_of_range_indices_never_address_memory() -> None:
+    """Indices L and L+7, which a plain scatter rejects, pass through the update unharmed."""
+    mask = torch.full((4, HAND_L), NEG_INF)
+    with pytest.raises(RuntimeError):
+        mask.clone().scatter_(-1, HAND_IDX.clamp_min(0), 0.0)
+    torch.testing.assert_close(update_index_mask(mask, HAND_IDX), reference_update(mask, HAND_IDX))
+
+
+def test_update_is_in_place_and_returns_the_mask() -> None:
+    """The update writes into the given tensor and returns that same tensor."""
+    mask = torch.full((2, 8), NEG_INF)
+    out = update_index_mask(mask, torch.tensor([[1, -1], [7, 8]]))
+    assert out is mask
+    assert torch.isfinite(mask).nonzero().tolist() == [[0, 1], [1, 7]]
+
+
+def test_update_writes_through_a_non_contiguous_view() -> None:
+    """A strided view of a larger mask is updated in place, leaving the rest untouched."""
+    storage = torch.full((4, 12), NEG_INF)
+    view = storage[::2, 2:10]
+    update_index_mask(view, torch.tensor([[0, 7, -1], [3, 8, 3]]))
+    expected = torch.full((4, 12), NEG_INF)
+    expected[0, 2] = expected[0, 9] = expected[2, 5] = 0.0
+    torch.testing.assert_close(storage, expected)
+
+
+def test_update_accepts_int32_indices() -> None:
+    """int32 indices give the same mask as int64 indices."""
+    mask = torch.full((4, HAND_L), NEG_INF)
+    got = update_index_mask(mask.clone(), HAND_IDX.int())
+    torch.testing.assert_close(got, reference_update(mask, HAND_IDX))
+
+
+def test_update_rejects_mismatched_leading_dims() -> None:
+    """Indices whose leading dims differ from the mask's are refused."""
+    with pytest.raises(ValueError, match="leading dims"):
+        update_index_mask(torch.zeros(2, 8), torch.zeros(3, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("update", UPDATES, ids=["patched", "unpatched"])
+def test_prefilled_zero_inf_mask_keeps_existing_zeros(update: Callable[..., Tensor]) -> None:
+    """On a {-inf, 0} mask, earlier zeros stay 0 and newly selected positions become 0."""
+    mask = torch.full((2, 10), NEG_INF)
+    mask[0, 2] = mask[1, 9] = 0.0
+    idx = torch.tensor([[5, -1, 2], [0, 10, -3]])
+    out = update(mask.clone(), idx)
+    assert torch.isfinite(out).nonzero().tolist() == [[0, 2], [0, 5], [1, 0], [1, 9]]
+    torch.testing.assert_close(out, reference_update(mask, idx))
+
+
+@pytest.mark.parametrize("update", UPDATES, ids=["patched", "unpatched"])
+def test_prefilled_arbitrary_mask_selected_become_exactly_zero(
+    update: Callable[..., Tensor],
+) -> None:
+    """Selected positions become exactly 0 even if they held positive values; others keep theirs."""
+    mask = torch.tensor([[5.0, -2.0, 3.5, NEG_INF, 0.25, 9.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    idx = torch.tensor([[0, 2, 3, -1], [5, 6, -2, 5]])
+    out = update(mask.clone(), idx)
+    expected = torch.tensor([[0.0, -2.0, 0.0, 0.0, 0.25, 9.0], [1.0, 2.0, 3.0, 4.0, 5.0, 0.0]])
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("update", UPDATES, ids=["patched", "unpatched"])
+def test_sentinels_do_not_touch_position_zero(update: Callable[..., Tensor]) -> None:
+    """A row picking position 0 among sentinels zeroes it; a row of only sentinels leaves it."""
+    mask = torch.full((2, 6), 7.0)
+    idx = torch.tensor([[0, -1, -1, -1], [-1, -1, 4, -1]])
+    out = update(mask, idx)
+    expected = torch.tensor([[0.0, 7, 7, 7, 7, 7], [7.0, 7, 7, 7, 0, 7]])
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_draws_patched_equals_unpatched_and_reference(seed: int) -> None:
+    """On random masks and random indices (invalid ones included) both updates equal the loop."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, tokens, width, k = 3, 2, 33, 12
+    mask = torch.randn(batch, tokens, width, generator=gen)
+    mask[torch.rand(batch, tokens, width, generator=gen) < 0.4] = NEG_INF
+    mask[torch.rand(batch, tokens, width, generator=gen) < 0.2] = 0.0
+    idx = torch.randint(-width - 3, 2 * width, (batch, tokens, k), generator=gen)
+    idx[0, 0] = -1  # one row of sentinels only
+    expected = reference_update(mask, idx)
+    patched = update_index_mask(mask.clone(), idx)
+    unpatched = update_index_mask_unpatched(mask.clone(), idx)
+    torch.testing.assert_close(patched, expected)
+    torch.testing.assert_close(unpatched, patched)
+    assert torch.equal(patched[0, 0], mask[0, 0])
+
+
+def test_unpatched_fast_path_equals_patched() -> None:
+    """When every index is valid the unpatched fast scatter path matches the patched update."""
+    gen = torch.Generator().manual_seed(11)
+    mask = torch.randn(4, 50, generator=gen)
+    idx = torch.randint(0, 50, (4, 9), generator=gen)
+    torch.testing.assert_close(
+        update_index_mask_unpatched(mask.clone(), idx), update_index_mask(mask.clone(), idx)
+    )
+
+
+# --------------------------------------------------------------------------- capture safety
+
+
+def test_patched_step_reads_nothing_back_to_host() -> None:
+    """The patched module step (scores, top-k, update) dispatches no host-read op."""
+    q, k, w = make_inputs(2, 4, 4, 16, 32, seed=12)
+    indexer = DSAIndexer(4, 16, topk=8)
+    with recording() as recorder:
+        indexer(q, k, w, torch.tensor([32, 3]), causal_positions=torch.arange(4) + 10)
+    assert "aten.topk.default" in recorder.ops
+    assert recorder.host_reads == []
+
+
+def test_unpatched_update_reads_back_exactly_twice() -> None:
+    """The unpatched update makes exactly two host reads: the validation and the branch."""
+    with recording() as recorder:
+        update_index_mask_unpatched(torch.zeros(2, 8), torch.tensor([[0, -1], [3, 9]]))
+    assert recorder.host_reads == ["aten._local_scalar_dense.default"] * 2
+
+
+def test_hazard_lines_point_at_the_marked_lines() -> None:
+    """unpatched_hazard_lines names the assert line and the if line carrying the markers."""
+    lines = unpatched_hazard_lines()
+    validation = linecache.getline(lines.file, lines.validation)
+    branch = linecache.getline(lines.file, lines.branch)
+    assert validation.rstrip().endswith("# dsa: validation")
+    assert validation.strip().startswith("assert torch.all(")
+    assert branch.rstrip().endswith("# dsa: branch")
+    assert branch.strip().startswith("if torch.any(")
+    assert lines.as_dict() == {"validation": lines.validation, "branch": lines.branch}
+
+
+def test_hazard_lines_file_is_the_code_filename() -> None:
+    """The reported file is the co_filename that frames of the unpatched update carry."""
+    lines = unpatched_hazard_lines()
+    assert lines.file == update_index_mask_unpatched.__code__.co_filename
+    assert lines.file.endswith("_mask.py")
+    code = update_index_mask_unpatched.__code__
+    assert code.co_firstlineno < lines.validation < lines.branch
+
+
+# --------------------------------------------------------------------------- module
+
+
+def test_full_geometry_matches_reference() -> None:
+    """At H=64 D=128 L=256, scores match float64 and top-64 picks equal the reference sets."""
+    q, k, w = make_inputs(2, 1, 64, 128, 256, seed=13)
+    seq_lens = torch.tensor([256, 200])
+    scores = indexer_scores(q, k, w, seq_lens=seq_lens)
+    ref = reference_scores(q, k, w, [[256], [200]])
+    torch.testing.assert_close(scores.double(), ref, rtol=1e-5, atol=1e-5)
+    out = DSAIndexer(topk=64)(q, k, w, seq_lens)
+    assert selected_sets(out.indices) == reference_sets(ref, 64)
+    assert (torch.isfinite(out.mask).sum(-1) == 64).all()
+
+
+def test_default_geometry_selects_every_visible_key_below_topk() -> None:
+    """The default DSAIndexer (H=64, D=128, topk=2048) at L=256 selects every visible key."""
+    q, k, w = make_inputs(2, 1, 64, 128, 256, seed=14)
+    out = DSAIndexer()(q, k, w, torch.tensor([256, 77]))
+    assert out.indices.shape == (2, 1, 2048)
+    assert torch.isfinite(out.mask[0, 0]).all()
+    assert torch.isfinite(out.mask[1, 0]).tolist() == [n < 77 for n in range(256)]
+
+
+def test_padding_row_policy_all_inf_mask_and_row_has_keys_false() -> None:
+    """A seq_len-0 row keeps an all -inf mask and all -1 indices and reports no keys."""
+    q, k, w = make_inputs(4, 1, 4, 32, 128, seed=15)
+    out = DSAIndexer(4, 32, topk=16)(q, k, w, torch.tensor([128, 16, 1, 0]))
+    assert out.row_has_keys.tolist() == [[True], [True], [True], [False]]
+    assert (out.mask[3] == NEG_INF).all()
+    assert (out.indices[3] == -1).all()
+    # The row's softmax is NaN, which is why row_has_keys exists; zeroing it needs no host read.
+    probs = torch.softmax(out.mask, dim=-1)
+    assert torch.isnan(probs[3]).all() and not torch.isnan(probs[:3]).any()
+    safe = torch.where(out.row_has_keys[..., None], probs, 0.0)
+    assert (safe[3] == 0).all() and torch.equal(safe[:3], probs[:3])
+
+
+def test_prefill_causal_scores_hide_future_keys() -> None:
+    """In prefill, token t scores keys n <= t finite and keys n > t -inf."""
+    q, k, w = make_inputs(1, 12, 4, 16, 12, seed=16)
+    got = indexer_scores(q, k, w, causal_positions=torch.arange(12))
+    ref = reference_scores(q, k, w, [[t + 1 for t in range(12)]])
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.isfinite(got[0]), torch.ones(12, 12, dtype=torch.bool).tril())
+
+
+def test_prefill_causal_selection_stays_in_each_prefix() -> None:
+    """Prefill token t picks min(t + 1, k) keys, the reference top-k of keys 0..t."""
+    q, k, w = make_inputs(1, 32, 4, 16, 32, seed=17)
+    out = DSAIndexer(4, 16, topk=8)(q, k, w, causal_positions=torch.arange(32))
+    ref = reference_scores(q, k, w, [[t + 1 for t in range(32)]])
+    assert selected_sets(out.indices) == reference_sets(ref, 8)
+    counts = torch.isfinite(out.mask[0]).sum(-1).tolist()
+    assert counts == [min(t + 1, 8) for t in range(32)]
+    assert not torch.isfinite(out.mask[0]).triu(diagonal=1).any()
+
+
+def test_chunked_prefill_takes_the_stricter_of_length_and_position() -> None:
+    """Positions [B, T] and seq_lens [B] combine as min(seq_len, position + 1) visible keys."""
+    q, k, w = make_inputs(2, 4, 4, 16, 64, seed=18)
+    positions = torch.tensor([[40, 41, 42, 43], [40, 41, 42, 43]])
+    seq_lens = torch.tensor([64, 42])
+    got = indexer_scores(q, k, w, seq_lens=seq_lens, causal_positions=positions)
+    limits = [[41, 42, 43, 44], [41, 42, 42, 42]]
+    torch.testing.assert_close(
+        got.double(), reference_scores(q, k, w, limits), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_multi_token_rows_use_per_token_lengths() -> None:
+    """Two query tokens per row with seq_lens [B, 2] each see their own number of keys."""
+    q, k, w = make_inputs(3, 2, 4, 16, 24, seed=19)
+    seq_lens = torch.tensor([[23, 24], [9, 10], [0, 1]])
+    out = DSAIndexer(4, 16, topk=12)(q, k, w, seq_lens)
+    ref = reference_scores(q, k, w, seq_lens.tolist())
+    assert selected_sets(out.indices) == reference_sets(ref, 12)
+    assert torch.isfinite(out.mask).sum(-1).tolist() == [[12, 12], [9, 10], [0, 1]]
+    assert out.row_has_keys.tolist() == [[True, True], [True, True], [False, True]]
+
+
+def test_patched_and_unpatched_indexer_give_identical_outputs() -> None:
+    """DSAIndexer with patched=False returns the same indices, mask and flags as patched=True."""
+    q, k, w = make_inputs(4, 1, 4, 32, 128, seed=20)
+    seq_lens = torch.tensor([128, 16, 1, 0])
+    patched = DSAIndexer(4, 32, topk=16)(q, k, w, seq_lens)
+    unpatched = DSAIndexer(4, 32, topk=16, patched=False)(q, k, w, seq_lens)
+    assert torch.equal(patched.indices, unpatched.indices)
+    assert torch.equal(patched.mask, unpatched.mask)
+    assert torch.equal(patched.row_has_keys, unpatched.row_has_keys)
+
+
+def test_indexer_overwrites_the_given_mask_buffer() -> None:
+    """A passed-in mask buffer is refilled and returned, so stale values never leak through."""
+    q, k, w = make_inputs(2, 1, 4, 16, 32, seed=21)
+    seq_lens = torch.tensor([32, 5])
+    buffer = torch.full((2, 1, 32), 123.0)
+    out = DSAIndexer(4, 16, topk=8)(q, k, w, seq_lens, buffer)
+    fresh = DSAIndexer(4, 16, topk=8)(q, k, w, seq_lens)
+    assert out.mask is buffer
+    assert torch.equal(buffer, fresh.mask)
+
+
+def test_indexer_rejects_wrong_head_geometry() -> None:
+    """q whose head count differs from the module's n_heads is refused."""
+    q, k, w = make_inputs(1, 1, 4, 16, 8, seed=22)
+    with pytest.raises(ValueError, match="q must be"):
+        DSAIndexer(8, 16, topk=4)(q, k, w)
