@@ -36,6 +36,7 @@ class DSAIndexer(nn.Module):
     Decode: T = 1 and ``seq_lens[b]`` counts the keys of row b (the current token included).
     Prefill: T > 1 and ``causal_positions[t]`` (or ``[b, t]``) is token t's absolute position;
     key n is visible iff n <= position (and n < seq_len when ``seq_lens`` is given too).
+    Equivalently, pass ``seq_lens`` of shape [B, T] holding position + 1 for each token.
     Multi-token prediction: ``seq_lens`` of shape [B, T] gives each token its own length.
 
     All-invalid rows (policy): a token that can see no key (a padding row with seq_len 0, or

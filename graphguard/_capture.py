@@ -8,6 +8,7 @@ keeps the process usable afterwards.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import threading
 from types import TracebackType
@@ -129,6 +130,7 @@ class Capture:
         self._stream: Any = None
         self._ambient: Any = None
         self._retired_graph: Any = None
+        self._gc_was_enabled = False
         self._session: Any = None
         self._lock = threading.Lock()
 
@@ -181,6 +183,14 @@ class Capture:
         kwargs = _capture_begin_kwargs(self._pool, self.capture_error_mode)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        host_empty_cache = getattr(torch._C, "_host_emptyCache", None)
+        if host_empty_cache is not None:
+            host_empty_cache()
+        # A cyclic garbage collection during capture runs destructors at random points, and
+        # freeing pinned host memory or CUDA events queries events: in "global" mode that
+        # invalidates the capture. Collection is paused for the region and resumed after it.
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
         self._ambient = torch.cuda.current_stream()
         self._stream = self._stream_arg if self._stream_arg is not None else _default_capture_stream()
         self._stream_ctx = torch.cuda.stream(self._stream)
@@ -189,6 +199,8 @@ class Capture:
             graph.capture_begin(**kwargs)
         except BaseException:
             self._stream_ctx.__exit__(None, None, None)
+            self._stream_ctx = None
+            self._resume_gc()
             raise
         self.graph = graph
         self.capturing = True
@@ -238,10 +250,16 @@ class Capture:
                     self._retire_graph()
         self._stream_ctx.__exit__(None, None, None)
         self._stream_ctx = None
+        self._resume_gc()
         # Anything that ran eagerly on the capture stream (a fallback) must be visible to work
         # issued on the ambient stream after the region, as with any side stream.
         self._ambient.wait_stream(self._stream)
         return end_error
+
+    def _resume_gc(self) -> None:
+        if self._gc_was_enabled:
+            gc.enable()
+            self._gc_was_enabled = False
 
     def _retire_graph(self) -> None:
         # The graph is dropped from the public attribute but kept alive: tensors the region

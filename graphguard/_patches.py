@@ -213,7 +213,21 @@ def installed_targets() -> list[tuple[Any, str]]:
     return [(t.owner, t.name) for t in _targets()]
 
 
+def _settle_torch_lazy_wrappers() -> None:
+    """Import ``torch._dynamo`` before wrapping anything.
+
+    Importing it rebinds ``torch.manual_seed`` to a dynamo-disabled wrapper. If that first import
+    happened while our wrapper was installed (torch imports it lazily, for example on the first
+    call of some modules), torch would wrap *our* wrapper and we could not restore the attribute.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # pragma: no cover - builds without dynamo have nothing to settle
+        pass
+
+
 def _install() -> None:
+    _settle_torch_lazy_wrappers()
     for target in _targets():
         owner_dict = vars(target.owner)
         had_own = target.name in owner_dict

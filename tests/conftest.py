@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  (rebinds torch.manual_seed on import; settle it before snapshots)
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -15,3 +16,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _torch_snapshot() -> dict[tuple[int, str], object]:
+    from graphguard import _patches
+
+    return {
+        (id(owner), name): vars(owner).get(name, "<inherited>")
+        for owner, name in _patches.installed_targets()
+    }
+
+
+@pytest.fixture(autouse=True)
+def torch_is_pristine():
+    """After every test, every torch attribute graphguard may wrap is what it was before."""
+    before = _torch_snapshot()
+    yield
+    from graphguard import _patches
+
+    assert not _patches.is_installed(), "graphguard patches are still installed"
+    assert _torch_snapshot() == before, "a torch attribute was left patched"
+    assert "pin_memory" not in vars(torch.Tensor), "Tensor.pin_memory shadow left behind"
+    assert torch._C._len_torch_function_stack() == 0, "a torch function mode was left active"
+
+
+@pytest.fixture
+def ctx():
+    """A step context: a 1024-element float tensor on the GPU, or on the CPU standing for one."""
+    from hazard_cases import Ctx
+
+    x = torch.randn(1024, generator=torch.Generator().manual_seed(0))
+    return Ctx(x=x.cuda() if HAS_CUDA else x)

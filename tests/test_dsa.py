@@ -458,6 +458,16 @@ def test_prefill_causal_selection_stays_in_each_prefix() -> None:
     assert not torch.isfinite(out.mask[0]).triu(diagonal=1).any()
 
 
+def test_per_token_lengths_of_position_plus_one_equal_causal_positions() -> None:
+    """seq_lens [B, T] holding position + 1 gives the same scores as causal_positions."""
+    q, k, w = make_inputs(2, 6, 4, 16, 10, seed=23)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9]])
+    by_positions = indexer_scores(q, k, w, causal_positions=positions)
+    by_lengths = indexer_scores(q, k, w, seq_lens=positions + 1)
+    assert torch.equal(by_positions, by_lengths)
+    assert torch.isfinite(by_lengths).sum(-1).tolist() == (positions + 1).tolist()
+
+
 def test_chunked_prefill_takes_the_stricter_of_length_and_position() -> None:
     """Positions [B, T] and seq_lens [B] combine as min(seq_len, position + 1) visible keys."""
     q, k, w = make_inputs(2, 4, 4, 16, 64, seed=18)

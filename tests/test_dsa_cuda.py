@@ -43,9 +43,7 @@ def assert_same_selection(replayed: IndexerOutput, eager: IndexerOutput) -> None
     """Same finite mask pattern, same selected sets per row, same row flags (order may differ)."""
     assert torch.equal(torch.isfinite(replayed.mask), torch.isfinite(eager.mask))
     assert (replayed.mask[torch.isfinite(replayed.mask)] == 0).all()
-    assert torch.equal(
-        replayed.indices.sort(dim=-1).values, eager.indices.sort(dim=-1).values
-    )
+    assert torch.equal(replayed.indices.sort(dim=-1).values, eager.indices.sort(dim=-1).values)
     assert torch.equal(replayed.row_has_keys, eager.row_has_keys)
 
 
@@ -98,6 +96,25 @@ def test_decode_graph_replay_matches_eager_across_lengths() -> None:
         assert out.row_has_keys.flatten().tolist() == [n > 0 for n in lens]
 
 
+def test_graph_with_topk_wider_than_the_buffer_pads_with_sentinels() -> None:
+    """Captured with k=2048 over L=1000, replays keep width k: every visible key, then -1."""
+    batch, length = 2, 1000
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    indexer = DSAIndexer(HEADS, DIM, TOPK)
+    q, k, w = random_qkw(batch, 1, length, gen)
+    seq_lens = torch.zeros(batch, dtype=torch.long, device="cuda")
+    graph, out = capture(lambda: indexer(q, k, w, seq_lens))
+    assert isinstance(out, IndexerOutput)
+    for lens in ([0, length], [length - 1, 1], [length, length]):
+        seq_lens.copy_(torch.tensor(lens))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert out.indices.shape == (batch, 1, TOPK)
+        for b, n in enumerate(lens):
+            assert set(out.indices[b, 0].tolist()) == set(range(n)) | {-1}
+            assert torch.isfinite(out.mask[b, 0]).sum().item() == n
+
+
 def test_prefill_graph_replay_matches_eager() -> None:
     """A prefill graph (B=1, S=256, causal) replays like eager, padding tokens included."""
     tokens, topk = 256, 128
@@ -125,7 +142,7 @@ def test_prefill_graph_replay_matches_eager() -> None:
 
 
 def test_patched_update_under_capture_ignores_invalid_indices() -> None:
-    """Captured update_index_mask on indices with -1, -5, L and L+7 matches eager and stays alive."""
+    """Captured update_index_mask on indices -1, -5, L and L+7 matches eager and stays alive."""
     width = 64
     mask = torch.empty(3, width, device="cuda")
     prior = torch.full((3, width), NEG_INF, device="cuda")

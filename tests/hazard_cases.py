@@ -1,0 +1,344 @@
+"""The hazard table shared by the CPU (audit) and GPU (capture) tests.
+
+Each case is a small step whose one hazardous line ends with the marker ``# HAZARD``; the tests
+assert that graphguard's diagnostic names exactly that file and line. ``Ctx`` carries the inputs a
+step may read: ``x`` (a float tensor on the run's device), ``pinned`` (a pinned host tensor made
+before the region, GPU runs only) and ``stream``/``event`` (made before the region, GPU runs only).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Ctx:
+    x: torch.Tensor
+    pinned: torch.Tensor | None = None
+    stream: Any = None
+    event: Any = None
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    code: str
+    fn: Callable[[Ctx], Any]
+    cpu: bool = True  # runs in CPU audit mode (some CUDA objects cannot exist without CUDA)
+    gpu: bool = True
+
+    @property
+    def kind(self) -> str:
+        from graphguard import RULES
+
+        return RULES[self.code].kind
+
+    @property
+    def line(self) -> int:
+        lines, start = inspect.getsourcelines(self.fn)
+        marked = [start + i for i, text in enumerate(lines) if "# HAZARD" in text]
+        assert len(marked) == 1, f"case {self.name} needs exactly one '# HAZARD' line"
+        return marked[0]
+
+
+# --- host-sync ---------------------------------------------------------------------------------
+def item(c: Ctx) -> Any:
+    return (c.x * 2).sum().item()  # HAZARD
+
+
+def int_of_tensor(c: Ctx) -> Any:
+    return int(c.x[0])  # HAZARD
+
+
+def float_of_tensor(c: Ctx) -> Any:
+    return float(c.x.sum())  # HAZARD
+
+
+def if_tensor(c: Ctx) -> Any:
+    y = c.x * 2
+    if (y > 0).any():  # HAZARD
+        y = y + 1
+    return y
+
+
+def assert_tensor(c: Ctx) -> Any:
+    assert (c.x.abs() >= 0).all()  # HAZARD
+    return c.x
+
+
+def while_tensor(c: Ctx) -> Any:
+    y = c.x.clone()
+    while (y > 1e9).any():  # HAZARD
+        y = y / 2
+    return y
+
+
+def tolist(c: Ctx) -> Any:
+    return c.x[:4].tolist()  # HAZARD
+
+
+def numpy_call(c: Ctx) -> Any:
+    return c.x.numpy()  # HAZARD
+
+
+def cpu_call(c: Ctx) -> Any:
+    return (c.x * 2).cpu()  # HAZARD
+
+
+def to_cpu(c: Ctx) -> Any:
+    return (c.x * 2).to("cpu")  # HAZARD
+
+
+def print_tensor(c: Ctx) -> Any:
+    print(c.x[:2])  # HAZARD
+
+
+def fstring_tensor(c: Ctx) -> Any:
+    return f"value {c.x[0]}"  # HAZARD
+
+
+def nonzero(c: Ctx) -> Any:
+    return c.x.nonzero()  # HAZARD
+
+
+def masked_select(c: Ctx) -> Any:
+    return torch.masked_select(c.x, c.x > 0)  # HAZARD
+
+
+def bool_mask_read(c: Ctx) -> Any:
+    return c.x[c.x > 0]  # HAZARD
+
+
+def bool_mask_write(c: Ctx) -> Any:
+    y = c.x.clone()
+    y[y < 0] = 0  # HAZARD
+    return y
+
+
+def unique(c: Ctx) -> Any:
+    return torch.unique(c.x)  # HAZARD
+
+
+def repeat_interleave(c: Ctx) -> Any:
+    repeats = torch.ones(4, dtype=torch.long, device=c.x.device)
+    return torch.repeat_interleave(c.x[:4], repeats)  # HAZARD
+
+
+def where_one_arg(c: Ctx) -> Any:
+    return torch.where(c.x > 0)  # HAZARD
+
+
+def equal(c: Ctx) -> Any:
+    return torch.equal(c.x, c.x * 1)  # HAZARD
+
+
+def allclose(c: Ctx) -> Any:
+    return torch.allclose(c.x, c.x + 0)  # HAZARD
+
+
+def cuda_synchronize(c: Ctx) -> Any:
+    torch.cuda.synchronize()  # HAZARD
+
+
+def stream_synchronize(c: Ctx) -> Any:
+    torch.cuda.current_stream().synchronize()  # HAZARD
+
+
+def stream_query(c: Ctx) -> Any:
+    return c.stream.query()  # HAZARD
+
+
+def event_query(c: Ctx) -> Any:
+    return c.event.query()  # HAZARD
+
+
+def event_synchronize(c: Ctx) -> Any:
+    c.event.synchronize()  # HAZARD
+
+
+# --- pinned-alloc ------------------------------------------------------------------------------
+def pinned_factory(c: Ctx) -> Any:
+    return torch.empty(1024, pin_memory=True)  # HAZARD
+
+
+def pin_memory_call(c: Ctx) -> Any:
+    return torch.randn(1024).pin_memory()  # HAZARD
+
+
+def nonblocking_d2h(c: Ctx) -> Any:
+    return (c.x * 2).to("cpu", non_blocking=True)  # HAZARD
+
+
+# --- stream-escape -----------------------------------------------------------------------------
+def default_stream_work(c: Ctx) -> Any:
+    with torch.cuda.stream(torch.cuda.default_stream()): y = c.x * 2  # HAZARD  # noqa: E701
+    return y
+
+
+# --- pageable-copy -----------------------------------------------------------------------------
+def pageable_to_cuda(c: Ctx) -> Any:
+    return torch.randn(1024).to("cuda")  # HAZARD
+
+
+def pageable_cuda_call(c: Ctx) -> Any:
+    return c.x + torch.tensor([1.0]).cuda()  # HAZARD
+
+
+def tensor_from_data(c: Ctx) -> Any:
+    return c.x[:2] + torch.tensor([1.0, 2.0], device=c.x.device)  # HAZARD
+
+
+def index_with_list(c: Ctx) -> Any:
+    return c.x[[0, 2, 5]]  # HAZARD
+
+
+def index_with_host_tensor(c: Ctx) -> Any:
+    return c.x[torch.tensor([0, 2])]  # HAZARD
+
+
+# --- host-buffer-read --------------------------------------------------------------------------
+def pinned_h2d(c: Ctx) -> Any:
+    return c.pinned.to("cuda", non_blocking=True)  # HAZARD
+
+
+# --- rng-state ---------------------------------------------------------------------------------
+def manual_seed(c: Ctx) -> Any:
+    torch.manual_seed(0)  # HAZARD
+
+
+def cuda_manual_seed(c: Ctx) -> Any:
+    torch.cuda.manual_seed(0)  # HAZARD
+
+
+def get_rng_state(c: Ctx) -> Any:
+    return torch.get_rng_state()  # HAZARD
+
+
+def cuda_get_rng_state(c: Ctx) -> Any:
+    return torch.cuda.get_rng_state()  # HAZARD
+
+
+def cuda_set_rng_state(c: Ctx) -> Any:
+    torch.cuda.set_rng_state(torch.cuda.get_rng_state())  # HAZARD
+
+
+CASES: list[Case] = [
+    Case("item", "GG101", item),
+    Case("int", "GG101", int_of_tensor),
+    Case("float", "GG101", float_of_tensor),
+    Case("if-tensor", "GG102", if_tensor),
+    Case("assert-tensor", "GG102", assert_tensor),
+    Case("while-tensor", "GG102", while_tensor),
+    Case("tolist", "GG103", tolist),
+    Case("numpy", "GG103", numpy_call),
+    Case("cpu", "GG103", cpu_call),
+    Case("to-cpu", "GG103", to_cpu),
+    Case("print", "GG104", print_tensor),
+    Case("fstring", "GG104", fstring_tensor),
+    Case("nonzero", "GG105", nonzero),
+    Case("masked-select", "GG105", masked_select),
+    Case("bool-mask-read", "GG105", bool_mask_read),
+    Case("bool-mask-write", "GG105", bool_mask_write),
+    Case("unique", "GG105", unique),
+    Case("repeat-interleave", "GG105", repeat_interleave),
+    Case("where-one-arg", "GG105", where_one_arg),
+    Case("equal", "GG106", equal),
+    Case("allclose", "GG106", allclose),
+    Case("cuda-synchronize", "GG107", cuda_synchronize),
+    Case("stream-synchronize", "GG107", stream_synchronize, cpu=False),
+    Case("stream-query", "GG107", stream_query, cpu=False),
+    Case("event-query", "GG107", event_query, cpu=False),
+    Case("event-synchronize", "GG107", event_synchronize, cpu=False),
+    Case("pinned-factory", "GG201", pinned_factory),
+    Case("pin-memory", "GG201", pin_memory_call),
+    Case("nonblocking-d2h", "GG202", nonblocking_d2h),
+    Case("default-stream", "GG301", default_stream_work),
+    Case("pageable-to-cuda", "GG401", pageable_to_cuda),
+    Case("pageable-cuda-call", "GG401", pageable_cuda_call),
+    Case("tensor-from-data", "GG401", tensor_from_data),
+    Case("index-with-list", "GG401", index_with_list),
+    Case("index-with-host-tensor", "GG401", index_with_host_tensor),
+    Case("pinned-h2d", "GG402", pinned_h2d, cpu=False),
+    Case("manual-seed", "GG501", manual_seed),
+    Case("cuda-manual-seed", "GG501", cuda_manual_seed),
+    Case("get-rng-state", "GG502", get_rng_state),
+    Case("cuda-get-rng-state", "GG502", cuda_get_rng_state),
+    Case("cuda-set-rng-state", "GG502", cuda_set_rng_state),
+]
+
+
+# --- legal code that must never be reported ------------------------------------------------------
+def clean_where(c: Ctx) -> Any:
+    return torch.where(c.x > 0, c.x, 0).sum()
+
+
+def clean_int_index(c: Ctx) -> Any:
+    idx = torch.arange(0, 8, 2, device=c.x.device)
+    return c.x[idx]
+
+
+def clean_assert_async(c: Ctx) -> Any:
+    torch._assert_async((c.x.abs() >= 0).all())
+    return c.x
+
+
+def clean_host_item(c: Ctx) -> Any:
+    host = torch.tensor(3.0)
+    return c.x * host.item()
+
+
+def clean_shape_logic(c: Ctx) -> Any:
+    y = c.x.view(-1, 2) if c.x.shape[0] % 2 == 0 and c.x.numel() > 2 else c.x
+    return y * len(y)
+
+
+def clean_dropout(c: Ctx) -> Any:
+    return torch.nn.functional.dropout(c.x, p=0.5) + torch.rand(4, device=c.x.device).sum()
+
+
+def clean_nonzero_static(c: Ctx) -> Any:
+    return torch.nonzero_static(c.x > 0, size=8, fill_value=-1)
+
+
+def clean_mlp(c: Ctx) -> Any:
+    w = torch.ones(16, 16, device=c.x.device, dtype=c.x.dtype)
+    h = torch.relu(c.x[:256].view(16, 16) @ w)
+    return torch.softmax(h, dim=-1).sum(dim=-1)
+
+
+def clean_is_capturing(c: Ctx) -> Any:
+    return torch.cuda.is_current_stream_capturing()
+
+
+def clean_empty_cache(c: Ctx) -> Any:
+    torch.cuda.empty_cache()
+    return c.x * 2
+
+
+def clean_side_stream(c: Ctx) -> Any:
+    side = c.stream
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = c.x * 2
+    torch.cuda.current_stream().wait_stream(side)
+    return y
+
+
+CLEAN: list[Case] = [
+    Case("where-three-args", "", clean_where),
+    Case("int-device-index", "", clean_int_index),
+    Case("assert-async", "", clean_assert_async),
+    Case("host-item", "", clean_host_item),
+    Case("shape-logic", "", clean_shape_logic),
+    Case("dropout-rand", "", clean_dropout),
+    Case("nonzero-static", "", clean_nonzero_static),
+    Case("mlp", "", clean_mlp),
+    Case("is-capturing", "", clean_is_capturing, cpu=False),
+    Case("empty-cache", "", clean_empty_cache, cpu=False),
+    Case("side-stream", "", clean_side_stream, cpu=False),
+]

@@ -1,0 +1,196 @@
+"""Under real CUDA-graph capture: every hazard is refused at the user's line and the process stays healthy."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+import torch
+from hazard_cases import CASES, CLEAN, Case, Ctx
+
+import graphguard
+
+pytestmark = pytest.mark.cuda
+
+GPU_CASES = [c for c in CASES if c.gpu]
+GPU_CLEAN = [c for c in CLEAN if c.gpu]
+
+
+@pytest.fixture
+def gctx() -> Ctx:
+    """A step context on the GPU, with CUDA objects made before any region starts."""
+    gc.collect()  # earlier tests' cyclic garbage (tracebacks hold frames) is freed now
+    x = torch.randn(1024, device="cuda")
+    event = torch.cuda.Event()
+    event.record()
+    ctx = Ctx(x=x, pinned=torch.randn(1024).pin_memory(), stream=torch.cuda.Stream(), event=event)
+    torch.cuda.synchronize()
+    return ctx
+
+
+def assert_process_healthy() -> None:
+    """Ordinary CUDA work, RNG calls and a fresh plain-torch capture all still succeed."""
+    assert torch.randn(8, device="cuda").sum().isfinite().item()
+    torch.rand(4, device="cuda")
+    torch.cuda.manual_seed(1234)
+    x = torch.ones(16, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        (x * 3 + torch.rand_like(x)).sum()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = x * 3 + torch.rand_like(x) * 0
+    x.fill_(2.0)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, torch.full_like(x, 6.0))
+
+
+def _assert_points_at_case(err: graphguard.HazardError, case: Case) -> None:
+    d = err.diagnostic
+    assert (d.code, d.kind) == (case.code, case.kind)
+    assert d.filename == case.fn.__code__.co_filename
+    assert d.lineno == case.line
+    assert d.function == case.fn.__name__
+
+
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
+def test_capture_refuses_hazard_and_process_stays_healthy(case: Case, gctx: Ctx) -> None:
+    """Each hazard raises its kind at the user's line before CUDA sees it; the process survives."""
+    with pytest.raises(graphguard.HazardError) as info, graphguard.capture() as cap:
+        case.fn(gctx)
+    assert cap.mode == "capture"
+    assert info.value.diagnostic.phase == "capture"
+    _assert_points_at_case(info.value, case)
+    assert cap.graph is None
+    with pytest.raises(graphguard.NotCapturedError):
+        cap.replay()
+    assert_process_healthy()
+
+
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
+def test_audit_on_gpu_reports_same_hazard(case: Case, gctx: Ctx) -> None:
+    """Audit mode on a GPU machine reports the same kind at the same line."""
+    with pytest.raises(graphguard.HazardError) as info, graphguard.capture(mode="audit"):
+        case.fn(gctx)
+    _assert_points_at_case(info.value, case)
+    assert_process_healthy()
+
+
+@pytest.mark.parametrize("case", GPU_CLEAN, ids=lambda c: c.name)
+def test_clean_code_captures_and_replays(case: Case, gctx: Ctx) -> None:
+    """Legal code captures without a report, and its replay matches eager where deterministic."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        case.fn(gctx)  # warm-up: library handles and caches are created outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    with graphguard.capture() as cap:
+        out = case.fn(gctx)
+    assert cap.hazards == []
+    assert cap.graph is not None
+    cap.replay()
+    torch.cuda.synchronize()
+    if isinstance(out, torch.Tensor) and case.name != "dropout-rand":
+        torch.testing.assert_close(out, case.fn(gctx))
+    assert_process_healthy()
+
+
+def test_replay_uses_new_static_input() -> None:
+    """cap.replay() reruns the recorded work on whatever the static input holds now."""
+    x = torch.zeros(256, device="cuda")
+    with graphguard.capture() as cap:
+        y = torch.relu(x * 2 + 1)
+    x.copy_(torch.arange(256, device="cuda", dtype=torch.float32))
+    cap.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, torch.relu(x * 2 + 1))
+
+
+@pytest.mark.parametrize("policy", ["fallback", "warn"])
+def test_fallback_finishes_region_eagerly_with_eager_result(policy: str) -> None:
+    """With fallback (and warn) the capture ends cleanly and the region's result equals eager."""
+    x = torch.randn(512, device="cuda")
+
+    def step(t: torch.Tensor) -> torch.Tensor:
+        y = torch.sin(t) * 3
+        scale = float(y.abs().max())  # a host read in the middle of the step
+        return y / scale + torch.cos(t)
+
+    expected = step(x)
+    with graphguard.capture(on_hazard=policy) as cap:
+        out = step(x)
+    assert cap.fell_back
+    assert cap.graph is None
+    assert [d.code for d in cap.hazards] == ["GG101"]
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(graphguard.NotCapturedError, match="fell back"):
+        cap.replay()
+    assert_process_healthy()
+
+
+def test_guard_inside_plain_torch_capture_raises_even_with_fallback() -> None:
+    """Under a capture graphguard does not own, every policy raises and torch's capture ends fine."""
+    x = torch.randn(64, device="cuda")
+
+    @graphguard.guard(on_hazard="fallback")
+    def step(t: torch.Tensor) -> torch.Tensor:
+        return t * float(t.sum())
+
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(graphguard.HostSyncError) as info, torch.cuda.graph(g):
+        step(x)
+    assert info.value.diagnostic.phase == "capture"
+    assert_process_healthy()
+
+
+def test_other_threads_sync_during_global_capture_is_reported() -> None:
+    """Another thread's synchronize during a global-mode capture is refused, naming both threads."""
+    x = torch.randn(64, device="cuda")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            torch.cuda.synchronize()
+        except graphguard.HazardError as e:
+            errors.append(e)
+
+    with graphguard.capture(label="main-step") as cap:
+        y = x * 2
+        t = threading.Thread(target=worker, name="side-worker")
+        t.start()
+        t.join()
+        y = y + 1
+    assert len(errors) == 1
+    diag = errors[0].diagnostic
+    assert diag.code == "GG107" and diag.label == "main-step"
+    assert "side-worker" in diag.message and "MainThread" in diag.message
+    assert cap.graph is not None and diag in cap.hazards
+    cap.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, x * 2 + 1)
+    assert_process_healthy()
+
+
+def test_other_threads_legal_work_is_not_reported() -> None:
+    """A guard in one thread does not report another thread's legal eager work."""
+    x = torch.randn(64, device="cuda")
+    results: list[float] = []
+
+    def worker() -> None:
+        results.append(float((torch.ones(4, device="cuda") * 2).sum()))  # .item() is legal here
+
+    with graphguard.capture(capture_error_mode="thread_local") as cap:
+        y = x * 2
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    assert results == [8.0]
+    assert cap.hazards == []
+    cap.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, x * 2)
