@@ -185,7 +185,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += [
         "",
         "The floor is the time to read the bf16 key cache once at the measured bandwidth; the "
-        "anchor is the published fused fp8 kernel pair on an H200, for scale.",
+        "anchor is the published fused fp8 kernel pair on an H200, for scale. At small B the "
+        "eager columns are bound by host-side dispatch and launches, so they move with host CPU "
+        "speed and load between runs; graph replay and large-B numbers are device-bound.",
     ]
     return "\n".join(lines) + "\n"
 

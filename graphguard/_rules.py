@@ -42,6 +42,11 @@ class Rule:
     use_instead: str
     #: What torch itself does with the hazard under a real capture (from measurements).
     torch_behaviour: str
+    #: When graphguard reports it; the default fits hazards intercepted at the call.
+    detected: str = (
+        "inside a `graphguard.capture()`, `@graphguard.guard` or `@graphguard.graphed` region, "
+        "in audit and capture mode alike, before the call reaches CUDA"
+    )
 
     @property
     def docs(self) -> str:
@@ -359,6 +364,10 @@ _rule(
     use_instead="lr = torch.tensor(0.1, device='cuda')\n"
     "opt = torch.optim.Adam(params, lr=lr, capturable=True)",
     torch_behaviour="Silent: replay keeps applying the captured value.",
+    detected=(
+        "at the next call of a `@graphguard.graphed` step (or `cap.replay()`), before replaying: "
+        "the scalars the captured step consumed are compared with their current values"
+    ),
 )
 _rule(
     code="GG701",
@@ -376,6 +385,10 @@ _rule(
     example="prev = step(x1)\ncur = step(x2)\nloss = (prev - cur).abs()   # prev was overwritten",
     use_instead="prev = step(x1).clone()\ncur = step(x2)",
     torch_behaviour="Silent: the old tensor holds the newer replay's values.",
+    detected=(
+        "when an output of a `@graphguard.graphed` step is used after a later call replayed "
+        "the graph and overwrote it"
+    ),
 )
 
 

@@ -9,6 +9,7 @@ between (an exception, ``KeyboardInterrupt``).
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import types
@@ -43,6 +44,12 @@ overrides = Overrides()
 
 @contextmanager
 def guarded(state: GuardState) -> Iterator[GuardState]:
+    # Under a capture graphguard does not own, pause cyclic GC as ``Capture`` does for its own:
+    # a collection here could run destructors (CUDA events, pinned buffers) that make calls
+    # illegal during capture.
+    paused_gc = state.foreign_capture and gc.isenabled()
+    if paused_gc:
+        gc.disable()
     _patches.acquire()
     try:
         token = push_state(state)
@@ -65,6 +72,8 @@ def guarded(state: GuardState) -> Iterator[GuardState]:
             pop_state(token)
     finally:
         _patches.release()
+        if paused_gc:
+            gc.enable()
 
 
 def new_state(

@@ -312,7 +312,8 @@ def clean_mlp(c: Ctx) -> Any:
 
 
 def clean_is_capturing(c: Ctx) -> Any:
-    return torch.cuda.is_current_stream_capturing()
+    assert isinstance(torch.cuda.is_current_stream_capturing(), bool)
+    return c.x * 2
 
 
 def clean_empty_cache(c: Ctx) -> Any:

@@ -17,10 +17,16 @@ GPU_CASES = [c for c in CASES if c.gpu]
 GPU_CLEAN = [c for c in CLEAN if c.gpu]
 
 
+@pytest.fixture(autouse=True)
+def collect_garbage_first() -> None:
+    """Free earlier tests' cyclic garbage (tracebacks hold CUDA events) before any capture."""
+    gc.collect()
+    torch.cuda.synchronize()
+
+
 @pytest.fixture
 def gctx() -> Ctx:
     """A step context on the GPU, with CUDA objects made before any region starts."""
-    gc.collect()  # earlier tests' cyclic garbage (tracebacks hold frames) is freed now
     x = torch.randn(1024, device="cuda")
     event = torch.cuda.Event()
     event.record()
