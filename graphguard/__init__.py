@@ -10,6 +10,7 @@ from ._diagnostic import Diagnostic, TensorInfo
 from ._errors import (
     ConfigError,
     GraphGuardError,
+    GraphLimitError,
     HazardError,
     HostBufferReadError,
     HostSyncError,
@@ -21,6 +22,7 @@ from ._errors import (
     StaleOutputError,
     StreamEscapeError,
 )
+from ._graphed import Graphed, GraphedModule, graphed
 from ._guard import guard
 from ._log import disable_json_logs, enable_json_logs
 from ._rules import KINDS, RULES, Rule, get_rule
@@ -35,6 +37,9 @@ __all__ = [
     "ConfigError",
     "Diagnostic",
     "GraphGuardError",
+    "GraphLimitError",
+    "Graphed",
+    "GraphedModule",
     "HazardError",
     "HostBufferReadError",
     "HostSyncError",
@@ -53,5 +58,6 @@ __all__ = [
     "disable_json_logs",
     "enable_json_logs",
     "get_rule",
+    "graphed",
     "guard",
 ]

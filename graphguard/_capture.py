@@ -17,8 +17,18 @@ from typing import Any
 import torch
 
 from ._diagnostic import Diagnostic
-from ._errors import ConfigError, GraphGuardError, HazardError, NotCapturedError
+from ._diagnostic import make_diagnostic
+from ._errors import (
+    ConfigError,
+    GraphGuardError,
+    HazardError,
+    NotCapturedError,
+    StaleHostScalarError,
+)
 from ._log import get_logger
+from ._report import _notify, log_hazard
+from ._rules import RULES
+from ._scalars import Tracked, watch_optimizers
 from ._session import guarded, new_state, overrides, trim_traceback
 from ._state import ON_HAZARD, register_global_capture, unregister_global_capture
 
@@ -131,6 +141,8 @@ class Capture:
         self._ambient: Any = None
         self._retired_graph: Any = None
         self._gc_was_enabled = False
+        self._optimizer_watch: Any = None
+        self._scalars: list[Tracked] = []
         self._session: Any = None
         self._lock = threading.Lock()
 
@@ -206,6 +218,10 @@ class Capture:
         self.capturing = True
         if self.capture_error_mode == "global":
             register_global_capture(id(self), self.label, self)
+        # Optimizers whose step runs in the capture bake their hyperparameters; replay() checks
+        # them (see _scalars).
+        self._optimizer_watch = watch_optimizers()
+        self._watch = self._optimizer_watch.__enter__()
 
     # -- leaving ----------------------------------------------------------------------------
     def __exit__(
@@ -238,6 +254,10 @@ class Capture:
         if self._stream_ctx is None:
             return None
         end_error: BaseException | None = None
+        if self._optimizer_watch is not None:
+            self._optimizer_watch.__exit__(None, None, None)
+            self._optimizer_watch = None
+            self._scalars = list(self._watch.items)
         with self._lock:
             if self.capturing:
                 self.capturing = False
@@ -302,7 +322,31 @@ class Capture:
         graph = self.graph
         if graph is None or self.capturing:
             raise NotCapturedError(self._why_no_graph())
+        if self._scalars:
+            self._check_scalars()
         graph.replay()
+
+    def _check_scalars(self) -> None:
+        """Refuse to replay when a captured optimizer's hyperparameter has changed since."""
+        stale = [(t, t.read()) for t in self._scalars]
+        stale = [(t, now) for t, now in stale if now != t.captured]
+        if not stale:
+            return
+        first, now = stale[0]
+        diagnostic = make_diagnostic(
+            RULES["GG601"],
+            "Capture.replay()",
+            f"{first.name} was {first.captured!r} when the region was captured and is {now!r} "
+            f"now; the graph still uses {first.captured!r}",
+            phase="replay",
+            label=self.label,
+            details=tuple((t.name, f"captured {t.captured!r}, now {v!r}") for t, v in stale),
+            location=(first.filename, first.lineno, "<capture region>"),
+        )
+        _notify(diagnostic)
+        log_hazard(diagnostic, action="raised", level="error")
+        # Every policy raises here: there is no body to run eagerly instead of the stale graph.
+        raise StaleHostScalarError(diagnostic)
 
     def _why_no_graph(self) -> str:
         label = f" {self.label!r}" if self.label else ""

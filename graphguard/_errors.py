@@ -5,6 +5,7 @@
     GraphGuardError                      root of everything graphguard raises
     ├── ConfigError (ValueError)          a bad argument or setting, named with its allowed values
     ├── NotCapturedError (RuntimeError)  replay() of a region that holds no graph
+    ├── GraphLimitError (RuntimeError)   a graphed step needs more graphs than max_graphs allows
     └── HazardError (RuntimeError)       a capture hazard; .kind, .code, .diagnostic
         ├── HostSyncError                 kind "host-sync"
         ├── PinnedAllocError              kind "pinned-alloc"
@@ -28,6 +29,7 @@ from ._diagnostic import Diagnostic
 __all__ = [
     "ConfigError",
     "GraphGuardError",
+    "GraphLimitError",
     "HazardError",
     "HostBufferReadError",
     "HostSyncError",
@@ -57,6 +59,10 @@ class ConfigError(GraphGuardError, ValueError):
 
 class NotCapturedError(GraphGuardError, RuntimeError):
     """``replay()`` was called on a region that holds no graph (audit mode, fallback, failure)."""
+
+
+class GraphLimitError(GraphGuardError, RuntimeError):
+    """A graphed step met a new shape class after ``max_graphs`` (with ``on_graph_limit="error"``)."""
 
 
 class HazardError(GraphGuardError, RuntimeError):

@@ -28,7 +28,7 @@ import wrapt
 from ._diagnostic import make_diagnostic
 from ._errors import error_class_for
 from ._intercept import Hit, _describe, _phase_words
-from ._report import log_hazard, report
+from ._report import _notify, log_hazard, report
 from ._rules import RULES
 from ._state import GuardState, active_global_captures, current_state
 
@@ -144,6 +144,7 @@ def _cross_thread(target: _Target, instance: Any, args: tuple[Any, ...]) -> None
         )
         if region is not None:
             region.note_foreign_hazard(diagnostic)
+        _notify(diagnostic)
         log_hazard(diagnostic, action="raised", level="error", reason="cross-thread")
         raise error_class_for(rule.kind)(diagnostic)
 

@@ -19,6 +19,8 @@ would invalidate it and poison the process.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from ._diagnostic import Diagnostic, make_diagnostic
@@ -27,7 +29,31 @@ from ._log import get_logger
 from ._rules import RULES
 from ._state import GuardState, is_allowed
 
-__all__ = ["log_hazard", "report"]
+__all__ = ["add_sink", "log_hazard", "report"]
+
+_sinks: list[Callable[[Diagnostic], None]] = []
+_sinks_lock = threading.Lock()
+
+
+def add_sink(sink: Callable[[Diagnostic], None]) -> Callable[[], None]:
+    """Call ``sink(diagnostic)`` for every reported (not allowed) hazard; returns a remover.
+
+    Used by ``graphguard check`` and the pytest plugin to collect hazards process-wide.
+    """
+    with _sinks_lock:
+        _sinks.append(sink)
+
+    def remove() -> None:
+        with _sinks_lock:
+            if sink in _sinks:
+                _sinks.remove(sink)
+
+    return remove
+
+
+def _notify(diagnostic: Diagnostic) -> None:
+    for sink in list(_sinks):
+        sink(diagnostic)
 
 
 def log_hazard(diagnostic: Diagnostic, *, action: str, level: str = "warning", **extra: Any) -> None:
@@ -59,6 +85,8 @@ def report(
         rule, api, message, phase=phase, label=state.label, tensor=tensor, details=details
     )
     state.findings.append(diagnostic)
+    if _sinks:
+        _notify(diagnostic)
 
     if state.collect:
         log_hazard(diagnostic, action="collected")

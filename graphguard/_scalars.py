@@ -203,7 +203,7 @@ class ScalarSnapshot:
             self.add(
                 Tracked(
                     name=name,
-                    read=(lambda r=root, s=path.steps: _walk(r, s)),
+                    read=(lambda p=path, f=func, o=self_obj: _walk(_resolve_root(p, f, o), p.steps)),
                     captured=value,
                     filename=path.filename,
                     lineno=path.lineno,
@@ -272,7 +272,9 @@ class OptimizerWatch:
 def watch_optimizers() -> Iterator[OptimizerWatch]:
     """Record, for the block, every optimizer whose step runs in this thread."""
     watch = OptimizerWatch()
-    register = getattr(torch.optim.optimizer, "register_optimizer_step_pre_hook", None)
+    import torch.optim.optimizer as optimizer_module
+
+    register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
     if register is None:  # pragma: no cover - very old torch
         yield watch
         return

@@ -1,0 +1,95 @@
+"""Graph outputs that know when a later replay overwrote them (rule GG701, ``stale-output``).
+
+A graphed step returns its outputs as ``GraphOutput`` views of the graph's static output
+memory. Each call's views share one ``Generation``; the next replay of the same graph marks the
+previous generation overwritten. Reading an overwritten view (any op but metadata queries) is
+reported at the reading line, before any data is touched. torch.compile's CUDA graph trees have
+the same idea ("accessing tensor output of CUDAGraphs that has been overwritten by a subsequent
+run"). Results computed from a ``GraphOutput`` are plain tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._diagnostic import make_diagnostic
+from ._errors import StaleOutputError
+from ._report import _notify, log_hazard
+from ._rules import RULES
+from ._state import is_allowed
+
+__all__ = ["Generation", "GraphOutput", "wrap_output"]
+
+_METADATA = frozenset(
+    {"__get__", "size", "dim", "stride", "numel", "nelement", "element_size", "is_contiguous",
+     "data_ptr", "storage_offset", "is_floating_point", "is_complex", "get_device", "__len__",
+     "__hash__", "__setstate__", "__reduce_ex__", "__deepcopy__"}
+)
+
+
+class Generation:
+    """The outputs of one call of a graphed step, and who overwrote them."""
+
+    __slots__ = ("call", "label", "on_hazard", "overwritten_by", "reported")
+
+    def __init__(self, call: int, label: str, on_hazard: str) -> None:
+        self.call = call
+        self.label = label
+        self.on_hazard = on_hazard
+        self.overwritten_by: int | None = None
+        self.reported = False
+
+
+class GraphOutput(torch.Tensor):
+    """An output of a ``graphed`` step; reading it after a later call overwrote it is GG701."""
+
+    _gg_generation: Generation
+    _gg_index: int
+
+    @classmethod
+    def __torch_function__(
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        if kwargs is None:
+            kwargs = {}
+        if getattr(func, "__name__", "") not in _METADATA:
+            for arg in (*args, *kwargs.values()):
+                if isinstance(arg, GraphOutput) and arg._gg_generation.overwritten_by is not None:
+                    _report_stale(arg, func)
+                    break
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def wrap_output(t: torch.Tensor, generation: Generation, index: int) -> GraphOutput:
+    out = t.as_subclass(GraphOutput)
+    out._gg_generation = generation
+    out._gg_index = index
+    return out
+
+
+def _report_stale(t: GraphOutput, func: Any) -> None:
+    gen = t._gg_generation
+    rule = RULES["GG701"]
+    if is_allowed(rule.code, rule.kind):
+        return
+    name = getattr(func, "__name__", "op")
+    diagnostic = make_diagnostic(
+        rule,
+        f"{name} on a graph output",
+        f"output {t._gg_index} of call #{gen.call} of {gen.label!r} was read after call "
+        f"#{gen.overwritten_by} replayed the graph and overwrote it",
+        phase="replay",
+        label=gen.label,
+        tensor=t,
+        details=(("returned by call", f"#{gen.call}"), ("overwritten by call", f"#{gen.overwritten_by}")),
+    )
+    _notify(diagnostic)
+    if gen.on_hazard == "raise":
+        log_hazard(diagnostic, action="raised", level="error")
+        raise StaleOutputError(diagnostic)
+    if not gen.reported:
+        gen.reported = True
+        log_hazard(diagnostic, action="logged")
