@@ -5,6 +5,7 @@ host scalars) are caught *before* the illegal call, reported as one structured d
 names your line, and the process stays healthy. Without a GPU, audit mode finds the same hazards.
 """
 
+from ._blocks import BlockReport, validate_blocks
 from ._capture import Capture, capture
 from ._diagnostic import Diagnostic, TensorInfo
 from ._errors import (
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "RULES",
+    "BlockReport",
     "Capture",
     "ConfigError",
     "Diagnostic",
@@ -60,4 +62,5 @@ __all__ = [
     "get_rule",
     "graphed",
     "guard",
+    "validate_blocks",
 ]
