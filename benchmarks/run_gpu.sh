@@ -11,7 +11,10 @@ export PYTHONUNBUFFERED=1
 python3 -m pytest tests -q -p no:cacheprovider -rfEs > "$out/gpu-tests.txt" 2>&1
 echo "pytest exit: $?" >> "$out/gpu-tests.txt"
 python3 -m graphguard certify > "$out/certify.txt" 2>&1 || python3 -c "from graphguard._certify import main; raise SystemExit(main([]))" > "$out/certify.txt" 2>&1
-python3 benchmarks/overhead.py --out "$out/overhead.md" > "$out/overhead.log" 2>&1
-python3 benchmarks/graphed.py --out "$out/graphed.md" > "$out/graphed.log" 2>&1
-python3 benchmarks/dsa_speed.py --out "$out/dsa_speed.md" --json "$out/dsa_speed.json" > "$out/dsa_speed.log" 2>&1
+log="$out/benchmark-logs.txt"
+for cmd in "benchmarks/overhead.py --out $out/overhead.md" "benchmarks/graphed.py --out $out/graphed.md" \
+           "benchmarks/dsa_speed.py --out $out/dsa_speed.md --json $out/dsa_speed.json"; do
+  echo "== python3 $cmd" >> "$log"
+  python3 $cmd >> "$log" 2>&1; echo "exit: $?" >> "$log"
+done
 tail -n 3 "$out/gpu-tests.txt"; cat "$out/certify.txt" "$out/overhead.md" "$out/graphed.md"

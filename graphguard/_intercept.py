@@ -450,12 +450,17 @@ def _first_cuda_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return None
 
 
+_is_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or (
+    lambda: torch.cuda.is_current_stream_capturing()
+)
+
+
 def _check_stream(state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
     name = getattr(func, "__name__", "")
     if name in _NO_KERNEL:
         return None
     t = _first_cuda_tensor(args, kwargs)
-    if t is None or torch.cuda.is_current_stream_capturing():
+    if t is None or _is_capturing():
         return None
     stream = torch.cuda.current_stream(t.device)
     which = "the default stream" if stream == torch.cuda.default_stream(t.device) else "a side stream"
@@ -501,23 +506,42 @@ _TENSOR_TO = _attr(T, "to")
 
 
 class HazardMode(TorchFunctionMode):
-    """Checks each torch call of the guarded thread against the hazard table before it runs."""
+    """Checks each torch call of the guarded thread against the hazard table before it runs.
+
+    The common case (a call that is not in the table, no capture recording, real device
+    tensors) returns after one dict lookup and two attribute reads: this runs on every torch
+    call of a guarded thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Guards on this thread's stack that may be in capture phase (own or foreign capture).
+        self.capture_states = 0
+        #: CPU tensors stand for device tensors (no CUDA here), so results need host tracking.
+        self.emulate = not torch.cuda.is_available()
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         if kwargs is None:
             kwargs = {}
+        check = _CHECKS.get(func)
+        if (
+            check is None
+            and not self.capture_states
+            and not self.emulate
+            and kwargs.get("pin_memory") is not True
+        ):
+            return func(*args, **kwargs)
         state = current_state()
         if state is None:  # the guard ended but a caller still holds the mode
             return func(*args, **kwargs)
         hit = None
-        check = _CHECKS.get(func)
         if check is not None:
             hit = check(state, args, kwargs)
-        elif kwargs and kwargs.get("pin_memory") is True:
+        elif kwargs.get("pin_memory") is True:
             hit = _pinned_factory_hit(state, func, args, kwargs)
-        if hit is None and state.region is not None and state.region.capturing:
+        if hit is None and self.capture_states and state.effective_phase == "capture":
             hit = _check_stream(state, func, args, kwargs)
         if hit is not None:
             report(state, hit.code, hit.api, hit.message, tensor=hit.tensor)

@@ -227,13 +227,27 @@ def _settle_torch_lazy_wrappers() -> None:
         pass
 
 
+# Wrappers are built once per original object and reused by later installs: building ~30
+# wrapt wrappers on every region entry dominated the cost of a short guarded region.
+_wrapper_cache: dict[tuple[int, str], tuple[Any, Any]] = {}
+_target_cache: list[_Target] = []
+
+
 def _install() -> None:
-    _settle_torch_lazy_wrappers()
-    for target in _targets():
+    if not _target_cache:
+        _settle_torch_lazy_wrappers()
+        _target_cache.extend(_targets())
+    for target in _target_cache:
         owner_dict = vars(target.owner)
         had_own = target.name in owner_dict
         original = owner_dict[target.name] if had_own else getattr(target.owner, target.name)
-        wrapper = wrapt.FunctionWrapper(original, _make_wrapper(target))
+        key = (id(target.owner), target.name)
+        cached = _wrapper_cache.get(key)
+        if cached is not None and cached[0] is original:
+            wrapper = cached[1]
+        else:
+            wrapper = wrapt.FunctionWrapper(original, _make_wrapper(target))
+            _wrapper_cache[key] = (original, wrapper)
         setattr(target.owner, target.name, wrapper)
         _installed.append(_Installed(target, original, had_own, wrapper))
 

@@ -60,9 +60,14 @@ def guarded(state: GuardState) -> Iterator[GuardState]:
                 mode.__enter__()
                 _local.mode = mode
             _local.depth = depth + 1
+            may_capture = state.region is not None or state.foreign_capture
+            if may_capture:
+                _local.mode.capture_states += 1
             try:
                 yield state
             finally:
+                if may_capture:
+                    _local.mode.capture_states -= 1
                 _local.depth -= 1
                 if _local.depth == 0:
                     mode = _local.mode

@@ -8,6 +8,10 @@ import torch
 
 import graphguard
 
+# These exercise graphed's CPU path (eager calls under audit); on a CUDA machine they would
+# capture CPU tensors, which means nothing (the graphed blocks here run on CPU tensors).
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU path of graphed")
+
 
 class Block(torch.nn.Module):
     def __init__(self) -> None:

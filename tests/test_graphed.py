@@ -11,6 +11,10 @@ import torch
 
 import graphguard
 
+# These exercise graphed's CPU path (eager calls under audit); on a CUDA machine they would
+# capture CPU tensors, which means nothing (tests/test_graphed_cuda.py covers the GPU path).
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU path of graphed")
+
 SCALE = 2.0
 CFG = {"scale": 2.0, "unused": 1}
 WEIGHTS = [0.5, 0.25]
