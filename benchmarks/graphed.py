@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def inference_step(width: int, depth: int, batch: int) -> tuple[Callable[..., Any], torch.Tensor, str]:
+def inference_step(
+    width: int, depth: int, batch: int
+) -> tuple[Callable[..., Any], torch.Tensor, str]:
     torch.manual_seed(0)
     layers: list[torch.nn.Module] = []
     for _ in range(depth):
@@ -39,11 +41,16 @@ def inference_step(width: int, depth: int, batch: int) -> tuple[Callable[..., An
     def step(x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
-    return step, torch.randn(batch, width, device="cuda"), (
-        f"inference MLP {depth}x{width}, batch {batch}")
+    return (
+        step,
+        torch.randn(batch, width, device="cuda"),
+        (f"inference MLP {depth}x{width}, batch {batch}"),
+    )
 
 
-def training_step(width: int, depth: int, batch: int) -> tuple[Callable[..., Any], torch.Tensor, str]:
+def training_step(
+    width: int, depth: int, batch: int
+) -> tuple[Callable[..., Any], torch.Tensor, str]:
     torch.manual_seed(0)
     layers: list[torch.nn.Module] = []
     for _ in range(depth):
@@ -58,8 +65,11 @@ def training_step(width: int, depth: int, batch: int) -> tuple[Callable[..., Any
         opt.step()
         return loss.detach()
 
-    return step, torch.randn(batch, width, device="cuda"), (
-        f"training MLP {depth}x{width} + SGD, batch {batch}")
+    return (
+        step,
+        torch.randn(batch, width, device="cuda"),
+        (f"training MLP {depth}x{width} + SGD, batch {batch}"),
+    )
 
 
 def per_call(fn: Callable[[], Any], n: int, rounds: int) -> float:
@@ -74,7 +84,9 @@ def per_call(fn: Callable[[], Any], n: int, rounds: int) -> float:
     return statistics.median(times)
 
 
-def bench(make: Callable[[], tuple[Callable[..., Any], torch.Tensor, str]], n: int) -> dict[str, Any]:
+def bench(
+    make: Callable[[], tuple[Callable[..., Any], torch.Tensor, str]], n: int
+) -> dict[str, Any]:
     import graphguard
 
     step, x, name = make()

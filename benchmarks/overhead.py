@@ -39,7 +39,9 @@ def mlp_block(dev: str) -> tuple[Callable[[], Any], str]:
     torch.manual_seed(0)
     d = 256
     attn = torch.nn.MultiheadAttention(d, 4, batch_first=True).to(dev)
-    mlp = torch.nn.Sequential(torch.nn.Linear(d, 4 * d), torch.nn.GELU(), torch.nn.Linear(4 * d, d)).to(dev)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(d, 4 * d), torch.nn.GELU(), torch.nn.Linear(4 * d, d)
+    ).to(dev)
     norm = torch.nn.LayerNorm(d).to(dev)
     x = torch.randn(8, 64, d, device=dev)
 
@@ -192,12 +194,24 @@ def import_ratio(which: str, reps: int, rounds: int = 5) -> tuple[float, float]:
     for _ in range(rounds):
         for flag, bucket in (("0", without), ("1", with_)):
             out = subprocess.run(
-                [sys.executable, __file__, "--eager-only", which, "--with-graphguard", flag,
-                 "--reps", str(reps)],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--eager-only",
+                    which,
+                    "--with-graphguard",
+                    flag,
+                    "--reps",
+                    str(reps),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             bucket.append(float(out.stdout.strip().splitlines()[-1]))
-    print(f"import rounds ({which}): without {sorted(without)}, with {sorted(with_)}", file=sys.stderr)
+    print(
+        f"import rounds ({which}): without {sorted(without)}, with {sorted(with_)}", file=sys.stderr
+    )
     return statistics.median(without), statistics.median(with_)
 
 
@@ -243,12 +257,15 @@ def main() -> int:
         lines += [
             f"| {s} | capture region | {r['capture_raw_us']:.1f} | {r['capture_gg_us']:.1f} | "
             f"{ratio(r['capture_raw_us'], r['capture_gg_us'])} | <= 1.5x |",
-            f"| {s} | replay, device time per replay | {r['replay_raw_us']:.2f} | {r['replay_gg_us']:.2f} | "
+            f"| {s} | replay, device time per replay | {r['replay_raw_us']:.2f} | "
+            f"{r['replay_gg_us']:.2f} | "
             f"{ratio(r['replay_raw_us'], r['replay_gg_us'])} | <= 1.01x |",
-            f"| {s} | replay, host time per call | {r['replay_host_raw_us']:.2f} | {r['replay_host_gg_us']:.2f} | "
+            f"| {s} | replay, host time per call | {r['replay_host_raw_us']:.2f} | "
+            f"{r['replay_host_gg_us']:.2f} | "
             f"{ratio(r['replay_host_raw_us'], r['replay_host_gg_us'])} | (info) |",
             f"| {s} | eager step, graphguard imported, no guard | {r['import_without_us']:.1f} | "
-            f"{r['import_with_us']:.1f} | {ratio(r['import_without_us'], r['import_with_us'])} | <= 1.01x |",
+            f"{r['import_with_us']:.1f} | "
+            f"{ratio(r['import_without_us'], r['import_with_us'])} | <= 1.01x |",
             f"| {s} | eager step in audit mode | {r['eager_us']:.1f} | {r['audit_us']:.1f} | "
             f"{ratio(r['eager_us'], r['audit_us'])} | <= 1.5x |",
         ]

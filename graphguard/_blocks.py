@@ -41,13 +41,15 @@ class BlockReport:
         lines = [f"graphed and replaying: {', '.join(self.graphed) or 'none'}"]
         lines += [f"missing: {m} matches no block of the model" for m in self.missing]
         lines += [f"eager: {name}: {why}" for name, why in self.eager]
-        lines += [f"unrequested: {name} is graphed but was not requested" for name in self.unrequested]
+        lines += [
+            f"unrequested: {name} is graphed but was not requested" for name in self.unrequested
+        ]
         return "\n".join(lines)
 
 
 def _blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, torch.nn.Module]]:
     """(name, block, inner module) for every block; a GraphedModule's inner module is hidden."""
-    out = []
+    out: list[tuple[str, torch.nn.Module, torch.nn.Module]] = []
     hidden: set[str] = set()
     for name, module in model.named_modules():
         if any(name == h or name.startswith(h + ".") for h in hidden):

@@ -12,12 +12,11 @@ import gc
 import inspect
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from ._diagnostic import Diagnostic
-from ._diagnostic import make_diagnostic
+from ._diagnostic import Diagnostic, make_diagnostic
 from ._errors import (
     ConfigError,
     GraphGuardError,
@@ -54,7 +53,7 @@ def _default_capture_stream() -> Any:
 def _capture_begin_kwargs(pool: Any, capture_error_mode: str) -> dict[str, Any]:
     """Keyword arguments for ``CUDAGraph.capture_begin``, feature-detected (they change often)."""
     try:
-        params = inspect.signature(torch.cuda.CUDAGraph.capture_begin).parameters
+        params: Any = inspect.signature(torch.cuda.CUDAGraph.capture_begin).parameters
     except (TypeError, ValueError):  # a C signature: pass only what every release accepts
         params = {}
     kwargs: dict[str, Any] = {}
@@ -73,7 +72,8 @@ def _capture_begin_kwargs(pool: Any, capture_error_mode: str) -> dict[str, Any]:
 def validate_on_hazard(on_hazard: object) -> str:
     if on_hazard not in ON_HAZARD:
         raise ConfigError.bad_choice("on_hazard", on_hazard, ON_HAZARD)
-    return on_hazard  # type: ignore[return-value]
+    assert isinstance(on_hazard, str)
+    return on_hazard
 
 
 def validate_label(label: object) -> str | None:
@@ -204,7 +204,9 @@ class Capture:
         self._gc_was_enabled = gc.isenabled()
         gc.disable()
         self._ambient = torch.cuda.current_stream()
-        self._stream = self._stream_arg if self._stream_arg is not None else _default_capture_stream()
+        self._stream = (
+            self._stream_arg if self._stream_arg is not None else _default_capture_stream()
+        )
         self._stream_ctx = torch.cuda.stream(self._stream)
         self._stream_ctx.__enter__()
         try:
@@ -229,7 +231,7 @@ class Capture:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         try:
             self._session.__exit__(exc_type, exc, tb)
         finally:

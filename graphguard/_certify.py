@@ -63,7 +63,7 @@ class Certificate:
         return data
 
 
-# --- claim 1: semantics ----------------------------------------------------------------------------
+# --- claim 1: semantics --------------------------------------------------------------------------
 def _edge_cases(device: torch.device) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, mask, idx) pairs from the DSA edge-case list."""
     inf = float("-inf")
@@ -71,20 +71,47 @@ def _edge_cases(device: torch.device) -> list[tuple[str, torch.Tensor, torch.Ten
     cases = []
     mixed = torch.tensor([[0, -1, -5, L, L + 7, 3], [15, 15, -1, -1, 0, 0]], device=device)
     cases.append(("mixed 0/-1/-5/L/L+7", torch.full((2, L), inf, device=device), mixed))
-    cases.append(("all sentinels", torch.full((1, L), inf, device=device),
-                  torch.full((1, 4), -1, device=device)))
-    cases.append(("position 0 and sentinels", torch.full((1, L), inf, device=device),
-                  torch.tensor([[0, -1, -1, -1]], device=device)))
+    cases.append(
+        (
+            "all sentinels",
+            torch.full((1, L), inf, device=device),
+            torch.full((1, 4), -1, device=device),
+        )
+    )
+    cases.append(
+        (
+            "position 0 and sentinels",
+            torch.full((1, L), inf, device=device),
+            torch.tensor([[0, -1, -1, -1]], device=device),
+        )
+    )
     prefilled = torch.full((2, L), inf, device=device)
     prefilled[:, ::3] = 0.0
-    cases.append(("pre-filled mask", prefilled, torch.tensor([[1, 2, -1], [4, L, 5]], device=device)))
+    cases.append(
+        ("pre-filled mask", prefilled, torch.tensor([[1, 2, -1], [4, L, 5]], device=device))
+    )
     arbitrary = torch.linspace(-3, 3, 2 * L, device=device).view(2, L)
-    cases.append(("mask with arbitrary values", arbitrary,
-                  torch.tensor([[0, 7, -2], [L - 1, L + 1, 3]], device=device)))
-    cases.append(("k >= L", torch.full((1, 8), inf, device=device),
-                  torch.arange(-2, 12, device=device).view(1, 14)))
-    cases.append(("multi-token rows", torch.full((2, 2, L), inf, device=device),
-                  torch.tensor([[[0, 5], [-1, 6]], [[L, 1], [2, 2]]], device=device)))
+    cases.append(
+        (
+            "mask with arbitrary values",
+            arbitrary,
+            torch.tensor([[0, 7, -2], [L - 1, L + 1, 3]], device=device),
+        )
+    )
+    cases.append(
+        (
+            "k >= L",
+            torch.full((1, 8), inf, device=device),
+            torch.arange(-2, 12, device=device).view(1, 14),
+        )
+    )
+    cases.append(
+        (
+            "multi-token rows",
+            torch.full((2, 2, L), inf, device=device),
+            torch.tensor([[[0, 5], [-1, 6]], [[L, 1], [2, 2]]], device=device),
+        )
+    )
     return cases
 
 
@@ -124,11 +151,15 @@ def _check_semantics(device: torch.device, draws: int, seed: int) -> Check:
             mismatches.append(f"indexer step {i}")
     if mismatches:
         return Check("semantics", "failed", f"unpatched != patched on: {', '.join(mismatches)}")
-    return Check("semantics", "passed", f"identical on {n} inputs (edge cases and random draws)",
-                 {"inputs": n})
+    return Check(
+        "semantics",
+        "passed",
+        f"identical on {n} inputs (edge cases and random draws)",
+        {"inputs": n},
+    )
 
 
-# --- claim 2: refusal ---------------------------------------------------------------------------------
+# --- claim 2: refusal ----------------------------------------------------------------------------
 def _small_step_inputs(device: torch.device) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(7)
     q = torch.randn(2, 1, 4, 16, generator=g).to(device)
@@ -146,7 +177,6 @@ def _lines_named(hazards: list[Any]) -> set[int]:
 
 def _check_refusal_audit(device: torch.device) -> Check:
     import dsa
-
     import graphguard
 
     where = dsa.unpatched_hazard_lines()
@@ -157,15 +187,25 @@ def _check_refusal_audit(device: torch.device) -> Check:
     named = _lines_named(cap.hazards)
     with graphguard.capture(mode="audit", label="dsa-patched") as clean:
         dsa.DSAIndexer(4, 16, 8, patched=True)(*inputs)
-    data = {"hazards": [f"{h.code} {h.location}" for h in cap.hazards],
-            "patched_hazards": len(clean.hazards)}
+    data = {
+        "hazards": [f"{h.code} {h.location}" for h in cap.hazards],
+        "patched_hazards": len(clean.hazards),
+    }
     if named != expected or clean.hazards:
-        return Check("refusal (audit)", "failed",
-                     f"expected host-sync at lines {sorted(expected)}, got {sorted(named)}; "
-                     f"patched form reported {len(clean.hazards)}", data)
-    return Check("refusal (audit)", "passed",
-                 f"host-sync at {where.file}:{where.validation} (validation) and :{where.branch} "
-                 f"(branch); the patched form reports nothing", data)
+        return Check(
+            "refusal (audit)",
+            "failed",
+            f"expected host-sync at lines {sorted(expected)}, got {sorted(named)}; "
+            f"patched form reported {len(clean.hazards)}",
+            data,
+        )
+    return Check(
+        "refusal (audit)",
+        "passed",
+        f"host-sync at {where.file}:{where.validation} (validation) and :{where.branch} "
+        f"(branch); the patched form reports nothing",
+        data,
+    )
 
 
 def _healthy() -> str | None:
@@ -188,7 +228,6 @@ def _healthy() -> str | None:
 
 def _check_refusal_capture() -> Check:
     import dsa
-
     import graphguard
 
     where = dsa.unpatched_hazard_lines()
@@ -218,12 +257,15 @@ def _check_refusal_capture() -> Check:
         problems.append(f"process unhealthy afterwards: {health}")
     if problems:
         return Check("refusal (capture)", "failed", "; ".join(problems))
-    return Check("refusal (capture)", "passed",
-                 "raised at the validation line under real capture; with fallback both lines were "
-                 "named, the result equalled eager, and CUDA work, RNG and a new capture still ran")
+    return Check(
+        "refusal (capture)",
+        "passed",
+        "raised at the validation line under real capture; with fallback both lines were "
+        "named, the result equalled eager, and CUDA work, RNG and a new capture still ran",
+    )
 
 
-# --- claim 3: replay ---------------------------------------------------------------------------------
+# --- claim 3: replay -----------------------------------------------------------------------------
 def _finite_pattern(mask: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(mask)
 
@@ -246,7 +288,6 @@ def _time_us(fn: Callable[[], Any], reps: int) -> float:
 
 def _check_replay(shapes: dict[str, Any], timings: dict[str, float], reps: int) -> Check:
     import dsa
-
     import graphguard
 
     B, H, D, k, L = shapes["B"], shapes["H"], shapes["D"], shapes["k"], shapes["L_max"]
@@ -269,7 +310,9 @@ def _check_replay(shapes: dict[str, Any], timings: dict[str, float], reps: int) 
     bad = []
     gen = torch.Generator().manual_seed(3)
     for i, n in enumerate(draws):
-        row_lens = torch.tensor([n] + [int(v) for v in torch.randint(0, L + 1, (B - 1,), generator=gen)])
+        row_lens = torch.tensor(
+            [n] + [int(v) for v in torch.randint(0, L + 1, (B - 1,), generator=gen)]
+        )
         row_lens[-1] = 0 if B > 1 else row_lens[-1]  # always one padding row
         q.copy_(torch.randn_like(q))
         kc.copy_(torch.randn_like(kc))
@@ -287,13 +330,19 @@ def _check_replay(shapes: dict[str, Any], timings: dict[str, float], reps: int) 
     timings["graph_replay"] = _time_us(cap.replay, reps)
     if bad:
         return Check("replay", "failed", "replay differs from eager at " + ", ".join(bad))
-    return Check("replay", "passed",
-                 f"captured once at B={B} L_max={L}; {len(draws)} replays with seq_lens "
-                 f"{draws} (and a padding row) matched eager masks", {"draws": draws})
+    return Check(
+        "replay",
+        "passed",
+        f"captured once at B={B} L_max={L}; {len(draws)} replays with seq_lens "
+        f"{draws} (and a padding row) matched eager masks",
+        {"draws": draws},
+    )
 
 
-# --- the whole certificate ---------------------------------------------------------------------------
-def certify(*, quick: bool = False, seed: int = 0, progress: Callable[[str], None] | None = None) -> Certificate:
+# --- the whole certificate -----------------------------------------------------------------------
+def certify(
+    *, quick: bool = False, seed: int = 0, progress: Callable[[str], None] | None = None
+) -> Certificate:
     """Run every claim this machine can run and return the certificate."""
     # The refusal claims provoke hazards on purpose; their events are recorded in the
     # certificate instead of being printed among the report.
@@ -321,11 +370,18 @@ def _certify(*, quick: bool, seed: int, progress: Callable[[str], None] | None) 
     if cuda:
         checks.append(_check_replay(shapes, timings, reps=20 if quick else 100))
     else:
-        checks.append(Check("replay", "not run",
-                            "needs a CUDA GPU: real capture and replay cannot run on this machine"))
+        checks.append(
+            Check(
+                "replay",
+                "not run",
+                "needs a CUDA GPU: real capture and replay cannot run on this machine",
+            )
+        )
     timings["certify_wall"] = (time.perf_counter() - t0) * 1e6
     return Certificate(
-        device=torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
+        device=torch.cuda.get_device_name()
+        if cuda
+        else f"cpu ({platform.processor() or platform.machine()})",
         torch_version=torch.__version__,
         cuda=torch.version.cuda,
         python=platform.python_version(),
@@ -348,7 +404,9 @@ def render(cert: Certificate) -> str:
         mark = {"passed": "PASS", "failed": "FAIL", "not run": "SKIP"}[check.status]
         lines.append(f"  [{mark}] {check.name}: {check.detail}")
     if cert.timings_us:
-        lines.append("  timings (µs, median): " + ", ".join(f"{k}={v}" for k, v in cert.timings_us.items()))
+        lines.append(
+            "  timings (µs, median): " + ", ".join(f"{k}={v}" for k, v in cert.timings_us.items())
+        )
     skipped = [c.name for c in cert.checks if c.status == "not run"]
     note = f" ({', '.join(skipped)} not run: needs a GPU)" if skipped else ""
     lines.append(f"  result: {'CERTIFIED' if cert.ok else 'NOT CERTIFIED'}{note}")
@@ -362,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     show = sys.stderr.isatty() and not args.json
-    cert = certify(quick=args.quick, seed=args.seed,
-                   progress=(lambda m: print(f"... {m}", file=sys.stderr)) if show else None)
+    cert = certify(
+        quick=args.quick,
+        seed=args.seed,
+        progress=(lambda m: print(f"... {m}", file=sys.stderr)) if show else None,
+    )
     print(json.dumps(cert.to_dict(), indent=2) if args.json else render(cert))
     return 0 if cert.ok else 1

@@ -71,7 +71,7 @@ class CheckStartError(Exception):
     """The program could not be started: missing script, syntax error, unknown module."""
 
 
-# --- what to run ---------------------------------------------------------------------------------
+# --- what to run ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
     """A script path or a module name, and the arguments the program receives."""
@@ -163,7 +163,7 @@ class Target:
         return run
 
 
-# --- --function ----------------------------------------------------------------------------------
+# --- --function -----------------------------------------------------------------------------------
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _SPEC = re.compile(rf"^(?:(?P<module>{_IDENT}(?:\.{_IDENT})*):)?(?P<qualname>.+)$")
 _QUAL_PART = re.compile(rf"^(?:{_IDENT}|<locals>)$")
@@ -187,11 +187,7 @@ class FunctionSpec:
         match = _SPEC.match(text.strip())
         qualname = match.group("qualname") if match else ""
         parts = qualname.split(".")
-        if (
-            match is None
-            or not all(_QUAL_PART.match(p) for p in parts)
-            or parts[-1] == "<locals>"
-        ):
+        if match is None or not all(_QUAL_PART.match(p) for p in parts) or parts[-1] == "<locals>":
             raise ValueError(
                 f"--function {text!r} is not valid; use QUALNAME or MODULE:QUALNAME, "
                 f"for example 'train_step', 'Trainer.step' or 'pkg.train:train_step'"
@@ -303,7 +299,7 @@ def _thread_profile() -> Any:
     return getattr(threading, "_profile_hook", None)
 
 
-# --- collecting ----------------------------------------------------------------------------------
+# --- collecting -----------------------------------------------------------------------------------
 @dataclass
 class Finding:
     """One distinct hazard and how many times the program hit it."""
@@ -416,14 +412,14 @@ def _user_traceback(error: BaseException) -> str:
     kept = [
         frame
         for frame in info.stack
-        if not frame.filename.startswith(_PKG_DIR)
+        if not frame.filename.startswith((_PKG_DIR, "<frozen runpy>"))
         and os.path.abspath(frame.filename) != _RUNPY_FILE
     ]
     info.stack = traceback.StackSummary.from_list(kept)
     return "".join(info.format())
 
 
-# --- reporting -----------------------------------------------------------------------------------
+# --- reporting ------------------------------------------------------------------------------------
 def display_path(filename: str, project_root: str | os.PathLike[str]) -> str:
     """``filename`` relative to the project root when it lies inside it, else as it is."""
     if filename.startswith("<"):
@@ -473,6 +469,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _counts(entry: dict[str, Any]) -> str:
+    return f"{_plural(entry['hazards'], 'hazard')} ({_plural(entry['occurrences'], 'occurrence')})"
+
+
 def render_text(result: CheckResult, project_root: str | os.PathLike[str]) -> str:
     """Every diagnostic as the library renders it, then the run summary."""
     blocks = []
@@ -492,20 +492,15 @@ def render_text(result: CheckResult, project_root: str | os.PathLike[str]) -> st
             f"{_plural(summary['files'], 'file')}",
             "  by code:",
         ]
-        width = max(len(str(c["occurrences"])) for c in summary["by_code"].values())
         for code, c in summary["by_code"].items():
-            lines.append(
-                f"    {code} {c['kind']:<17} {c['occurrences']:>{width}}x  first at {c['first']}"
-            )
+            lines.append(f"    {code} {c['kind']:<17} {_counts(c)}, first at {c['first']}")
         lines.append("  by file:")
         for path, f in summary["by_file"].items():
-            lines.append(f"    {path}: {_plural(f['hazards'], 'hazard')}, {f['occurrences']}x")
+            lines.append(f"    {path}: {_counts(f)}")
     if result.error is not None:
         lines.append(
             f"  the program stopped early ({result.error}): code after that point was not checked"
         )
-    for spec in result.unmatched_functions:
-        lines.append(f"  --function {spec} matched no call")
     blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 

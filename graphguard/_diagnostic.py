@@ -31,9 +31,9 @@ _INTERNAL_DIRS: tuple[str, ...] = tuple(
     d for d in (_PKG_DIR, _module_dir("torch"), _module_dir("wrapt")) if d is not None
 )
 _INTERNAL_FILES = {
-    os.path.abspath(m.__file__)
+    os.path.abspath(path)
     for m in (sys.modules.get("contextlib"), sys.modules.get("functools"))
-    if m is not None and getattr(m, "__file__", None)
+    if (path := getattr(m, "__file__", None))
 }
 
 
@@ -50,7 +50,7 @@ def _is_internal(filename: str) -> bool:
 
 def find_user_frame(start: FrameType | None = None) -> FrameType | None:
     """The innermost frame outside graphguard, torch and wrapt (``None`` if there is none)."""
-    frame = start if start is not None else sys._getframe(1)
+    frame: FrameType | None = start if start is not None else sys._getframe(1)
     while frame is not None:
         if not _is_internal(frame.f_code.co_filename):
             return frame

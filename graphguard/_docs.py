@@ -10,7 +10,7 @@ __all__ = ["render_index", "render_rule", "write_rule_docs"]
 
 
 def render_rule(rule: Rule) -> str:
-    """The rule's page, with the headings What it does / Why is this bad? / Example / Use instead."""
+    """The rule's page: What it does / Why is this bad? / Example / Use instead."""
     return "\n".join(
         [
             f"# {rule.code} `{rule.slug}`: {rule.title}",

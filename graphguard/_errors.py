@@ -62,7 +62,7 @@ class NotCapturedError(GraphGuardError, RuntimeError):
 
 
 class GraphLimitError(GraphGuardError, RuntimeError):
-    """A graphed step met a new shape class after ``max_graphs`` (with ``on_graph_limit="error"``)."""
+    """A graphed step met a new shape class past ``max_graphs`` (``on_graph_limit="error"``)."""
 
 
 class HazardError(GraphGuardError, RuntimeError):

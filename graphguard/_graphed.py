@@ -30,8 +30,8 @@ from ._log import get_logger
 from ._outputs import Generation, wrap_output
 from ._report import _notify, log_hazard
 from ._rules import RULES
-from ._scalars import ScalarSnapshot, Tracked, _same, watch_optimizers
-from ._session import guarded, new_state, trim_traceback
+from ._scalars import ScalarSnapshot, _same, watch_optimizers
+from ._session import guarded, new_state, overrides, trim_traceback
 from ._state import is_allowed
 from ._tree import flatten, rebuild
 
@@ -79,7 +79,9 @@ class Graphed:
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
             raise ConfigError(f"warmup={warmup!r} is not valid; allowed values: an int >= 0")
         if not isinstance(max_graphs, int) or isinstance(max_graphs, bool) or max_graphs < 1:
-            raise ConfigError(f"max_graphs={max_graphs!r} is not valid; allowed values: an int >= 1")
+            raise ConfigError(
+                f"max_graphs={max_graphs!r} is not valid; allowed values: an int >= 1"
+            )
         if on_graph_limit not in GRAPH_LIMIT_POLICIES:
             raise ConfigError.bad_choice("on_graph_limit", on_graph_limit, GRAPH_LIMIT_POLICIES)
         if buckets is not None and not callable(buckets):
@@ -101,8 +103,8 @@ class Graphed:
         self.on_graph_limit = on_graph_limit
         self.buckets = buckets
         self.clone_outputs = bool(clone_outputs)
-        self.label = validate_label(label) or getattr(
-            fn, "__qualname__", type(fn).__qualname__
+        self.label: str = validate_label(label) or str(
+            getattr(fn, "__qualname__", type(fn).__qualname__)
         )
         self.pool = pool
         self.eager_reason: Diagnostic | str | None = None
@@ -168,7 +170,8 @@ class Graphed:
         paths: list[str],
         real_batch: int | None,
     ) -> Any:
-        cuda = torch.cuda.is_available()
+        # `graphguard check` forces audit: the CPU path then runs on any machine.
+        cuda = torch.cuda.is_available() and not overrides.force_audit
         if entry.calls < self.warmup:
             entry.calls += 1
             return self._run_eager(args, kwargs, guard=True, side_stream=cuda)
@@ -225,8 +228,12 @@ class Graphed:
             )
         if not self._limit_warned:
             self._limit_warned = True
-            get_logger().warning("graphguard.graphed.limit", label=self.label, message=message,
-                                 action="running this shape class eagerly")
+            get_logger().warning(
+                "graphguard.graphed.limit",
+                label=self.label,
+                message=message,
+                action="running this shape class eagerly",
+            )
         return self._run_eager(args, kwargs, guard=True, side_stream=False)
 
     # -- capture ----------------------------------------------------------------------------------
@@ -305,7 +312,9 @@ class Graphed:
                 entry.scalars.add_module_tree(leaf, name=type(leaf).__name__)
 
     # -- stale host scalars ---------------------------------------------------------------------
-    def _stale_scalars(self, entry: _Entry, leaves: list[Any]) -> list[tuple[str, Any, Any, str, int]]:
+    def _stale_scalars(
+        self, entry: _Entry, leaves: list[Any]
+    ) -> list[tuple[str, Any, Any, str, int]]:
         stale = []
         for index, path, captured in entry.arg_values:
             current = leaves[index]
@@ -330,7 +339,10 @@ class Graphed:
         return path
 
     def _on_stale(
-        self, stale: list[tuple[str, Any, Any, str, int]], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        stale: list[tuple[str, Any, Any, str, int]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
         rule = RULES["GG601"]
         if is_allowed(rule.code, rule.kind):
@@ -338,7 +350,7 @@ class Graphed:
         name, captured, current, filename, lineno = stale[0]
         location = None
         if lineno:
-            location = (filename, lineno, getattr(self.fn, "__name__", self.label))
+            location = (filename, lineno, str(getattr(self.fn, "__name__", self.label)))
         message = (
             f"{name} was {captured!r} when {self.label!r} was captured and is {current!r} now; "
             f"the graph still uses {captured!r}"
@@ -392,16 +404,24 @@ class Graphed:
         return out, batch
 
     def _wrap(
-        self, entry: _Entry, out: Any, out_leaves: list[Any] | None, real_batch: int | None,
-        *, template: Any,
+        self,
+        entry: _Entry,
+        out: Any,
+        out_leaves: list[Any] | None,
+        real_batch: int | None,
+        *,
+        template: Any,
     ) -> Any:
         if out_leaves is None:
             out_leaves, _p, _s = flatten(out)
         padded = None
         if real_batch is not None:
             padded = next(
-                (t.shape[0] for t in entry.static_leaves or out_leaves
-                 if isinstance(t, torch.Tensor) and t.dim() > 0),
+                (
+                    t.shape[0]
+                    for t in entry.static_leaves or out_leaves
+                    if isinstance(t, torch.Tensor) and t.dim() > 0
+                ),
                 None,
             )
         generation = Generation(self._calls, self.label, self.on_hazard)

@@ -14,6 +14,7 @@ user's own call is what gets reported, at the user's own line.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -76,7 +77,11 @@ def _is_host(state: GuardState, t: Any) -> bool:
 def _mark_host(state: GuardState, t: Any) -> None:
     key = id(t)
     host_ids = state.host_ids
-    host_ids[key] = weakref.ref(t, lambda _r, k=key, d=host_ids: d.pop(k, None))
+    host_ids[key] = weakref.ref(t, functools.partial(_forget, host_ids, key))
+
+
+def _forget(host_ids: dict[int, Any], key: int, _ref: Any) -> None:
+    host_ids.pop(key, None)
 
 
 def _describe(t: Any) -> str:
@@ -88,7 +93,10 @@ def _phase_words(state: GuardState) -> str:
     if phase == "capture":
         return "during CUDA-graph capture"
     if state.emulate:
-        return "in the guarded region (audit on a machine without CUDA: CPU tensors stand for device tensors)"
+        return (
+            "in the guarded region (audit on a machine without CUDA: CPU tensors stand for "
+            "device tensors)"
+        )
     return "in the guarded region (audit mode)"
 
 
@@ -142,11 +150,15 @@ for _api, _code, _func in (
 
 
 @register_check(torch.is_nonzero, _attr(T, "is_nonzero"))
-def _check_is_nonzero(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_is_nonzero(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Hit | None:
     t = args[0] if args else None
     if not is_device(state, t):
         return None
-    return Hit("GG106", "torch.is_nonzero", f"torch.is_nonzero on {_describe(t)} {_phase_words(state)}", t)
+    return Hit(
+        "GG106", "torch.is_nonzero", f"torch.is_nonzero on {_describe(t)} {_phase_words(state)}", t
+    )
 
 
 @register_check(torch.equal, torch.allclose, _attr(T, "equal"), _attr(T, "allclose"))
@@ -196,7 +208,7 @@ def _check_repeat_interleave(
 ) -> Hit | None:
     if kwargs.get("output_size") is not None or (len(args) >= 4 and args[3] is not None):
         return None
-    # torch.repeat_interleave(repeats) or (input, repeats, ...): the repeats tensor sizes the output.
+    # repeat_interleave(repeats) or (input, repeats, ...): the repeats tensor sizes the output.
     repeats = kwargs.get("repeats", args[1] if len(args) >= 2 else (args[0] if args else None))
     if not is_device(state, repeats):
         return None
@@ -281,7 +293,9 @@ def _check_setitem(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, A
 
 
 @register_check(torch.index_put, torch.index_put_, _attr(T, "index_put"), _attr(T, "index_put_"))
-def _check_index_put(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_index_put(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Hit | None:
     if len(args) < 2 or not is_device(state, args[0]):
         return None
     return _index_hit(state, args[0], tuple(i for i in args[1] if i is not None), "index_put")
@@ -339,17 +353,18 @@ def _check_to(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         )
     if _is_host(state, t) and target == "cuda":
         hit = _h2d_hit(state, t, "Tensor.to('cuda')", non_blocking)
-        return hit._replace(emulate=lambda: t)
+        # The emulated result is a fresh (unmarked) tensor: it stands for the device copy.
+        return hit._replace(emulate=lambda: t.clone())
     return None
 
 
 @register_check(_attr(T, "cuda"))
 def _check_cuda(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
     t = args[0] if args else None
-    if not _is_host(state, t):
+    if not isinstance(t, torch.Tensor) or not _is_host(state, t):
         return None
     non_blocking = bool(kwargs.get("non_blocking", False))
-    return _h2d_hit(state, t, "Tensor.cuda()", non_blocking)._replace(emulate=lambda: t)
+    return _h2d_hit(state, t, "Tensor.cuda()", non_blocking)._replace(emulate=lambda: t.clone())
 
 
 @register_check(_attr(T, "copy_"))
@@ -371,7 +386,9 @@ def _check_copy(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 @register_check(torch.tensor, torch.as_tensor, _attr(torch, "asarray"))
-def _check_from_data(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_from_data(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Hit | None:
     data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
     if isinstance(data, torch.Tensor) and is_device(state, data):
         return None
@@ -397,7 +414,9 @@ def _check_from_data(state: GuardState, args: tuple[Any, ...], kwargs: dict[str,
 
 # --- pinned allocation ------------------------------------------------------------------------
 @register_check(_attr(T, "pin_memory"))
-def _check_pin_memory(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_pin_memory(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Hit | None:
     t = args[0] if args else None
     if not isinstance(t, torch.Tensor) or t.is_cuda:
         return None
@@ -411,7 +430,9 @@ def _check_pin_memory(state: GuardState, args: tuple[Any, ...], kwargs: dict[str
     )
 
 
-def _pinned_factory_hit(state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit:
+def _pinned_factory_hit(
+    state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Hit:
     name = getattr(func, "__name__", "factory")
     plain = {k: v for k, v in kwargs.items() if k != "pin_memory"}
     return Hit(
@@ -427,12 +448,45 @@ def _pinned_factory_hit(state: GuardState, func: Any, args: tuple[Any, ...], kwa
 # Calls that read metadata or make views launch no kernel, so the stream they run on is moot.
 _NO_KERNEL = frozenset(
     {
-        "__get__", "size", "dim", "stride", "numel", "nelement", "element_size", "data_ptr",
-        "storage_offset", "is_contiguous", "is_floating_point", "is_complex", "is_pinned",
-        "untyped_storage", "view", "view_as", "as_strided", "reshape", "expand", "expand_as",
-        "squeeze", "unsqueeze", "permute", "transpose", "t", "narrow", "select", "detach",
-        "__len__", "__hash__", "__iter__", "get_device", "requires_grad_", "_is_view",
-        "is_set_to", "__torch_function__", "register_hook", "retain_grad", "__setstate__",
+        "__get__",
+        "size",
+        "dim",
+        "stride",
+        "numel",
+        "nelement",
+        "element_size",
+        "data_ptr",
+        "storage_offset",
+        "is_contiguous",
+        "is_floating_point",
+        "is_complex",
+        "is_pinned",
+        "untyped_storage",
+        "view",
+        "view_as",
+        "as_strided",
+        "reshape",
+        "expand",
+        "expand_as",
+        "squeeze",
+        "unsqueeze",
+        "permute",
+        "transpose",
+        "t",
+        "narrow",
+        "select",
+        "detach",
+        "__len__",
+        "__hash__",
+        "__iter__",
+        "get_device",
+        "requires_grad_",
+        "_is_view",
+        "is_set_to",
+        "__torch_function__",
+        "register_hook",
+        "retain_grad",
+        "__setstate__",
     }
 )
 
@@ -455,7 +509,9 @@ _is_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or (
 )
 
 
-def _check_stream(state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_stream(
+    state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Hit | None:
     name = getattr(func, "__name__", "")
     if name in _NO_KERNEL:
         return None
@@ -463,7 +519,9 @@ def _check_stream(state: GuardState, func: Any, args: tuple[Any, ...], kwargs: d
     if t is None or _is_capturing():
         return None
     stream = torch.cuda.current_stream(t.device)
-    which = "the default stream" if stream == torch.cuda.default_stream(t.device) else "a side stream"
+    which = (
+        "the default stream" if stream == torch.cuda.default_stream(t.device) else "a side stream"
+    )
     return Hit(
         "GG301",
         f"{name or 'op'} on an uncaptured stream",
@@ -482,7 +540,9 @@ def _outputs(result: Any) -> tuple[Any, ...]:
     return ()
 
 
-def _track_host(state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+def _track_host(
+    state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
+) -> None:
     """While emulating, remember which results are genuine host tensors (see docs/audit.md)."""
     outs = _outputs(result)
     if not outs:
@@ -521,7 +581,11 @@ class HazardMode(TorchFunctionMode):
         self.emulate = not torch.cuda.is_available()
 
     def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> Any:
         if kwargs is None:
             kwargs = {}

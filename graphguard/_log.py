@@ -28,7 +28,7 @@ _env_checked = False
 
 
 def enable_json_logs(file: IO[str] | str | os.PathLike[str] | None = None) -> None:
-    """Send graphguard's events to ``file`` as JSON lines (stderr by default; a path is appended to).
+    """Send graphguard's events to ``file`` as JSON lines (default stderr; a path is appended to).
 
     Only graphguard's own events are affected; global structlog and logging stay untouched.
     """
@@ -43,7 +43,7 @@ def enable_json_logs(file: IO[str] | str | os.PathLike[str] | None = None) -> No
         else:
             stream = file
         _json_logger = structlog.wrap_logger(
-            structlog.PrintLogger(stream),
+            structlog.PrintLogger(stream),  # type: ignore[arg-type]
             processors=[
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -23,9 +23,26 @@ from ._state import is_allowed
 __all__ = ["Generation", "GraphOutput", "wrap_output"]
 
 _METADATA = frozenset(
-    {"__get__", "size", "dim", "stride", "numel", "nelement", "element_size", "is_contiguous",
-     "data_ptr", "storage_offset", "is_floating_point", "is_complex", "get_device", "__len__",
-     "__hash__", "__setstate__", "__reduce_ex__", "__deepcopy__"}
+    {
+        "__get__",
+        "size",
+        "dim",
+        "stride",
+        "numel",
+        "nelement",
+        "element_size",
+        "is_contiguous",
+        "data_ptr",
+        "storage_offset",
+        "is_floating_point",
+        "is_complex",
+        "get_device",
+        "__len__",
+        "__hash__",
+        "__setstate__",
+        "__reduce_ex__",
+        "__deepcopy__",
+    }
 )
 
 
@@ -84,7 +101,10 @@ def _report_stale(t: GraphOutput, func: Any) -> None:
         phase="replay",
         label=gen.label,
         tensor=t,
-        details=(("returned by call", f"#{gen.call}"), ("overwritten by call", f"#{gen.overwritten_by}")),
+        details=(
+            ("returned by call", f"#{gen.call}"),
+            ("overwritten by call", f"#{gen.overwritten_by}"),
+        ),
     )
     _notify(diagnostic)
     if gen.on_hazard == "raise":

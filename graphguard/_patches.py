@@ -16,6 +16,7 @@ one ``ContextVar`` read and passes straight through.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -27,7 +28,7 @@ import wrapt
 
 from ._diagnostic import make_diagnostic
 from ._errors import error_class_for
-from ._intercept import Hit, _describe, _phase_words
+from ._intercept import Hit, _phase_words
 from ._report import _notify, log_hazard, report
 from ._rules import RULES
 from ._state import GuardState, active_global_captures, current_state
@@ -49,7 +50,9 @@ class _Target:
 
 
 def _sync_check(api: str, emulated: Any = None) -> Callable[..., Hit | None]:
-    def check(state: GuardState, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit:
+    def check(
+        state: GuardState, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Hit:
         return Hit(
             "GG107",
             api,
@@ -61,7 +64,9 @@ def _sync_check(api: str, emulated: Any = None) -> Callable[..., Hit | None]:
 
 
 def _rng_check(code: str, api: str) -> Callable[..., Hit | None]:
-    def check(state: GuardState, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit:
+    def check(
+        state: GuardState, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Hit:
         what = "reseeds the generator" if code == "GG501" else "reads or sets generator state"
         return Hit(code, api, f"{api} {what} {_phase_words(state)}")
 
@@ -83,7 +88,9 @@ def _default_stream_check(
     )
 
 
-def _pin_check(state: GuardState, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _pin_check(
+    state: GuardState, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Hit | None:
     return None  # the torch-function mode checks pin_memory() in guarded threads
 
 
@@ -116,7 +123,9 @@ def _targets() -> list[_Target]:
         ):
             if name in vars(module) and (id(module), name) not in seen:
                 seen.add((id(module), name))
-                prefix = "torch.cuda" if module in (cuda, getattr(cuda, "random", None)) else "torch"
+                prefix = (
+                    "torch.cuda" if module in (cuda, getattr(cuda, "random", None)) else "torch"
+                )
                 out.append(_Target(module, name, _rng_check(code, f"{prefix}.{name}()")))
     return out
 
@@ -221,10 +230,8 @@ def _settle_torch_lazy_wrappers() -> None:
     happened while our wrapper was installed (torch imports it lazily, for example on the first
     call of some modules), torch would wrap *our* wrapper and we could not restore the attribute.
     """
-    try:
+    with contextlib.suppress(Exception):  # builds without dynamo have nothing to settle
         import torch._dynamo  # noqa: F401
-    except Exception:  # pragma: no cover - builds without dynamo have nothing to settle
-        pass
 
 
 # Wrappers are built once per original object and reused by later installs: building ~30

@@ -53,10 +53,15 @@ def add_sink(sink: Callable[[Diagnostic], None]) -> Callable[[], None]:
 
 def _notify(diagnostic: Diagnostic) -> None:
     for sink in list(_sinks):
-        sink(diagnostic)
+        try:
+            sink(diagnostic)
+        except Exception:  # a broken sink must not break the user's call
+            get_logger().exception("graphguard.sink_failed", sink=repr(sink))
 
 
-def log_hazard(diagnostic: Diagnostic, *, action: str, level: str = "warning", **extra: Any) -> None:
+def log_hazard(
+    diagnostic: Diagnostic, *, action: str, level: str = "warning", **extra: Any
+) -> None:
     """Emit the ``graphguard.hazard`` event: the diagnostic's fields, never tensor values."""
     fields = diagnostic.to_dict()
     fields.update(extra)

@@ -1,4 +1,4 @@
-"""The hazard catalog: one table of rules read by the interceptors, the messages, the docs and the CLI.
+"""The hazard catalog: one table of rules read by the interceptors, messages, docs and the CLI.
 
 A rule is data. Interceptors name a rule by its code; the diagnostic takes title, why and fix
 from the rule; ``docs/rules/<code>.md`` is written from the same fields (``python -m graphguard
@@ -67,9 +67,9 @@ def _rule(**fields: str) -> None:
 
 
 _POISONS = (
-    "torch fails with `cudaErrorStreamCaptureInvalidated` (\"operation failed due to a previous "
-    "error during capture\"), names no line, and leaves the process unusable: every later RNG "
-    "call raises \"Offset increment outside graph capture encountered unexpectedly\"."
+    'torch fails with `cudaErrorStreamCaptureInvalidated` ("operation failed due to a previous '
+    'error during capture"), names no line, and leaves the process unusable: every later RNG '
+    'call raises "Offset increment outside graph capture encountered unexpectedly".'
 )
 
 # --- host-sync -------------------------------------------------------------------------------
@@ -128,8 +128,8 @@ _rule(
     use_instead="ids_buf.copy_(logits.argmax(-1))   # static device buffer\n"
     "graph.replay(); ids = ids_buf.tolist()",
     torch_behaviour=(
-        "torch raises \"Cannot copy between CPU and CUDA tensors during CUDA graph capture unless "
-        "the CPU tensor is pinned\" without naming a line; the process stays usable."
+        'torch raises "Cannot copy between CPU and CUDA tensors during CUDA graph capture unless '
+        'the CPU tensor is pinned" without naming a line; the process stays usable.'
     ),
 )
 _rule(
@@ -281,8 +281,8 @@ _rule(
     "rows_idx = torch.tensor([0, 2, 5], device='cuda')  # before capture\n"
     "x = x + one; rows = table[rows_idx]",
     torch_behaviour=(
-        "torch raises \"Cannot copy between CPU and CUDA tensors during CUDA graph capture unless "
-        "the CPU tensor is pinned\" without naming a line; the process stays usable."
+        'torch raises "Cannot copy between CPU and CUDA tensors during CUDA graph capture unless '
+        'the CPU tensor is pinned" without naming a line; the process stays usable.'
     ),
 )
 
@@ -303,8 +303,7 @@ _rule(
         "that call site with `graphguard.allow('GG402')`."
     ),
     example="x_dev = pinned_batch.to('cuda', non_blocking=True)",
-    use_instead="static_x.copy_(pinned_batch, non_blocking=True)   # before replay\n"
-    "graph.replay()",
+    use_instead="static_x.copy_(pinned_batch, non_blocking=True)   # before replay\ngraph.replay()",
     torch_behaviour="Silent: replay re-reads the host buffer, whatever it holds then.",
 )
 
@@ -324,8 +323,8 @@ _rule(
     use_instead="torch.manual_seed(0)        # once, before capture\n"
     "g = torch.cuda.CUDAGraph(); g.register_generator_state(gen)",
     torch_behaviour=(
-        "torch raises \"CUDAGeneratorImpl::set_current_seed can be called during stream capture "
-        "only if new seed is the same as the original seed\"; the process stays usable."
+        'torch raises "CUDAGeneratorImpl::set_current_seed can be called during stream capture '
+        'only if new seed is the same as the original seed"; the process stays usable.'
     ),
 )
 _rule(
@@ -357,7 +356,8 @@ _rule(
     ),
     fix=(
         "Keep values that change on the device (`capturable=True` optimizers, a 0-d device "
-        "tensor updated with `.fill_()` or `.copy_()` before replay), or re-capture when they change."
+        "tensor updated with `.fill_()` or `.copy_()` before replay), or re-capture when they "
+        "change."
     ),
     example="opt = torch.optim.SGD(params, lr=0.1)\n"
     "step = graphguard.graphed(train_step)\nsched.step()   # lr changes, graph keeps 0.1",

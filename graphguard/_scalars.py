@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 import dis
+import functools
 import math
 import threading
 import types
@@ -44,8 +45,15 @@ __all__ = ["OptimizerWatch", "ScalarSnapshot", "read_paths", "watch_optimizers"]
 
 _SCALARS = (bool, int, float)
 _MISSING = object()
-_LOAD_ROOT = {"LOAD_GLOBAL", "LOAD_DEREF", "LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW",
-              "LOAD_NAME", "LOAD_CLASSDEREF"}
+_LOAD_ROOT = {
+    "LOAD_GLOBAL",
+    "LOAD_DEREF",
+    "LOAD_FAST",
+    "LOAD_FAST_CHECK",
+    "LOAD_FAST_BORROW",
+    "LOAD_NAME",
+    "LOAD_CLASSDEREF",
+}
 
 
 def _is_scalar(value: Any) -> bool:
@@ -86,8 +94,11 @@ def read_paths(code: types.CodeType) -> list[ReadPath]:
     i = 0
     while i < len(instrs):
         ins = instrs[i]
-        if ins.positions is not None and ins.positions.lineno is not None:
-            line = ins.positions.lineno
+        positions = getattr(ins, "positions", None)  # 3.11+; starts_line before
+        if positions is not None and positions.lineno is not None:
+            line = positions.lineno
+        elif isinstance(getattr(ins, "starts_line", None), int):
+            line = ins.starts_line  # type: ignore[assignment]
         if ins.opname in _LOAD_ROOT and isinstance(ins.argval, str):
             scope = {"LOAD_GLOBAL": "global", "LOAD_NAME": "global"}.get(ins.opname, "closure")
             root = ins.argval
@@ -158,6 +169,10 @@ def _walk(value: Any, steps: tuple[Any, ...]) -> Any:
     return value
 
 
+def _read_path(path: ReadPath, fn: Any, self_obj: Any) -> Any:
+    return _walk(_resolve_root(path, fn, self_obj), path.steps)
+
+
 @dataclass
 class Tracked:
     """One tracked scalar: how to read it now, its value at capture, where it was consumed."""
@@ -203,7 +218,7 @@ class ScalarSnapshot:
             self.add(
                 Tracked(
                     name=name,
-                    read=(lambda p=path, f=func, o=self_obj: _walk(_resolve_root(p, f, o), p.steps)),
+                    read=functools.partial(_read_path, path, func, self_obj),
                     captured=value,
                     filename=path.filename,
                     lineno=path.lineno,
@@ -230,7 +245,9 @@ class ScalarSnapshot:
 _HYPER_SKIP = {"params", "param_names"}
 
 
-def optimizer_scalars(opt: torch.optim.Optimizer, label: str, filename: str, lineno: int) -> list[Tracked]:
+def optimizer_scalars(
+    opt: torch.optim.Optimizer, label: str, filename: str, lineno: int
+) -> list[Tracked]:
     """Tracked entries for each numeric hyperparameter of each param group of ``opt``."""
     out = []
     for gi, group in enumerate(opt.param_groups):
@@ -240,7 +257,7 @@ def optimizer_scalars(opt: torch.optim.Optimizer, label: str, filename: str, lin
             out.append(
                 Tracked(
                     name=f"{label}.param_groups[{gi}][{key!r}]",
-                    read=(lambda g=group, k=key: g.get(k, _MISSING)),
+                    read=functools.partial(group.get, key, _MISSING),
                     captured=value,
                     filename=filename,
                     lineno=lineno,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._dynamo  # noqa: F401  (rebinds torch.manual_seed on import; settle it before snapshots)
+import torch._dynamo
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -176,7 +176,8 @@ def nonblocking_d2h(c: Ctx) -> Any:
 
 # --- stream-escape -----------------------------------------------------------------------------
 def default_stream_work(c: Ctx) -> Any:
-    with torch.cuda.stream(torch.cuda.default_stream()): y = c.x * 2  # HAZARD  # noqa: E701
+    # One line on purpose: audit reports the default_stream() call, capture the op on it.
+    with torch.cuda.stream(torch.cuda.default_stream()): y = c.x * 2  # HAZARD  # noqa: E701  # fmt: skip
     return y
 
 

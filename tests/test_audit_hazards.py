@@ -1,4 +1,4 @@
-"""Every hazard in the table is caught in audit mode on the CPU, with its kind and the user's line."""
+"""Every hazard in the table is caught in audit mode, with its kind and the user's line."""
 
 from __future__ import annotations
 
@@ -56,9 +56,12 @@ def test_clean_code_is_never_reported(case: Case, ctx: Ctx) -> None:
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: c.name)
 def test_hazard_is_logged_as_structured_event(case: Case, ctx: Ctx) -> None:
     """Each hazard is one graphguard.hazard event with the diagnostic's fields and no values."""
-    with structlog.testing.capture_logs() as logs, pytest.raises(graphguard.HazardError):
-        with graphguard.capture(mode="audit", label="step"):
-            case.fn(ctx)
+    with (
+        structlog.testing.capture_logs() as logs,
+        pytest.raises(graphguard.HazardError),
+        graphguard.capture(mode="audit", label="step"),
+    ):
+        case.fn(ctx)
     events = [e for e in logs if e["event"] == "graphguard.hazard"]
     assert len(events) == 1
     event = events[0]

@@ -1,4 +1,4 @@
-"""Under real CUDA-graph capture: every hazard is refused at the user's line and the process stays healthy."""
+"""Under real CUDA-graph capture: hazards refused at the user's line; the process stays healthy."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_fallback_finishes_region_eagerly_with_eager_result(policy: str) -> None
 
 
 def test_guard_inside_plain_torch_capture_raises_even_with_fallback() -> None:
-    """Under a capture graphguard does not own, every policy raises and torch's capture ends fine."""
+    """Under a capture graphguard does not own, every policy raises; torch's capture ends fine."""
     x = torch.randn(64, device="cuda")
 
     @graphguard.guard(on_hazard="fallback")

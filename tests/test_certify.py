@@ -38,7 +38,9 @@ def test_refusal_names_validation_and_branch_lines() -> None:
     """The audit refusal names exactly the unpatched update's validation and branch lines."""
     import dsa
 
-    check = _certify._check_refusal_audit(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    check = _certify._check_refusal_audit(
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     where = dsa.unpatched_hazard_lines()
     assert check.status == "passed"
     located = {h.rsplit(":", 1)[1] for h in check.data["hazards"]}
@@ -60,5 +62,9 @@ def test_certify_on_gpu_runs_all_claims() -> None:
     cert = _certify.certify(quick=True)
     assert cert.ok, _certify.render(cert)
     assert {c.name for c in cert.checks if c.status == "passed"} == {
-        "semantics", "refusal (audit)", "refusal (capture)", "replay"}
+        "semantics",
+        "refusal (audit)",
+        "refusal (capture)",
+        "replay",
+    }
     assert cert.timings_us["graph_replay"] > 0

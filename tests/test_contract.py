@@ -93,8 +93,9 @@ def test_capture_mode_without_cuda_is_a_config_error() -> None:
     """mode='capture' on a machine without CUDA says why and what to use instead."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(graphguard.ConfigError, match="mode='auto'"), graphguard.capture(
-        mode="capture"
+    with (
+        pytest.raises(graphguard.ConfigError, match="mode='auto'"),
+        graphguard.capture(mode="capture"),
     ):
         pass
 
@@ -146,9 +147,10 @@ def test_region_cannot_be_entered_twice(ctx) -> None:
 @pytest.mark.parametrize("policy", ["warn", "fallback"])
 def test_warn_and_fallback_in_audit_log_and_continue(policy: str, ctx) -> None:
     """In audit mode warn/fallback log each hazard and run the body to the end."""
-    with structlog.testing.capture_logs() as logs, graphguard.capture(
-        mode="audit", on_hazard=policy
-    ) as cap:
+    with (
+        structlog.testing.capture_logs() as logs,
+        graphguard.capture(mode="audit", on_hazard=policy) as cap,
+    ):
         a = ctx.x.sum().item()
         b = ctx.x[ctx.x > 0]
     assert a == pytest.approx(ctx.x.sum().item())
@@ -211,9 +213,12 @@ def test_allow_skips_a_known_hazard_at_one_call_site(ctx) -> None:
         with graphguard.allow("host-sync"):
             ctx.x.tolist()
     assert cap.hazards == []
-    with pytest.raises(graphguard.HostSyncError), graphguard.capture(mode="audit"):
-        with graphguard.allow("GG105"):
-            ctx.x.sum().item()
+    with (
+        pytest.raises(graphguard.HostSyncError),
+        graphguard.capture(mode="audit"),
+        graphguard.allow("GG105"),
+    ):
+        ctx.x.sum().item()
 
 
 def test_allow_rejects_unknown_codes() -> None:

@@ -79,7 +79,10 @@ def test_nested_arguments_reach_the_step() -> None:
     [
         (lambda opt, sched: sched.step(), "param_groups[0]['lr']"),
         (lambda opt, sched: opt.param_groups[0].update(lr=0.0), "param_groups[0]['lr']"),
-        (lambda opt, sched: opt.param_groups[0].update(momentum=0.5), "param_groups[0]['momentum']"),
+        (
+            lambda opt, sched: opt.param_groups[0].update(momentum=0.5),
+            "param_groups[0]['momentum']",
+        ),
         (lambda opt, sched: opt.param_groups[0].update(weight_decay=0.1), "['weight_decay']"),
     ],
     ids=["scheduler-lr", "hand-lr", "momentum", "weight-decay"],
@@ -150,7 +153,7 @@ def test_changed_closure_variable_is_stale() -> None:
         return x / temperature
 
     step(torch.ones(2))
-    temperature = 0.5  # noqa: F841 - read through the closure cell
+    temperature = 0.5
     with pytest.raises(graphguard.StaleHostScalarError, match="temperature"):
         step(torch.ones(2))
 
@@ -385,5 +388,5 @@ def test_bad_graphed_options_raise_config_error(kwargs: dict, name: str) -> None
 
 def test_graphed_rejects_non_callables() -> None:
     """graphed(42) is a ConfigError, not a failure at the first call."""
-    with pytest.raises(graphguard.ConfigError, match="function or an nn.Module"):
+    with pytest.raises(graphguard.ConfigError, match=r"function or an nn\.Module"):
         graphguard.graphed(42)

@@ -39,7 +39,9 @@ def _train_step(model, opt, scale=None):
 
 def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator(device="cuda").manual_seed(i)
-    return torch.randn(32, 64, device="cuda", generator=g), torch.randn(32, 16, device="cuda", generator=g)
+    return torch.randn(32, 64, device="cuda", generator=g), torch.randn(
+        32, 16, device="cuda", generator=g
+    )
 
 
 def test_graphed_training_matches_eager_step_for_step() -> None:
@@ -62,7 +64,7 @@ def test_graphed_module_inference_replays_new_inputs() -> None:
     model = _mlp().eval()
     fast = graphguard.graphed(model, warmup=1)
     with torch.no_grad():
-        for i in range(5):
+        for _ in range(5):
             x = torch.randn(8, 64, device="cuda")
             torch.testing.assert_close(fast(x) * 1, model(x))
     assert fast.stats["graphs"] == 1 and fast.stats["replays"] == 4
@@ -119,7 +121,9 @@ def test_capture_replay_checks_captured_optimizer() -> None:
 def test_adam_capturable_betas_change_is_stale() -> None:
     """Adam(capturable=True) keeps lr on the device but bakes betas: a change is reported."""
     model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device="cuda"), capturable=True)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=torch.tensor(1e-3, device="cuda"), capturable=True
+    )
     fast = graphguard.graphed(_train_step(model, opt), warmup=1)
     fast(*_batch(0))
     fast(*_batch(1))

@@ -22,8 +22,15 @@ def test_codes_are_stable_format_and_kinds_known() -> None:
 
 def test_contract_kinds_are_present() -> None:
     """The hazard kinds named by the contract exist with these exact strings."""
-    for kind in ("host-sync", "pinned-alloc", "stream-escape", "pageable-copy", "rng-state",
-                 "stale-host-scalar", "stale-output"):
+    for kind in (
+        "host-sync",
+        "pinned-alloc",
+        "stream-escape",
+        "pageable-copy",
+        "rng-state",
+        "stale-host-scalar",
+        "stale-output",
+    ):
         assert kind in graphguard.KINDS
         assert any(r.kind == kind for r in graphguard.RULES.values())
 
@@ -32,7 +39,9 @@ def test_contract_kinds_are_present() -> None:
 def test_rule_doc_page_is_current(code: str) -> None:
     """docs/rules/<code>.md exists and equals the page rendered from the table."""
     page = DOCS / f"{code}.md"
-    assert page.exists(), f"missing {page}; run `python -m graphguard rules --write-docs docs/rules`"
+    assert page.exists(), (
+        f"missing {page}; run `python -m graphguard rules --write-docs docs/rules`"
+    )
     text = page.read_text(encoding="utf-8")
     assert text == render_rule(graphguard.get_rule(code))
     for heading in ("## What it does", "## Why is this bad?", "## Example", "## Use instead"):
