@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import structlog.testing
 import torch
 
 __all__ = ["Certificate", "certify", "main"]
@@ -344,13 +343,6 @@ def certify(
     *, quick: bool = False, seed: int = 0, progress: Callable[[str], None] | None = None
 ) -> Certificate:
     """Run every claim this machine can run and return the certificate."""
-    # The refusal claims provoke hazards on purpose; their events are recorded in the
-    # certificate instead of being printed among the report.
-    with structlog.testing.capture_logs():
-        return _certify(quick=quick, seed=seed, progress=progress)
-
-
-def _certify(*, quick: bool, seed: int, progress: Callable[[str], None] | None) -> Certificate:
     import graphguard
 
     say = progress or (lambda _msg: None)
@@ -420,10 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     show = sys.stderr.isatty() and not args.json
-    cert = certify(
-        quick=args.quick,
-        seed=args.seed,
-        progress=(lambda m: print(f"... {m}", file=sys.stderr)) if show else None,
-    )
+    from ._cli import _cli_logging  # the refusal claims provoke hazards on purpose: keep them quiet
+
+    with _cli_logging(verbose=False):
+        cert = certify(
+            quick=args.quick,
+            seed=args.seed,
+            progress=(lambda m: print(f"... {m}", file=sys.stderr)) if show else None,
+        )
     print(json.dumps(cert.to_dict(), indent=2) if args.json else render(cert))
     return 0 if cert.ok else 1

@@ -31,16 +31,17 @@ def _hazard(ctx) -> None:
 def test_recipe_1_opt_in_json_lines_to_a_stream(ctx) -> None:
     """enable_json_logs(stream) writes one JSON object per event, without global config."""
     stream = io.StringIO()
+    before = structlog.get_config()
     graphguard.enable_json_logs(stream)
     try:
         _hazard(ctx)
     finally:
         graphguard.disable_json_logs()
+    assert structlog.get_config() == before
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     hazard = next(e for e in events if e["event"] == "graphguard.hazard")
     assert hazard["code"] == "GG101" and hazard["label"] == "recipe"
     assert hazard["action"] == "logged" and hazard["level"] == "warning"
-    assert not structlog.is_configured()
 
 
 def test_recipe_1_environment_variable(tmp_path, monkeypatch, ctx) -> None:
