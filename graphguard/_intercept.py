@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from ._report import report
 from ._state import GuardState, current_state
 
-__all__ = ["HazardMode", "Hit", "is_device", "register_check"]
+__all__ = ["METADATA_CALLS", "HazardMode", "Hit", "is_device", "register_check"]
 
 
 class Hit(NamedTuple):
@@ -445,50 +445,21 @@ def _pinned_factory_hit(
 
 
 # --- stream escape ----------------------------------------------------------------------------
-# Calls that read metadata or make views launch no kernel, so the stream they run on is moot.
-_NO_KERNEL = frozenset(
+#: Calls that only read a tensor's metadata: no kernel, and no read of its values.
+METADATA_CALLS = frozenset(
     {
-        "__get__",
-        "size",
-        "dim",
-        "stride",
-        "numel",
-        "nelement",
-        "element_size",
-        "data_ptr",
-        "storage_offset",
-        "is_contiguous",
-        "is_floating_point",
-        "is_complex",
-        "is_pinned",
-        "untyped_storage",
-        "view",
-        "view_as",
-        "as_strided",
-        "reshape",
-        "expand",
-        "expand_as",
-        "squeeze",
-        "unsqueeze",
-        "permute",
-        "transpose",
-        "t",
-        "narrow",
-        "select",
-        "detach",
-        "__len__",
-        "__hash__",
-        "__iter__",
-        "get_device",
-        "requires_grad_",
-        "_is_view",
-        "is_set_to",
-        "__torch_function__",
-        "register_hook",
-        "retain_grad",
-        "__setstate__",
+        "__get__", "size", "dim", "stride", "numel", "nelement", "element_size", "data_ptr",
+        "storage_offset", "is_contiguous", "is_floating_point", "is_complex", "is_pinned",
+        "get_device", "__len__", "__hash__", "__setstate__", "__reduce_ex__", "__deepcopy__",
     }
-)
+)  # fmt: skip
+# Calls that read metadata or make views launch no kernel, so the stream they run on is moot.
+_NO_KERNEL = METADATA_CALLS | {
+    "untyped_storage", "view", "view_as", "as_strided", "reshape", "expand", "expand_as",
+    "squeeze", "unsqueeze", "permute", "transpose", "t", "narrow", "select", "detach",
+    "__iter__", "requires_grad_", "_is_view", "is_set_to", "__torch_function__",
+    "register_hook", "retain_grad",
+}  # fmt: skip
 
 
 def _first_cuda_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

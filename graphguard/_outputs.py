@@ -16,34 +16,12 @@ import torch
 
 from ._diagnostic import make_diagnostic
 from ._errors import StaleOutputError
+from ._intercept import METADATA_CALLS
 from ._report import _notify, log_hazard
 from ._rules import RULES
 from ._state import is_allowed
 
 __all__ = ["Generation", "GraphOutput", "wrap_output"]
-
-_METADATA = frozenset(
-    {
-        "__get__",
-        "size",
-        "dim",
-        "stride",
-        "numel",
-        "nelement",
-        "element_size",
-        "is_contiguous",
-        "data_ptr",
-        "storage_offset",
-        "is_floating_point",
-        "is_complex",
-        "get_device",
-        "__len__",
-        "__hash__",
-        "__setstate__",
-        "__reduce_ex__",
-        "__deepcopy__",
-    }
-)
 
 
 class Generation:
@@ -71,7 +49,7 @@ class GraphOutput(torch.Tensor):
     ) -> Any:
         if kwargs is None:
             kwargs = {}
-        if getattr(func, "__name__", "") not in _METADATA:
+        if getattr(func, "__name__", "") not in METADATA_CALLS:
             for arg in (*args, *kwargs.values()):
                 if isinstance(arg, GraphOutput) and arg._gg_generation.overwritten_by is not None:
                     _report_stale(arg, func)
