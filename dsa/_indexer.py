@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._mask import update_index_mask, update_index_mask_unpatched
-from ._scores import indexer_scores
+from ._scores import BACKENDS, indexer_scores
 from ._topk import select_topk
 
 __all__ = ["DSAIndexer", "IndexerOutput"]
@@ -49,6 +49,11 @@ class DSAIndexer(nn.Module):
     ``patched=False`` runs the same step with ``update_index_mask_unpatched``, the branchy seed
     form that syncs with the host and breaks capture; it exists so a checker can run one module
     in both forms. The module holds no parameters: the caller supplies q, k and w.
+
+    ``backend`` picks the scorer (see ``indexer_scores``): "auto" (default) uses the fused
+    Triton kernel where it can run and PyTorch elsewhere; "torch" and "triton" force one. With
+    "triton" (or "auto" on CUDA), run the step once eagerly before capturing a graph so the
+    kernel is compiled outside the capture.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class DSAIndexer(nn.Module):
         *,
         patched: bool = True,
         mask_dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if n_heads < 1 or head_dim < 1 or topk < 1:
@@ -67,16 +73,19 @@ class DSAIndexer(nn.Module):
             )
         if not mask_dtype.is_floating_point:
             raise TypeError(f"mask_dtype must be a floating dtype; got {mask_dtype}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         self.n_heads = n_heads
         self.head_dim = head_dim
         self.topk = topk
         self.patched = patched
         self.mask_dtype = mask_dtype
+        self.backend = backend
 
     def extra_repr(self) -> str:
         return (
             f"n_heads={self.n_heads}, head_dim={self.head_dim}, topk={self.topk}, "
-            f"patched={self.patched}, mask_dtype={self.mask_dtype}"
+            f"patched={self.patched}, mask_dtype={self.mask_dtype}, backend={self.backend!r}"
         )
 
     def forward(
@@ -103,7 +112,9 @@ class DSAIndexer(nn.Module):
             raise ValueError(
                 f"q must be [B, T, {self.n_heads}, {self.head_dim}]; got {tuple(q.shape)}"
             )
-        scores = indexer_scores(q, k, w, seq_lens=seq_lens, causal_positions=causal_positions)
+        scores = indexer_scores(
+            q, k, w, seq_lens=seq_lens, causal_positions=causal_positions, backend=self.backend
+        )
         indices = select_topk(scores, self.topk)
         if mask is None:
             mask = torch.full(

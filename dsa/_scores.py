@@ -2,6 +2,10 @@
 
 Everything here is capture-safe: shapes depend only on tensor shapes (never on tensor values),
 lengths and positions stay on the device, and no Python branch looks at a tensor's contents.
+
+Two backends compute the same scores: the pure-PyTorch path below (the reference, and the only
+one on CPU) and the fused Triton kernel of ``_triton.py`` (CUDA, bf16/fp16 q and k), which
+"auto" picks whenever it can take the inputs.
 """
 
 from __future__ import annotations
@@ -9,7 +13,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _triton
+
 __all__ = ["indexer_scores"]
+
+BACKENDS = ("auto", "torch", "triton")
 
 # `aten::bmm.dtype` (half inputs, float32 output) arrived in torch 2.8. It lets the head-weighted
 # sum accumulate and land in float32 without first writing a float32 copy of the [B*T, H, L]
@@ -79,6 +87,22 @@ def _visible_limit(
     return limit
 
 
+def _use_triton(backend: str, q: Tensor, k: Tensor, w: Tensor) -> bool:
+    """Resolve ``backend`` for these inputs; raise ValueError for an unknown or impossible one."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        if not q.is_cuda or torch.compiler.is_compiling():
+            return False
+        return _triton.unsupported_reason(q, k, w) is None
+    reason = _triton.unsupported_reason(q, k, w)
+    if reason is not None:
+        raise ValueError(f'backend="triton" cannot run on these inputs: {reason}')
+    return True
+
+
 def _weighted_relu_sum(weights: Tensor, logits: Tensor) -> Tensor:
     """float32 result of bmm(weights [N, 1, H], logits [N, H, L]), accumulated in float32."""
     if (
@@ -99,6 +123,7 @@ def indexer_scores(
     *,
     seq_lens: Tensor | None = None,
     causal_positions: Tensor | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Return the float32 index scores [B, T, L]; keys a token may not see score -inf.
 
@@ -113,20 +138,32 @@ def indexer_scores(
         causal_positions: integer device tensor, [T] (shared by the batch) or [B, T]: the
             absolute position of each query token. Key n is visible iff n <= position, which
             is the prefill causal mask. Combined with ``seq_lens`` by taking the stricter bound.
+        backend: "torch" runs the pure-PyTorch path: q . k as one batched matmul in the input
+            dtype (bf16 on GPU), relu per head, the head-weighted sum accumulated in float32.
+            "triton" runs the fused kernel (``dsa._triton.fused_scores``): q . k accumulates
+            in float32 on the tensor cores and the logits never reach memory; it raises
+            ValueError where it cannot run (CPU tensors, no triton, unsupported dtype or
+            geometry, ``DSA_DISABLE_TRITON=1``). "auto" (default) takes "triton" when it can
+            run on these inputs and "torch" otherwise (always "torch" on CPU and while
+            ``torch.compile`` traces). The fused kernel compiles on its first call: make that
+            call eagerly (the usual warm-up) before capturing a CUDA graph.
 
-    q . k runs as one batched matmul in the input dtype (bf16 on GPU); relu applies per head;
-    the head-weighted sum accumulates in float32. No host reads, no value-dependent shapes.
+    No host reads, no value-dependent shapes, with either backend.
     """
     _check_inputs(q, k, w)
+    use_triton = _use_triton(backend, q, k, w)
     batch, tokens, heads, dim = q.shape
     length = k.shape[1]
+    limit = _visible_limit(seq_lens, causal_positions, batch, tokens, q.device)
+    if use_triton:
+        return _triton.fused_scores(q, k, w, limit)
+
     # [B, T*H, D] @ [B, D, L] -> [B, T*H, L]: one GEMM reads the key cache once for all heads.
     logits = torch.bmm(q.reshape(batch, tokens * heads, dim), k.transpose(1, 2))
     logits = torch.relu_(logits).view(batch * tokens, heads, length)
     weights = w.reshape(batch * tokens, 1, heads)
     scores = _weighted_relu_sum(weights, logits).view(batch, tokens, length)
 
-    limit = _visible_limit(seq_lens, causal_positions, batch, tokens, q.device)
     if limit is not None:
         hidden = torch.arange(length, device=q.device) >= limit.unsqueeze(-1)
         scores = scores.masked_fill_(hidden, float("-inf"))

@@ -358,7 +358,7 @@ def certify(
     checks.append(_check_refusal_audit(device))
     if cuda:
         checks.append(_check_refusal_capture())
-    say("3/3 capture once, replay across seq_lens draws")
+    say("3/3 capture once, replay across seq_lens draws" if cuda else "3/3 replay needs a GPU")
     if cuda:
         checks.append(_check_replay(shapes, timings, reps=20 if quick else 100))
     else:
@@ -397,7 +397,8 @@ def render(cert: Certificate) -> str:
         lines.append(f"  [{mark}] {check.name}: {check.detail}")
     if cert.timings_us:
         lines.append(
-            "  timings (µs, median): " + ", ".join(f"{k}={v}" for k, v in cert.timings_us.items())
+            "  timings (µs; step timings are medians): "
+            + ", ".join(f"{k}={v}" for k, v in cert.timings_us.items())
         )
     skipped = [c.name for c in cert.checks if c.status == "not run"]
     note = f" ({', '.join(skipped)} not run: needs a GPU)" if skipped else ""

@@ -182,14 +182,18 @@ class Graphed:
         if stale:
             return self._on_stale(stale, args, kwargs)
         entry.calls += 1
-        if entry.generation is not None:
-            entry.generation.overwritten_by = self._calls
+        previous = entry.generation
         if not cuda:
+            args, kwargs = self._padded_args(args, kwargs, leaves, real_batch)
             out = self._run_eager(args, kwargs, guard=True, side_stream=False)
+            if previous is not None:  # after the call: an output may be this call's input
+                previous.overwritten_by = self._calls
             return self._wrap(entry, out, None, real_batch, template=out)
         for static, new in zip(entry.static_leaves, leaves, strict=True):
             if isinstance(static, torch.Tensor):
                 _copy_into(static, new)
+        if previous is not None:  # inputs are copied; the replay now overwrites the outputs
+            previous.overwritten_by = self._calls
         assert entry.capture is not None
         entry.capture.replay()
         entry.replays += 1
@@ -251,6 +255,7 @@ class Graphed:
         # reported at the next call, since replays will not change it again.
         self._track_scalars(entry, leaves, paths)
         if not cuda:
+            args, kwargs = self._padded_args(args, kwargs, leaves, real_batch)
             with watch_optimizers() as watch:
                 out = self._run_eager(args, kwargs, guard=True, side_stream=False)
             for item in watch.items:
@@ -403,6 +408,16 @@ class Graphed:
             out.append(leaf)
         return out, batch
 
+    @staticmethod
+    def _padded_args(
+        args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], real_batch: int | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments with padded tensors, so the CPU path audits what a GPU runs."""
+        if real_batch is None:
+            return args, kwargs
+        padded_args, padded_kwargs = rebuild((args, kwargs), iter(leaves))
+        return tuple(padded_args), padded_kwargs
+
     def _wrap(
         self,
         entry: _Entry,
@@ -434,6 +449,17 @@ class Graphed:
                 leaf = leaf.clone() if self.clone_outputs else wrap_output(leaf, generation, i)
             wrapped.append(leaf)
         return rebuild(template, iter(wrapped))
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        # Used as a method (``@graphed`` on ``def step(self, ...)``): bind like a function.
+        if instance is None:
+            return self
+        return functools.partial(self.__call__, instance)
+
+    @property
+    def graphed(self) -> Graphed:
+        """The step itself (so ``fn.graphed`` and ``module.graphed`` both work)."""
+        return self
 
     def __repr__(self) -> str:
         return f"<graphguard.Graphed {self.label!r} {self.stats}>"
@@ -525,15 +551,8 @@ def graphed(
         if isinstance(target, torch.nn.Module):
             return GraphedModule(target, **options)
         step = Graphed(target, **options)
-
-        @functools.wraps(target)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            __tracebackhide__ = True
-            return step(*args, **kwargs)
-
-        call.graphed = step  # type: ignore[attr-defined]
-        call.stats = lambda: step.stats  # type: ignore[attr-defined]
-        return call
+        functools.update_wrapper(step, target)
+        return step
 
     if fn is None:
         return decorate

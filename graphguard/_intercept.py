@@ -444,6 +444,28 @@ def _pinned_factory_hit(
     )
 
 
+# --- scalar arguments given as tensors ---------------------------------------------------------
+def _check_scalar_argument(state: GuardState, func: Any, kwargs: dict[str, Any]) -> Hit | None:
+    """``add_(g, alpha=lr)`` with a CUDA tensor ``lr`` reads it on the host (a Scalar argument).
+
+    torch optimizers do this with a tensor learning rate that is not ``capturable``. Only real
+    CUDA tensors are reported: a CPU tensor here is read without a sync and is baked instead
+    (tracked as a stale host scalar by ``graphed``).
+    """
+    for key in ("alpha", "value"):
+        t = kwargs.get(key)
+        if isinstance(t, torch.Tensor) and t.is_cuda:
+            name = getattr(func, "__name__", "op")
+            return Hit(
+                "GG101",
+                f"{name}(..., {key}=tensor)",
+                f"{name} takes {key}= as a Python scalar, so the CUDA tensor passed there "
+                f"({_describe(t)}) is read on the host {_phase_words(state)}",
+                t,
+            )
+    return None
+
+
 # --- stream escape ----------------------------------------------------------------------------
 #: Calls that only read a tensor's metadata: no kernel, and no read of its values.
 METADATA_CALLS = frozenset(
@@ -566,6 +588,8 @@ class HazardMode(TorchFunctionMode):
             and not self.capture_states
             and not self.emulate
             and kwargs.get("pin_memory") is not True
+            and "alpha" not in kwargs
+            and "value" not in kwargs
         ):
             return func(*args, **kwargs)
         state = current_state()
@@ -576,6 +600,8 @@ class HazardMode(TorchFunctionMode):
             hit = check(state, args, kwargs)
         elif kwargs.get("pin_memory") is True:
             hit = _pinned_factory_hit(state, func, args, kwargs)
+        elif "alpha" in kwargs or "value" in kwargs:
+            hit = _check_scalar_argument(state, func, kwargs)
         if hit is None and self.capture_states and state.effective_phase == "capture":
             hit = _check_stream(state, func, args, kwargs)
         if hit is not None:

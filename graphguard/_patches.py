@@ -240,7 +240,41 @@ _wrapper_cache: dict[tuple[int, str], tuple[Any, Any]] = {}
 _target_cache: list[_Target] = []
 
 
+def _optimizer_pre_hook(opt: Any, args: Any, kwargs: Any) -> None:
+    """While emulating, a non-capturable optimizer's scalar tensors are host tensors.
+
+    In a real GPU run torch keeps ``lr`` tensors and ``state["step"]`` of an optimizer with
+    ``capturable=False`` on the CPU and reads them with ``.item()``: no sync. Without CUDA every
+    tensor is on the CPU, so mark these as genuine host tensors before the step reads them.
+    """
+    state = current_state()
+    if state is None or not state.emulate:
+        return
+    from ._intercept import _mark_host
+
+    for group in opt.param_groups:
+        if group.get("capturable", False):
+            continue
+        values = [v for v in group.values() if isinstance(v, torch.Tensor)]
+        for param in group["params"]:
+            values.extend(
+                v for v in opt.state.get(param, {}).values() if isinstance(v, torch.Tensor)
+            )
+        for value in values:
+            if value.dim() == 0:
+                _mark_host(state, value)
+
+
+_hook_handle: Any = None
+
+
 def _install() -> None:
+    global _hook_handle
+    import torch.optim.optimizer as optimizer_module
+
+    register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
+    if register is not None:
+        _hook_handle = register(_optimizer_pre_hook)
     if not _target_cache:
         _settle_torch_lazy_wrappers()
         _target_cache.extend(_targets())
@@ -260,6 +294,10 @@ def _install() -> None:
 
 
 def _uninstall() -> None:
+    global _hook_handle
+    if _hook_handle is not None:
+        _hook_handle.remove()
+        _hook_handle = None
     while _installed:
         item = _installed.pop()
         owner, name = item.target.owner, item.target.name

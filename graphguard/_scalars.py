@@ -252,7 +252,22 @@ def optimizer_scalars(
     out = []
     for gi, group in enumerate(opt.param_groups):
         for key, value in group.items():
-            if key in _HYPER_SKIP or not _is_scalar(value):
+            if key in _HYPER_SKIP:
+                continue
+            if _is_host_scalar_tensor(value):
+                # A CPU 0-dim tensor (``SGD(lr=torch.tensor(0.1))``) is read into the graph as a
+                # number at capture, like a float: track its value.
+                out.append(
+                    Tracked(
+                        name=f"{label}.param_groups[{gi}][{key!r}]",
+                        read=functools.partial(_tensor_value, group, key),
+                        captured=_host_item(value),
+                        filename=filename,
+                        lineno=lineno,
+                    )
+                )
+                continue
+            if not _is_scalar(value):
                 continue
             out.append(
                 Tracked(
@@ -264,6 +279,21 @@ def optimizer_scalars(
                 )
             )
     return out
+
+
+def _is_host_scalar_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dim() == 0
+
+
+def _host_item(t: torch.Tensor) -> Any:
+    # graphguard's own read of a host scalar; it must not be inspected as the user's call.
+    with torch._C.DisableTorchFunction():
+        return t.item()
+
+
+def _tensor_value(group: dict[str, Any], key: str) -> Any:
+    value = group.get(key, _MISSING)
+    return _host_item(value) if _is_host_scalar_tensor(value) else value
 
 
 class OptimizerWatch:

@@ -21,6 +21,7 @@ import torch
 
 from . import _patches
 from ._intercept import HazardMode
+from ._log import _check_env as check_log_env
 from ._state import GuardState, current_state, pop_state, push_state
 
 __all__ = ["Overrides", "guarded", "overrides", "trim_traceback"]
@@ -44,6 +45,7 @@ overrides = Overrides()
 
 @contextmanager
 def guarded(state: GuardState) -> Iterator[GuardState]:
+    check_log_env()  # a bad GRAPHGUARD_LOG fails here, not at the first hazard
     # Under a capture graphguard does not own, pause cyclic GC as ``Capture`` does for its own:
     # a collection here could run destructors (CUDA events, pinned buffers) that make calls
     # illegal during capture.

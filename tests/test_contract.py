@@ -277,3 +277,19 @@ def test_json_logs_are_opt_in_and_local(tmp_path, ctx) -> None:
     hazard = [e for e in events if e["event"] == "graphguard.hazard"]
     assert hazard and hazard[0]["code"] == "GG101" and hazard[0]["level"] == "error"
     assert hazard[0]["label"] == "j" and re.match(r"\d{4}-\d\d-\d\dT", hazard[0]["timestamp"])
+
+
+def test_bad_log_environment_fails_at_region_start(monkeypatch, ctx) -> None:
+    """An invalid GRAPHGUARD_LOG is a ConfigError when a guard starts, not at a hazard."""
+    from graphguard import _log
+
+    monkeypatch.setenv("GRAPHGUARD_LOG", "yes")
+    monkeypatch.setattr(_log, "_env_checked", False)
+
+    @graphguard.guard(on_hazard="warn")
+    def step(x):
+        return x * 2
+
+    with pytest.raises(graphguard.ConfigError, match="GRAPHGUARD_LOG"):
+        step(ctx.x)
+    monkeypatch.setattr(_log, "_env_checked", True)

@@ -518,3 +518,53 @@ def test_indexer_rejects_wrong_head_geometry() -> None:
     q, k, w = make_inputs(1, 1, 4, 16, 8, seed=22)
     with pytest.raises(ValueError, match="q must be"):
         DSAIndexer(8, 16, topk=4)(q, k, w)
+
+
+# --------------------------------------------------------------------------- scorer backends
+
+
+def test_torch_backend_equals_auto_on_cpu() -> None:
+    """On CPU "auto" runs the PyTorch scorer, so it equals backend="torch" exactly."""
+    q, k, w = make_inputs(2, 3, 4, 16, 40, seed=24)
+    seq_lens = torch.tensor([[40, 7, 0], [12, 13, 41]])
+    auto = indexer_scores(q, k, w, seq_lens=seq_lens)
+    torch_path = indexer_scores(q, k, w, seq_lens=seq_lens, backend="torch")
+    assert torch.equal(auto, torch_path)
+    out_auto = DSAIndexer(4, 16, topk=8)(q, k, w, seq_lens)
+    out_torch = DSAIndexer(4, 16, topk=8, backend="torch")(q, k, w, seq_lens)
+    assert torch.equal(out_auto.indices, out_torch.indices)
+    assert torch.equal(out_auto.mask, out_torch.mask)
+
+
+def test_triton_backend_on_cpu_raises_value_error() -> None:
+    """backend="triton" on CPU tensors is refused with a ValueError naming the backend."""
+    q, k, w = make_inputs(1, 1, 64, 128, 32, seed=25)
+    with pytest.raises(ValueError, match='backend="triton"'):
+        indexer_scores(q.bfloat16(), k.bfloat16(), w, backend="triton")
+    with pytest.raises(ValueError, match='backend="triton"'):
+        DSAIndexer(backend="triton")(q, k, w, torch.tensor([32]))
+
+
+def test_unknown_backend_is_refused() -> None:
+    """An unknown backend name is refused by indexer_scores and by the DSAIndexer constructor."""
+    q, k, w = make_inputs(1, 1, 4, 16, 8, seed=26)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        indexer_scores(q, k, w, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        DSAIndexer(4, 16, topk=4, backend="fused")
+    assert "backend='torch'" in repr(DSAIndexer(4, 16, topk=4, backend="torch"))
+
+
+def test_triton_feature_detection_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors never take the fused scorer; DSA_DISABLE_TRITON=1 turns detection off."""
+    from dsa import _triton
+
+    q, k, w = make_inputs(1, 1, 64, 128, 32, seed=27)
+    q, k = q.bfloat16(), k.bfloat16()
+    assert not _triton.triton_available(q, k, w)
+    assert "CUDA" in (_triton.unsupported_reason(q, k, w) or "")
+    with pytest.raises(ValueError, match="fused_scores cannot run"):
+        _triton.fused_scores(q, k, w)
+    monkeypatch.setenv("DSA_DISABLE_TRITON", "1")
+    assert not _triton.triton_available()
+    assert "DSA_DISABLE_TRITON" in (_triton.unsupported_reason(q, k, w) or "")

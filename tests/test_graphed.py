@@ -53,7 +53,7 @@ def test_every_call_has_the_effect_of_one_eager_call() -> None:
         x, y = _batch(i)
         torch.testing.assert_close(step(x, y), ref_step(x, y))
     torch.testing.assert_close(model.weight, ref.weight)
-    assert step.stats()["calls"] == 6 and step.stats()["graphs"] == 1
+    assert step.stats["calls"] == 6 and step.stats["graphs"] == 1
 
 
 def test_nested_arguments_reach_the_step() -> None:
@@ -259,7 +259,7 @@ def test_stale_scalar_with_fallback_goes_eager_for_good() -> None:
     step(torch.ones(2))
     scale = 3.0
     torch.testing.assert_close(step(torch.ones(2)), torch.full((2,), 3.0))
-    assert step.stats()["eager"]
+    assert step.stats["eager"]
 
 
 def test_output_read_after_next_call_is_stale_output() -> None:
@@ -302,7 +302,7 @@ def test_new_shapes_get_their_own_shape_class_up_to_the_limit() -> None:
     with structlog.testing.capture_logs() as logs:
         for n in (1, 2, 3, 3, 4):
             torch.testing.assert_close(step(torch.zeros(n)), torch.ones(n))
-    assert step.stats()["graphs"] == 2
+    assert step.stats["graphs"] == 2
     assert len([e for e in logs if e["event"] == "graphguard.graphed.limit"]) == 1
 
 
@@ -330,7 +330,7 @@ def test_buckets_pad_inputs_and_slice_outputs() -> None:
         out = step(x)
         assert out.shape == (n, 2)
         torch.testing.assert_close(out * 1, x * 2)
-    assert step.stats()["graphs"] == 2
+    assert step.stats["graphs"] == 2
 
 
 def test_hazard_with_fallback_makes_step_eager_for_good() -> None:
@@ -343,7 +343,7 @@ def test_hazard_with_fallback_makes_step_eager_for_good() -> None:
     x = torch.tensor([1.0, -4.0])
     for _ in range(3):
         torch.testing.assert_close(step(x), x / 4.0)
-    assert step.stats()["eager"]
+    assert step.stats["eager"]
 
 
 def test_hazard_with_raise_fails_the_call() -> None:
@@ -390,3 +390,60 @@ def test_graphed_rejects_non_callables() -> None:
     """graphed(42) is a ConfigError, not a failure at the first call."""
     with pytest.raises(graphguard.ConfigError, match=r"function or an nn\.Module"):
         graphguard.graphed(42)
+
+
+def test_output_fed_back_as_input_is_not_stale() -> None:
+    """A recurrent step (h = step(h)) reads its last output as input: that is not GG701."""
+
+    @graphguard.graphed(warmup=0)
+    def step(h):
+        return h * 0.5 + 1
+
+    h = torch.zeros(3)
+    for _ in range(5):
+        h = step(h)
+    torch.testing.assert_close(h * 1, torch.full((3,), 1.9375))
+
+
+def test_cpu_tensor_learning_rate_change_is_stale() -> None:
+    """SGD with a CPU tensor lr bakes its value like a float; a scheduler change is GG601."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    step = graphguard.graphed(_train_step(model, opt), warmup=0)
+    step(*_batch(0))
+    step(*_batch(1))
+    sched.step()
+    with pytest.raises(graphguard.StaleHostScalarError, match="lr"):
+        step(*_batch(2))
+
+
+def test_graphed_function_and_method_share_the_stats_attribute() -> None:
+    """graphed functions, methods and modules all expose .stats as a dict."""
+
+    class Stepper:
+        def __init__(self) -> None:
+            self.scale = 2.0
+
+        @graphguard.graphed(warmup=0)
+        def step(self, x):
+            return x * self.scale
+
+    s = Stepper()
+    torch.testing.assert_close(s.step(torch.ones(2)) * 1, torch.full((2,), 2.0))
+    s.step(torch.ones(2))
+    assert Stepper.step.stats["calls"] == 2
+    assert isinstance(graphguard.graphed(torch.nn.Linear(2, 2)).stats, dict)
+
+
+def test_buckets_pad_on_cpu_too() -> None:
+    """On the CPU path the step sees the padded batch, as it would under a real capture."""
+    seen = []
+
+    @graphguard.graphed(warmup=0, buckets=[4])
+    def step(x):
+        seen.append(x.shape[0])
+        return x + 1
+
+    assert step(torch.zeros(3, 2)).shape == (3, 2)
+    assert seen == [4]

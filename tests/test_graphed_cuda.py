@@ -55,7 +55,7 @@ def test_graphed_training_matches_eager_step_for_step() -> None:
         torch.testing.assert_close(step(x, y) * 1, ref_step(x, y), rtol=1e-4, atol=1e-5)
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-    stats = step.stats()
+    stats = step.stats
     assert stats["graphs"] == 1 and stats["replays"] == 5 and not stats["eager"]
 
 
@@ -166,6 +166,24 @@ def test_fallback_under_capture_keeps_results_right() -> None:
     for i in range(4):
         x = torch.randn(64, device="cuda") + i
         torch.testing.assert_close(fast(x), step(x))
-    assert fast.stats()["eager"]
+    assert fast.stats["eager"]
     torch.randn(8, device="cuda").sum().item()
     torch.rand(4, device="cuda")
+
+
+def test_recurrent_output_fed_back_under_replay() -> None:
+    """h = step(h) under real replay copies the old output in before overwriting it."""
+    fast = graphguard.graphed(lambda h: h * 0.5 + 1, warmup=1)
+    h = torch.zeros(8, device="cuda")
+    for _ in range(6):
+        h = fast(h)
+    torch.testing.assert_close(h * 1, torch.full((8,), 2 - 0.5**5, device="cuda"))
+
+
+def test_cuda_tensor_lr_as_scalar_argument_is_a_host_read() -> None:
+    """SGD with a CUDA tensor lr passes it as alpha=: a host read, refused under capture."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1, device="cuda"))
+    fast = graphguard.graphed(_train_step(model, opt), warmup=0)
+    with pytest.raises(graphguard.HostSyncError, match="alpha"):
+        fast(*_batch(0))

@@ -1,0 +1,296 @@
+"""Optional fused Triton scorer for the lightning indexer (CUDA only).
+
+One kernel computes the whole score step
+
+    I[b, t, n] = sum_h w[b, t, h] * relu(q[b, t, h, :] . k[b, n, :]),   -inf where n >= limit[b, t]
+
+without materialising the float32 [B*T, H, L] logits of the pure-PyTorch path. The grid is
+(B*T, cdiv(L, BLOCK_L * ITERS)): each program loads q[b, t] ([H, D], 16 KB at H=64 D=128 in
+bf16) and w[b, t] once, then for each of its ITERS key blocks loads K [BLOCK_L, D], computes
+K @ q^T -> [BLOCK_L, H] in float32 on the tensor cores, applies relu, weights the heads and sums
+them (a reduction inside each warp), writes -inf past the token's visible limit and stores
+[BLOCK_L] float32 scores. Keys at or past the limit are never read from memory.
+
+The launch configuration comes from a fixed heuristic (``default_config``), never from
+benchmarking at run time: the first call compiles the kernel (do it eagerly, as the usual
+warm-up before CUDA-graph capture does) and every later call, captured or not, is one launch.
+
+Triton is imported lazily, so ``import dsa`` works without it. ``DSA_DISABLE_TRITON=1`` turns
+the fast path off (``triton_available`` then returns False and the "auto" backend uses PyTorch).
+"""
+
+# No `from __future__ import annotations` here: Triton reads the kernel's annotations
+# (tl.constexpr) as objects.
+import functools
+import os
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CONFIGS",
+    "ScorerConfig",
+    "default_config",
+    "fused_scores",
+    "triton_available",
+    "unsupported_reason",
+]
+
+DISABLE_ENV = "DSA_DISABLE_TRITON"
+_INPUT_DTYPES = (torch.bfloat16, torch.float16)
+_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_HEADS_RANGE = (16, 128)
+_DIM_RANGE = (16, 256)
+# Grid axis 1 is cdiv(L, BLOCK_L * ITERS) <= 65535 for every config at this width.
+_MAX_LENGTH = 1 << 22
+
+
+class ScorerConfig(NamedTuple):
+    """Launch configuration: keys per block, blocks per program, warps, pipeline stages."""
+
+    block_l: int
+    iters: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def name(self) -> str:
+        return f"L{self.block_l}x{self.iters}-w{self.num_warps}-s{self.num_stages}"
+
+
+CONFIGS: tuple[ScorerConfig, ...] = (
+    ScorerConfig(64, 1, 4, 1),
+    ScorerConfig(128, 1, 4, 1),
+    ScorerConfig(128, 1, 8, 1),
+    ScorerConfig(256, 1, 8, 1),
+    ScorerConfig(128, 4, 4, 3),
+    ScorerConfig(64, 8, 4, 4),
+)
+
+# Bound by _load() to triton.language; the kernel body resolves `tl` through module globals.
+tl: Any = None
+
+
+def _disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+@functools.lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    """None when triton imports; otherwise why it does not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import triton
+            import triton.language  # noqa: F401
+    except Exception as exc:  # a broken install is as good as a missing one here
+        return f"triton is not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _power_of_two_in(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1] and value & (value - 1) == 0
+
+
+def unsupported_reason(q: Tensor, k: Tensor, w: Tensor) -> str | None:
+    """Why the fused scorer cannot take these inputs, or None when it can.
+
+    Needs: triton importable and not disabled by ``DSA_DISABLE_TRITON``; CUDA tensors; q and k
+    in bf16 or fp16 (one dtype); w in fp32, bf16 or fp16; q [B, T, H, D], k [B, L, D],
+    w [B, T, H] with H a power of two in [16, 128] and D a power of two in [16, 256];
+    L < 2**22; no autograd (no input requires grad while grad mode is on).
+    """
+    if _disabled():
+        return f"disabled by {DISABLE_ENV}={os.environ.get(DISABLE_ENV)!r}"
+    if not (q.is_cuda and k.is_cuda and w.is_cuda):
+        return f"the fused scorer needs CUDA tensors (got {q.device}, {k.device}, {w.device})"
+    if q.dim() != 4 or k.dim() != 3 or w.dim() != 3:
+        return "q must be [B, T, H, D], k [B, L, D] and w [B, T, H]"
+    if q.dtype not in _INPUT_DTYPES or k.dtype != q.dtype:
+        return f"q and k must both be bfloat16 or float16 (got {q.dtype} and {k.dtype})"
+    if w.dtype not in _WEIGHT_DTYPES:
+        return f"w must be float32, bfloat16 or float16 (got {w.dtype})"
+    heads, dim = q.shape[2], q.shape[3]
+    if not _power_of_two_in(heads, _HEADS_RANGE):
+        return f"H must be a power of two in {list(_HEADS_RANGE)} (got {heads})"
+    if not _power_of_two_in(dim, _DIM_RANGE):
+        return f"D must be a power of two in {list(_DIM_RANGE)} (got {dim})"
+    if k.shape[1] >= _MAX_LENGTH:
+        return f"L must be below {_MAX_LENGTH} (got {k.shape[1]})"
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or w.requires_grad):
+        return "the fused scorer has no autograd formula; inputs require grad"
+    error = _import_error()
+    if error is not None:
+        return error
+    return None
+
+
+def triton_available(
+    q: Tensor | None = None, k: Tensor | None = None, w: Tensor | None = None
+) -> bool:
+    """True when the fused scorer can run: on these inputs if given, else on this machine."""
+    if q is not None and k is not None and w is not None:
+        return unsupported_reason(q, k, w) is None
+    if _disabled() or not torch.cuda.is_available():
+        return False
+    return _import_error() is None
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def default_config(rows: int, length: int, device: torch.device | None = None) -> ScorerConfig:
+    """The launch configuration used when none is given; depends only on shapes and the GPU.
+
+    Small problems (fewer than two 128-key blocks per SM) take one 64-key block per program,
+    for the most programs in flight; everything else takes four 128-key blocks per program
+    with a 3-stage load pipeline. On an H200 (``benchmarks/dsa_speed.py --triton-sweep``, H=64,
+    D=128, decode) these were the fastest or within 4% of the fastest of ``CONFIGS`` at
+    B in {1, 64} x L in {4096, 65536}; at B=64 L=65536 the pipelined one reads the key cache
+    at about 96% of the bandwidth of a large device-to-device copy.
+    """
+    index = torch.cuda.current_device() if device is None or device.index is None else device.index
+    blocks_128 = rows * -(-length // 128)
+    if blocks_128 < 2 * _sm_count(index):
+        return CONFIGS[0]
+    return CONFIGS[4]
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> Any:
+    """Import triton and define the kernel (once); return the JIT function."""
+    global tl
+    import triton
+    import triton.language as language
+
+    tl = language
+
+    @triton.jit
+    def _fused_scores_kernel(
+        q_ptr,
+        k_ptr,
+        w_ptr,
+        limit_ptr,
+        out_ptr,
+        tokens,
+        length,
+        stride_kb,
+        stride_limit_b,
+        stride_limit_t,
+        H: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+        ITERS: tl.constexpr,
+        HAS_LIMIT: tl.constexpr,
+    ):
+        row = tl.program_id(0)  # b * T + t
+        chunk = tl.program_id(1)
+        b = row // tokens
+        t = row - b * tokens
+        row64 = row.to(tl.int64)
+        offs_h = tl.arange(0, H)
+        offs_d = tl.arange(0, D)
+        q = tl.load(q_ptr + row64 * (H * D) + offs_h[:, None] * D + offs_d[None, :])  # [H, D]
+        q_t = tl.trans(q)  # [D, H]
+        w = tl.load(w_ptr + row64 * H + offs_h).to(tl.float32)  # [H]
+        if HAS_LIMIT:
+            lim = tl.load(
+                limit_ptr + b.to(tl.int64) * stride_limit_b + t.to(tl.int64) * stride_limit_t
+            )
+            lim = tl.minimum(tl.maximum(lim, 0), length).to(tl.int32)
+        else:
+            lim = length
+        k_row = k_ptr + b.to(tl.int64) * stride_kb
+        out_row = out_ptr + row64 * length
+        for i in range(ITERS):
+            offs_l = (chunk * ITERS + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+            visible = offs_l < lim
+            keys = tl.load(
+                k_row + offs_l[:, None] * D + offs_d[None, :], mask=visible[:, None], other=0.0
+            )  # [BLOCK_L, D]
+            logits = tl.dot(keys, q_t)  # [BLOCK_L, H], float32 accumulation
+            logits = tl.maximum(logits, 0.0)
+            scores = tl.sum(logits * w[None, :], axis=1)  # [BLOCK_L]
+            scores = tl.where(visible, scores, float("-inf"))
+            tl.store(out_row + offs_l, scores, mask=offs_l < length)
+
+    return _fused_scores_kernel
+
+
+def fused_scores(
+    q: Tensor,
+    k: Tensor,
+    w: Tensor,
+    limit: Tensor | None = None,
+    *,
+    config: ScorerConfig | None = None,
+) -> Tensor:
+    """Float32 index scores [B, T, L] from one fused Triton kernel.
+
+    Args:
+        q: [B, T, H, D] bf16/fp16 CUDA tensor. k: [B, L, D], same dtype. w: [B, T, H].
+        limit: integer tensor on q's device, [B * T] or anything broadcastable to [B, T]: key
+            n is visible to token t of row b iff n < limit[b, t] (values are clamped to
+            [0, L] inside the kernel). None: every key is visible.
+        config: launch configuration; ``default_config`` when None.
+
+    Non-contiguous inputs are copied to contiguous ones first. Raises ValueError when
+    ``unsupported_reason`` names a reason.
+    """
+    reason = unsupported_reason(q, k, w)
+    if reason is not None:
+        raise ValueError(f"fused_scores cannot run on these inputs: {reason}")
+    batch, tokens, heads, dim = q.shape
+    length = k.shape[1]
+    if k.shape[0] != batch or k.shape[2] != dim or tuple(w.shape) != (batch, tokens, heads):
+        raise ValueError(
+            f"shapes do not agree: q {tuple(q.shape)}, k {tuple(k.shape)}, w {tuple(w.shape)}"
+        )
+    q, k, w = q.contiguous(), k.contiguous(), w.contiguous()
+    out = torch.empty(batch, tokens, length, dtype=torch.float32, device=q.device)
+    rows = batch * tokens
+    if rows == 0 or length == 0:
+        return out
+
+    if limit is None:
+        limit_arg, stride_b, stride_t, has_limit = out, 0, 0, False
+    else:
+        if limit.device != q.device or limit.is_floating_point() or limit.is_complex():
+            raise TypeError(f"limit must be an integer tensor on {q.device}")
+        if limit.dtype == torch.bool:
+            raise TypeError("limit must be an integer tensor, not bool")
+        if limit.dtype not in (torch.int32, torch.int64):
+            limit = limit.to(torch.int32)
+        if limit.dim() == 1 and limit.numel() == rows:
+            limit = limit.view(batch, tokens)
+        limit_arg = limit.expand(batch, tokens)
+        stride_b, stride_t, has_limit = limit_arg.stride(0), limit_arg.stride(1), True
+
+    cfg = config if config is not None else default_config(rows, length, q.device)
+    kernel = _load()
+    grid = (rows, -(-length // (cfg.block_l * cfg.iters)))
+    with torch.cuda.device(q.device):
+        kernel[grid](
+            q,
+            k,
+            w,
+            limit_arg,
+            out,
+            tokens,
+            length,
+            k.stride(0),
+            stride_b,
+            stride_t,
+            H=heads,
+            D=dim,
+            BLOCK_L=cfg.block_l,
+            ITERS=cfg.iters,
+            HAS_LIMIT=has_limit,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+    return out
