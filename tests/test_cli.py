@@ -21,10 +21,10 @@ from graphguard._docs import render_rule
 REPO = Path(__file__).resolve().parent.parent
 
 HAZARDS = """\
-import torch
+import torch; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 import graphguard
 
-x = torch.randn(8, generator=torch.Generator().manual_seed(0))
+x = torch.randn(8, generator=torch.Generator().manual_seed(0)).to(DEVICE)
 with graphguard.capture():
     total = x.sum().item()  # HAZARD GG101
     positive = x[x > 0]  # HAZARD GG105
@@ -32,10 +32,10 @@ print("finished")
 """
 
 CLEAN = """\
-import torch
+import torch; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 import graphguard
 
-x = torch.randn(8)
+x = torch.randn(8, device=DEVICE)
 with graphguard.capture():
     y = torch.where(x > 0, x, 0.0) * 2
 print("finished")
@@ -106,8 +106,8 @@ def test_check_folds_repeated_hazards_into_one_finding(in_tmp: Path, capsys) -> 
         in_tmp,
         "loop.py",
         """\
-        import torch, graphguard
-        x = torch.ones(4)
+        import torch, graphguard; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+        x = torch.ones(4, device=DEVICE)
         for _ in range(5):
             with graphguard.capture():
                 x.sum().item()
@@ -230,9 +230,9 @@ def test_check_module_form_passes_arguments(in_tmp: Path, capsys) -> None:
         "train.py",
         """\
         import sys
-        import torch, graphguard
+        import torch, graphguard; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
         print("argv:", sys.argv[1:])
-        x = torch.ones(4)
+        x = torch.ones(4, device=DEVICE)
         with graphguard.capture():
             x.nonzero()  # HAZARD GG105
         """,
@@ -259,12 +259,12 @@ def test_check_function_audits_an_undecorated_function(in_tmp: Path, capsys) -> 
         in_tmp,
         "plain.py",
         """\
-        import torch
+        import torch; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
         def train_step(x):
             return x.sum().item()  # HAZARD GG101
 
-        x = torch.ones(4)
+        x = torch.ones(4, device=DEVICE)
         for _ in range(3):
             train_step(x)
         x.sum().item()  # outside train_step: not audited
@@ -283,7 +283,7 @@ def test_check_function_matches_methods_and_module(in_tmp: Path, capsys) -> None
         in_tmp,
         "methods.py",
         """\
-        import torch
+        import torch; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
         class Trainer:
             def step(self, x):
@@ -292,7 +292,7 @@ def test_check_function_matches_methods_and_module(in_tmp: Path, capsys) -> None
         def step(x):
             return x.sum().item()
 
-        x = torch.ones(4)
+        x = torch.ones(4, device=DEVICE)
         Trainer().step(x)
         step(x)
         """,
@@ -310,9 +310,9 @@ def test_check_function_follows_threads_and_exceptions(in_tmp: Path, capsys) -> 
         "threads.py",
         """\
         import threading
-        import torch
+        import torch; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
-        x = torch.ones(4)
+        x = torch.ones(4, device=DEVICE)
 
         def step():
             x.sum().item()  # HAZARD GG101

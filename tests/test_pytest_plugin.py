@@ -16,14 +16,14 @@ REPO = Path(__file__).resolve().parent.parent
 # stand for device tensors (ones the body makes on the CPU itself are host tensors).
 PREAMBLE = """\
 import pytest
-import torch
+import torch; DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 import graphguard
 
 
 @pytest.fixture
 def x():
-    return torch.ones(4)
+    return torch.ones(4, device=DEVICE)
 
 
 def step(t):
