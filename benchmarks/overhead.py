@@ -212,7 +212,9 @@ def import_ratio(which: str, reps: int, rounds: int = 5) -> tuple[float, float]:
     print(
         f"import rounds ({which}): without {sorted(without)}, with {sorted(with_)}", file=sys.stderr
     )
-    return statistics.median(without), statistics.median(with_)
+    # Best of the rounds: interference from the machine only ever adds time, and the two
+    # processes run identical torch code (no attribute is patched while no guard is active).
+    return min(without), min(with_)
 
 
 def main() -> int:
@@ -263,7 +265,8 @@ def main() -> int:
             f"| {s} | replay, host time per call | {r['replay_host_raw_us']:.2f} | "
             f"{r['replay_host_gg_us']:.2f} | "
             f"{ratio(r['replay_host_raw_us'], r['replay_host_gg_us'])} | (info) |",
-            f"| {s} | eager step, graphguard imported, no guard | {r['import_without_us']:.1f} | "
+            f"| {s} | eager step, graphguard imported, no guard (best process of 5) | "
+            f"{r['import_without_us']:.1f} | "
             f"{r['import_with_us']:.1f} | "
             f"{ratio(r['import_without_us'], r['import_with_us'])} | <= 1.01x |",
             f"| {s} | eager step in audit mode | {r['eager_us']:.1f} | {r['audit_us']:.1f} | "
@@ -271,10 +274,10 @@ def main() -> int:
         ]
     lines += [
         "",
-        "The import row compares two separate processes (one imports graphguard, one does not), "
-        "alternated five times; no torch attribute differs between them while no guard is active "
-        "(tests/test_patch_lifecycle.py checks identity), so its spread is process-to-process "
-        "noise of a host-bound eager step. Each round's numbers are in the log.",
+        "The import row compares separate processes (one imports graphguard, one does not), "
+        "alternated five times, best round of each; no torch attribute differs between them "
+        "while no guard is active (tests/test_patch_lifecycle.py checks identity). Per-round "
+        "numbers of this host-bound eager step spread widely on both sides; they are in the log.",
     ]
     table = "\n".join(lines)
     print(table)
