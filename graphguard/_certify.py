@@ -254,8 +254,15 @@ def _check_refusal_capture() -> Check:
     health = _healthy()
     if health:
         problems.append(f"process unhealthy afterwards: {health}")
+    data = {"hazards": [f"{h.code} {h.location}" for h in cap.hazards]}
     if problems:
-        return Check("refusal (capture)", "failed", "; ".join(problems))
+        return Check(
+            "refusal (capture)",
+            "failed",
+            "; ".join(problems),
+            data,
+            data,
+        )
     return Check(
         "refusal (capture)",
         "passed",
@@ -385,6 +392,23 @@ def certify(
     )
 
 
+def _hazard_summary(cert: Certificate) -> list[str]:
+    """Hazards the refusal claims provoked: by code (with the first occurrence) and by file."""
+    seen = [h for c in cert.checks for h in c.data.get("hazards", [])]
+    if not seen:
+        return []
+    by_code: dict[str, list[str]] = {}
+    by_file: dict[str, int] = {}
+    for entry in seen:
+        code, location = entry.split(" ", 1)
+        by_code.setdefault(code, []).append(location)
+        file = location.rsplit(":", 1)[0]
+        by_file[file] = by_file.get(file, 0) + 1
+    codes = ", ".join(f"{c} x{len(v)} (first at {v[0]})" for c, v in sorted(by_code.items()))
+    files = ", ".join(f"{f} x{n}" for f, n in sorted(by_file.items()))
+    return [f"  hazards provoked, by code: {codes}", f"  hazards provoked, by file: {files}"]
+
+
 def render(cert: Certificate) -> str:
     lines = [
         "graphguard certificate: DSA index-mask step",
@@ -400,6 +424,7 @@ def render(cert: Certificate) -> str:
             "  timings (µs; step timings are medians): "
             + ", ".join(f"{k}={v}" for k, v in cert.timings_us.items())
         )
+    lines.extend(_hazard_summary(cert))
     skipped = [c.name for c in cert.checks if c.status == "not run"]
     note = f" ({', '.join(skipped)} not run: needs a GPU)" if skipped else ""
     lines.append(f"  result: {'CERTIFIED' if cert.ok else 'NOT CERTIFIED'}{note}")
