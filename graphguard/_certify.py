@@ -256,18 +256,13 @@ def _check_refusal_capture() -> Check:
         problems.append(f"process unhealthy afterwards: {health}")
     data = {"hazards": [f"{h.code} {h.location}" for h in cap.hazards]}
     if problems:
-        return Check(
-            "refusal (capture)",
-            "failed",
-            "; ".join(problems),
-            data,
-            data,
-        )
+        return Check("refusal (capture)", "failed", "; ".join(problems), data)
     return Check(
         "refusal (capture)",
         "passed",
         "raised at the validation line under real capture; with fallback both lines were "
         "named, the result equalled eager, and CUDA work, RNG and a new capture still ran",
+        data,
     )
 
 
