@@ -612,14 +612,3 @@ class HazardMode(TorchFunctionMode):
         if state.emulate:
             _track_host(state, func, args, kwargs, result)
         return result
-
-
-def alias_check(original: Any, alias: Any) -> None:
-    """Make ``alias`` (a patched wrapper of ``original``) use ``original``'s checker."""
-    check = _CHECKS.get(original)
-    if check is not None:
-        _CHECKS[alias] = check
-
-
-def drop_check(alias: Any) -> None:
-    _CHECKS.pop(alias, None)

@@ -44,6 +44,9 @@ class Region:
     def fall_back(self, diagnostic: Diagnostic) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def note_foreign_hazard(self, diagnostic: Diagnostic) -> None:  # pragma: no cover
+        raise NotImplementedError
+
 
 @dataclass
 class GuardState:
