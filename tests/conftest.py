@@ -30,8 +30,13 @@ def _torch_snapshot() -> dict[tuple[int, str], object]:
 @pytest.fixture(autouse=True)
 def torch_is_pristine():
     """After every test, every torch attribute graphguard may wrap is what it was before."""
+    import torch.optim.optimizer as optimizer_module
+
+    hooks = getattr(optimizer_module, "_global_optimizer_pre_hooks", {})
     before = _torch_snapshot()
+    hooks_before = dict(hooks)
     yield
+    assert dict(hooks) == hooks_before, "a global optimizer step hook was left registered"
     from graphguard import _patches
 
     assert not _patches.is_installed(), "graphguard patches are still installed"
