@@ -102,7 +102,6 @@ def new_state(
     return GuardState(
         on_hazard=on_hazard,
         label=label,
-        phase="audit",
         region=region,  # type: ignore[arg-type]
         foreign_capture=foreign,
         emulate=not cuda,

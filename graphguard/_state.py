@@ -54,8 +54,6 @@ class GuardState:
 
     on_hazard: str
     label: str | None
-    #: "audit" (eager, no capture), "capture" (a capture is recording) or "eager" (fell back).
-    phase: str
     #: The graphguard capture this guard runs in, if any.
     region: Region | None = None
     #: True when a capture not owned by graphguard (plain ``torch.cuda.graph``) is recording.
@@ -71,9 +69,10 @@ class GuardState:
 
     @property
     def effective_phase(self) -> str:
+        """ "capture" (a capture is recording), "eager" (it fell back) or "audit" (none)."""
         if self.region is not None:
             return "capture" if self.region.capturing else "eager"
-        return "capture" if self.foreign_capture else self.phase
+        return "capture" if self.foreign_capture else "audit"
 
 
 _STACK: ContextVar[tuple[GuardState, ...]] = ContextVar("graphguard_guards", default=())
