@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ._diagnostic import find_user_frame
+from ._frames import find_user_frame
 
 __all__ = ["OptimizerWatch", "ScalarSnapshot", "read_paths", "watch_optimizers"]
 
@@ -281,8 +281,19 @@ def optimizer_scalars(
     return out
 
 
+#: Set (to True) on a 0-dim tensor that the step reads as live state at every run, never as a
+#: baked number: ``graph_safe_optimizer``'s learning rates (a device tensor on CUDA, its CPU
+#: stand-in without CUDA). Such a tensor is not tracked as a stale host scalar.
+LIVE_SCALAR_ATTR = "_graphguard_live_scalar"
+
+
 def _is_host_scalar_tensor(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dim() == 0
+    return (
+        isinstance(value, torch.Tensor)
+        and value.device.type == "cpu"
+        and value.dim() == 0
+        and not getattr(value, LIVE_SCALAR_ATTR, False)
+    )
 
 
 def _host_item(t: torch.Tensor) -> Any:

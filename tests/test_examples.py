@@ -44,6 +44,13 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "the diagnostic names dsa.unpatched_hazard_lines().validation",
         "patched update: 0 hazards, same mask as the unpatched form",
     ),
+    "06_cosine_lr_graphed.py": (
+        "step 11: loss",
+        "lr changed at every step: yes (12 distinct values)",
+        "parameters equal the eager twin: yes",
+        "graphed stats: calls=12 graphs=1 eager=False",
+        "without graph_safe_optimizer: GG601 AdamW.param_groups[0]['lr'] at call 5",
+    ),
 }
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import structlog
 
 import graphguard
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -110,3 +116,91 @@ def test_recipe_3_stdlib_logging_with_processor_formatter(restore_structlog, ctx
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [e["event"] for e in events] == ["graphguard.hazard"]  # info events filtered out
     assert events[0]["code"] == "GG101" and events[0]["lineno"] > 0
+
+
+# --- quiet by default; region events on request ------------------------------------------------
+_GUARD_100 = """
+import torch, graphguard
+
+@graphguard.guard
+def step(x):
+    return (x * 2).softmax(-1)
+
+x = torch.randn(4, 8)
+for _ in range(100):
+    step(x)
+with graphguard.capture(mode="audit"):
+    step(x)
+"""
+
+
+def _run_script(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "quiet.py"
+    script.write_text(code, encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
+    env.pop("GRAPHGUARD_LOG", None)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_guard_without_hazards_prints_nothing(tmp_path) -> None:
+    """A @guard called 100 times and a clean region print nothing with structlog's defaults."""
+    out = _run_script(_GUARD_100, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and out.stderr == ""
+
+
+def test_debug_filter_turns_region_events_on(tmp_path) -> None:
+    """With make_filtering_bound_logger(logging.DEBUG), region start/end events are printed."""
+    setup = (
+        "import logging, structlog\n"
+        "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))\n"
+    )
+    out = _run_script(setup + _GUARD_100, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "graphguard.capture.start" in out.stdout and "graphguard.capture.end" in out.stdout
+
+
+def test_region_events_are_debug_level(restore_structlog) -> None:
+    """graphguard.capture.start and .end are debug-level events."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    with structlog.testing.capture_logs() as logs, graphguard.capture(mode="audit"):
+        pass
+    levels = {e["event"]: e["log_level"] for e in logs}
+    assert levels.get("graphguard.capture.start") == "debug"
+    assert levels.get("graphguard.capture.end") == "debug"
+
+
+def test_stdlib_debug_level_turns_region_events_on(restore_structlog) -> None:
+    """With recipe 3 and the graphguard logger at DEBUG, region events reach its handler."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level, structlog.processors.KeyValueRenderer()],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    logger = logging.getLogger("graphguard")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with graphguard.capture(mode="audit"):
+            pass
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("graphguard.capture.start" in r.getMessage() for r in records)

@@ -1,0 +1,65 @@
+"""Statements in docs/ (contract, getting started, set-up) that hold as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import graphguard
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_contract_stats_is_a_dict_property() -> None:
+    """`step.stats` is a dict with the keys docs/contract.md lists, read without a call."""
+    step = graphguard.graphed(lambda x: x * 2)
+    step(torch.ones(2))
+    assert set(step.stats) == {"calls", "graphs", "replays", "eager", "eager_reason"}
+    assert step.stats["calls"] == 1 and "step.stats()" not in _doc("contract.md")
+
+
+def test_module_stats_matches_function_stats() -> None:
+    """`fast_model.stats` of a graphed module is the same dict as for a function."""
+    fast = graphguard.graphed(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        fast(torch.ones(1, 2))
+    assert set(fast.stats) == {"calls", "graphs", "replays", "eager", "eager_reason"}
+
+
+def test_getting_started_diagnostic_fields_exist(ctx) -> None:
+    """The fields getting-started.md prints for each hazard (code, location, title) exist."""
+    with graphguard.capture(mode="audit", on_hazard="warn") as cap:
+        ctx.x.sum().item()
+    d = cap.hazards[0]
+    assert (d.code, d.title) == ("GG101", graphguard.get_rule("GG101").title)
+    assert isinstance(d.location, str) and d.location
+
+
+def test_cli_prints_no_numpy_warning_without_numpy(tmp_path) -> None:
+    """The CLI run without numpy prints no 'Failed to initialize NumPy' warning from torch."""
+    stub = tmp_path / "numpy"
+    stub.mkdir()
+    (stub / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'numpy\'", name="numpy")\n'
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    out = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "graphguard", "rules"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "GG101" in out.stdout
+    assert "Failed to initialize NumPy" not in out.stderr
+
+
+def _doc(name: str) -> str:
+    return (ROOT / "docs" / name).read_text(encoding="utf-8")
