@@ -1,0 +1,312 @@
+"""Differential test on a GPU: graphguard reports a hazard exactly when plain torch cannot capture.
+
+Hypothesis draws short steps from a vocabulary of legal and hazardous one-line ops on a CUDA
+tensor. Each step is written to a file, then
+
+1. run raw under ``torch.cuda.graph`` in a worker process (a failed raw capture can leave the
+   CUDA context unusable, so a worker that saw one is replaced by a spare that booted meanwhile):
+   warm-up, capture, two replays on new inputs, each compared with an eager call;
+2. run in this process under ``graphguard.capture(mode="capture")``.
+
+graphguard must report exactly when the raw capture failed or its replays differed from eager,
+and also for the hazards torch itself is silent about (non-blocking device-to-host copy, pinned
+allocation, pinned host-to-device copy, default-stream escape: the measured ground-truth table).
+Where graphguard is silent, its own replays must equal eager. Examples are derandomized and
+bounded (``MAX_EXAMPLES`` drawn plus one explicit example per hazard op), without shrinking.
+
+Run as ``python tests/test_differential_cuda.py --worker`` it is the raw worker: one JSON request
+per stdin line, one JSON answer per stdout line; it never imports graphguard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import select
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+hyp = pytest.importorskip("hypothesis")
+st = pytest.importorskip("hypothesis.strategies")
+
+pytestmark = pytest.mark.cuda
+
+MAX_EXAMPLES = 45
+N = 16
+REPLAYS = 2
+WORKER_SPARES = 3
+RAW_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    src: str  # one line, run inside ``step(x, pinned, idx)`` with ``y`` the running value
+    kind: str  # "legal", "refused" (torch raises or poisons), "silent" (torch accepts: table)
+
+
+OPS: list[Op] = [
+    Op("mul", "y = y * 2", "legal"),
+    Op("add-input", "y = y + x", "legal"),
+    Op("relu", "y = torch.relu(y)", "legal"),
+    Op("where", "y = torch.where(y > 0, y, 0.5 * y)", "legal"),
+    Op("mask-fill", "y[y < 0] = 0.0", "legal"),
+    Op("cumsum", "y = y.cumsum(0) / 16", "legal"),
+    Op("sort", "y = y.sort().values", "legal"),
+    Op("int-device-index", "y = y[idx]", "legal"),
+    Op("nonzero-static", "y = y + torch.nonzero_static(y > 0, size=16).flatten() * 0.01", "legal"),
+    Op("assert-async", "torch._assert_async((y == y).all())", "legal"),
+    Op("factory-on-device", "y = y + torch.ones(16, device=x.device)", "legal"),
+    Op("to-own-device", "y = y.to(x.device)", "legal"),
+    Op("item", "y = y + y.sum().item()", "refused"),
+    Op("bool", "y = -y if (y > 100).any() else y", "refused"),
+    Op("tolist", "y = y + len(y.tolist())", "refused"),
+    Op("cpu", "y = y + y.cpu().sum().to(x.device)", "refused"),
+    Op("nonzero", "y = y + y.nonzero().sum()", "refused"),
+    Op("mask-read", "y = y + y[y > 0].sum()", "refused"),
+    Op("unique", "y = y + torch.unique(y).sum()", "refused"),
+    Op("equal", "y = y + float(torch.equal(y, x))", "refused"),
+    Op("print", "print(y[:1])", "refused"),
+    Op("tensor-from-data", "y = y + torch.tensor([1.0], device=x.device)", "refused"),
+    Op("list-index", "y = y[[0, 1, 2, 3] * 4]", "refused"),
+    Op("synchronize", "torch.cuda.synchronize()", "refused"),
+    Op("manual-seed", "torch.manual_seed(0)", "refused"),
+    Op("nonblocking-d2h", 'h = y.to("cpu", non_blocking=True)', "silent"),
+    Op("pinned-alloc", "h = torch.empty(16, pin_memory=True)", "silent"),
+    Op("pinned-h2d", "y = y + pinned.to(x.device, non_blocking=True)", "silent"),
+    Op(
+        "default-stream",
+        "with torch.cuda.stream(torch.cuda.default_stream()): y = y * 3",
+        "silent",
+    ),
+]
+BY_NAME = {op.name: op for op in OPS}
+LEGAL_OPS = [op.name for op in OPS if op.kind == "legal"]
+HAZARD_OPS = [op.name for op in OPS if op.kind != "legal"]
+
+
+def program(names: tuple[str, ...]) -> str:
+    body = "\n".join(f"    {BY_NAME[n].src}" for n in names)
+    return f"import torch\n\n\ndef step(x, pinned, idx):\n    y = x * 1\n{body}\n    return y\n"
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, generator=g).cuda()
+    pinned = torch.randn(N, generator=g).pin_memory()
+    idx = torch.randperm(N, generator=g).cuda()
+    torch.cuda.synchronize()
+    return x, pinned, idx
+
+
+def _warm_up(step: Any, args: tuple[torch.Tensor, ...]) -> None:
+    """Two eager calls on a side stream (the torch.cuda.graph recipe), then a fresh RNG seed so
+    that a reseed inside the capture really changes the seed."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    torch.seed()
+
+
+def _replays_match(
+    step: Any, replay: Any, out: torch.Tensor, args: tuple[torch.Tensor, ...]
+) -> bool:
+    """Replays on new inputs equal eager calls on the same inputs."""
+    x, pinned, _ = args
+    g = torch.Generator().manual_seed(1)
+    for _ in range(REPLAYS):
+        x.copy_(torch.randn(N, generator=g))
+        pinned.copy_(torch.randn(N, generator=g))
+        replay()
+        torch.cuda.synchronize()
+        got = out.clone()
+        want = step(*args)
+        torch.cuda.synchronize()
+        if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
+            return False
+    return True
+
+
+def _load(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.step
+
+
+# --- the raw worker (never imports graphguard) ----------------------------------------------------
+def _raw(path: str) -> dict[str, Any]:
+    step = _load(path)
+    args = _inputs()
+    _warm_up(step, args)
+    g = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(g):
+            out = step(*args)
+    except Exception as e:
+        return {"capture": "error", "error": f"{type(e).__name__}: {e}"[:300]}
+    return {"capture": "ok", "match": _replays_match(step, g.replay, out, args)}
+
+
+def _worker() -> int:
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # the step's own prints must not reach the protocol stream
+    torch.zeros(1, device="cuda")
+    protocol.write("READY\n")
+    for line in sys.stdin:
+        try:
+            answer = _raw(json.loads(line)["path"])
+        except Exception as e:
+            answer = {"capture": "error", "error": f"{type(e).__name__}: {e}"[:300]}
+        protocol.write(json.dumps(answer) + "\n")
+    return 0
+
+
+class RawPool:
+    """Raw workers: one in use, spares booting; a worker that saw a failure is replaced."""
+
+    def __init__(self) -> None:
+        self.booted: set[int] = set()
+        self.ready: deque[subprocess.Popen[str]] = deque(
+            self._spawn() for _ in range(WORKER_SPARES)
+        )
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+
+    def _readline(self, proc: subprocess.Popen[str], timeout: float) -> str | None:
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], timeout)
+        return proc.stdout.readline() if readable else None
+
+    def run(self, path: str) -> dict[str, Any]:
+        proc = self.ready.popleft()
+        if proc.pid not in self.booted:
+            assert self._readline(proc, 120.0) == "READY\n", "raw worker did not start"
+            self.booted.add(proc.pid)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"path": path}) + "\n")
+        line = self._readline(proc, RAW_TIMEOUT_S)
+        answer = json.loads(line) if line else {"capture": "error", "error": "worker hung or died"}
+        if answer["capture"] == "ok" and answer["match"]:
+            self.ready.appendleft(proc)  # healthy: keep using it
+        else:
+            proc.kill()
+            proc.wait()
+            self.ready.append(self._spawn())
+        return dict(answer)
+
+    def close(self) -> None:
+        for proc in self.ready:
+            proc.kill()
+            proc.wait()
+
+
+# --- the test -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def raw_pool() -> Any:
+    pool = RawPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def programs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("differential")
+
+
+def _write(names: tuple[str, ...], directory: Path) -> str:
+    digest = hashlib.sha1("|".join(names).encode()).hexdigest()[:12]
+    path = directory / f"step_{digest}.py"
+    path.write_text(program(names))
+    return str(path)
+
+
+def _graphguard(path: str) -> tuple[bool, bool | None, str]:
+    """(reported, replay matched eager if captured, what was reported)."""
+    import graphguard
+
+    step = _load(path)
+    args = _inputs()
+    _warm_up(step, args)
+    try:
+        with graphguard.capture(mode="capture") as cap:
+            out = step(*args)
+    except graphguard.HazardError as err:
+        d = err.diagnostic
+        return True, None, f"{d.code} line {d.lineno}: {d.source_line.strip()}"
+    return False, _replays_match(step, cap.replay, out, args), ""
+
+
+def sequences() -> Any:
+    """Up to three legal ops with at most one hazardous op inserted somewhere among them."""
+    legal = st.lists(st.sampled_from(LEGAL_OPS), min_size=0, max_size=3)
+    hazard = st.one_of(st.none(), st.sampled_from(HAZARD_OPS))
+    return st.builds(_insert, legal, hazard, st.integers(0, 3)).filter(bool)
+
+
+def _insert(legal: list[str], hazard: str | None, at: int) -> tuple[str, ...]:
+    names = list(legal)
+    if hazard is not None:
+        names.insert(min(at, len(names)), hazard)
+    return tuple(names)
+
+
+def _with_each_hazard_alone(test: Any) -> Any:
+    for name in HAZARD_OPS:
+        test = hyp.example(names=(name,))(test)
+    return test
+
+
+@pytest.mark.timeout(300)
+@hyp.settings(
+    max_examples=MAX_EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=[hyp.Phase.explicit, hyp.Phase.generate],
+    suppress_health_check=list(hyp.HealthCheck),
+)
+@_with_each_hazard_alone
+@hyp.given(names=sequences())
+def test_graphguard_reports_exactly_when_raw_capture_fails_or_replays_wrong(
+    names: tuple[str, ...], raw_pool: RawPool, programs_dir: Path
+) -> None:
+    """graphguard reports a step iff raw torch rejects it, replays it wrong, or it holds a hazard
+    torch is silent about; a step graphguard lets through replays equal to eager."""
+    path = _write(names, programs_dir)
+    raw = raw_pool.run(path)
+    raw_bad = raw["capture"] != "ok" or not raw["match"]
+    silent = any(BY_NAME[n].kind == "silent" for n in names)
+    reported, matched, what = _graphguard(path)
+    context = f"ops={list(names)} raw={raw} graphguard={what or 'silent'}"
+    assert reported == (raw_bad or silent), context
+    if not reported:
+        assert matched is True, context
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(_worker())
