@@ -5,6 +5,14 @@ host scalars) are caught *before* the illegal call, reported as one structured d
 names your line, and the process stays healthy. Without a GPU, audit mode finds the same hazards.
 """
 
+import warnings
+
+# torch warns at import when numpy is missing; graphguard never needs numpy, so a fresh
+# environment without it should not print that warning on every command.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+    import torch  # noqa: F401
+
 from ._blocks import BlockReport, validate_blocks
 from ._capture import Capture, capture
 from ._diagnostic import Diagnostic, TensorInfo
@@ -26,6 +34,7 @@ from ._errors import (
 from ._graphed import Graphed, GraphedModule, graphed
 from ._guard import guard
 from ._log import disable_json_logs, enable_json_logs
+from ._optim import graph_safe_optimizer
 from ._rules import KINDS, RULES, Rule, get_rule
 from ._state import allow
 
@@ -60,6 +69,7 @@ __all__ = [
     "disable_json_logs",
     "enable_json_logs",
     "get_rule",
+    "graph_safe_optimizer",
     "graphed",
     "guard",
     "validate_blocks",

@@ -16,20 +16,14 @@ from typing import Any, Literal
 
 import torch
 
-from ._diagnostic import Diagnostic, make_diagnostic
-from ._errors import (
-    ConfigError,
-    GraphGuardError,
-    HazardError,
-    NotCapturedError,
-    StaleHostScalarError,
-)
-from ._log import get_logger
-from ._report import _notify, log_hazard
-from ._rules import RULES
+from ._diagnostic import Diagnostic, more_scalars, safe_value
+from ._errors import ConfigError, GraphGuardError, HazardError, NotCapturedError
+from ._frames import trim_traceback
+from ._log import region_event
+from ._report import Finding, FixedScope, report
 from ._scalars import Tracked, watch_optimizers
-from ._session import guarded, new_state, overrides, trim_traceback
-from ._state import ON_HAZARD, register_global_capture, unregister_global_capture
+from ._session import deferred_interrupts, guarded, new_state
+from ._state import ON_HAZARD, overrides, register_global_capture, unregister_global_capture
 
 __all__ = ["MODES", "Capture", "capture", "validate_on_hazard"]
 
@@ -166,28 +160,30 @@ class Capture:
             raise GraphGuardError("a graphguard.capture() region can be entered only once")
         self._entered = True
         self.mode = self._resolve_mode()
-        get_logger().info(
+        region_event(
             "graphguard.capture.start",
             mode=self.mode,
             requested_mode=self.requested_mode,
             label=self.label,
             on_hazard=self.on_hazard,
-            cuda_available=torch.cuda.is_available(),
         )
-        if self.mode == "capture":
-            self._begin_capture()
-        state = new_state(
-            on_hazard=self.on_hazard,
-            label=self.label,
-            region=self if self.mode == "capture" else None,
-        )
-        self._session = guarded(state)
-        try:
-            self._session.__enter__()
-        except BaseException:
-            self._end_capture(failed=True)
-            raise
-        self._state = state
+        with deferred_interrupts():
+            if self.mode == "capture":
+                self._begin_capture()
+            state = new_state(
+                on_hazard=self.on_hazard,
+                label=self.label,
+                region=self if self.mode == "capture" else None,
+            )
+            if state.region is None:
+                state.findings = self.hazards
+            self._session = guarded(state)
+            try:
+                self._session.__enter__()
+            except BaseException:
+                self._end_capture(failed=True)
+                raise
+            self._state = state
         return self
 
     def _begin_capture(self) -> None:
@@ -232,16 +228,16 @@ class Capture:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        try:
-            self._session.__exit__(exc_type, exc, tb)
-        finally:
-            self.hazards.extend(d for d in self._state.findings if d not in self.hazards)
-            end_error = self._end_capture(failed=exc_type is not None)
+        with deferred_interrupts():
+            try:
+                self._session.__exit__(exc_type, exc, tb)
+            finally:
+                end_error = self._end_capture(failed=exc_type is not None)
         if isinstance(exc, HazardError):
             trim_traceback(exc)
         if exc is None and end_error is not None:
             raise end_error
-        get_logger().info(
+        region_event(
             "graphguard.capture.end",
             mode=self.mode,
             label=self.label,
@@ -290,11 +286,11 @@ class Capture:
         self.graph = None
 
     # -- called by the hazard policy ----------------------------------------------------------
-    def fall_back(self, diagnostic: Diagnostic) -> None:
+    def fall_back(self, diagnostic: Diagnostic) -> str:
         """End the capture now, run what was recorded so far once, and continue eagerly."""
         with self._lock:
             if not self.capturing:
-                return
+                return "logged"
             self.capturing = False
             unregister_global_capture(id(self))
             self.graph.capture_end()
@@ -303,16 +299,7 @@ class Capture:
             self.graph.replay()
             self._retire_graph()
             self.fell_back = True
-        get_logger().warning(
-            "graphguard.capture.fallback",
-            label=self.label,
-            code=diagnostic.code,
-            location=diagnostic.location,
-        )
-
-    def note_foreign_hazard(self, diagnostic: Diagnostic) -> None:
-        """Record a hazard another thread caused against this capture (see ``_patches``)."""
-        self.hazards.append(diagnostic)
+        return "fell-back"
 
     # -- after the region -----------------------------------------------------------------------
     def replay(self) -> None:
@@ -335,20 +322,24 @@ class Capture:
         if not stale:
             return
         first, now = stale[0]
-        diagnostic = make_diagnostic(
-            RULES["GG601"],
+        finding = Finding(
+            "GG601",
             "Capture.replay()",
-            f"{first.name} was {first.captured!r} when the region was captured and is {now!r} "
-            f"now; the graph still uses {first.captured!r}",
-            phase="replay",
-            label=self.label,
-            details=tuple((t.name, f"captured {t.captured!r}, now {v!r}") for t, v in stale),
+            facts={
+                "name": first.name,
+                "captured": safe_value(first.captured),
+                "current": safe_value(now),
+                "more": more_scalars(len(stale)),
+            },
+            details=tuple(
+                (t.name, f"captured {safe_value(t.captured)}, now {safe_value(v)}")
+                for t, v in stale
+            ),
             location=(first.filename, first.lineno, "<capture region>"),
         )
-        _notify(diagnostic)
-        log_hazard(diagnostic, action="raised", level="error")
         # Every policy raises here: there is no body to run eagerly instead of the stale graph.
-        raise StaleHostScalarError(diagnostic)
+        scope = FixedScope(on_hazard="raise", label=self.label, phase="replay", findings=[])
+        report(finding, scope, can_continue=False)
 
     def _why_no_graph(self) -> str:
         label = f" {self.label!r}" if self.label else ""

@@ -2,7 +2,7 @@
 
 The program runs in this process, as ``python script.py`` or ``python -m module`` would run it
 (``runpy``, ``sys.argv`` set, the script's folder first on ``sys.path``), with two process-wide
-overrides from ``_session``: ``force_audit`` makes every ``capture``, ``guard`` and ``graphed``
+overrides from ``_state``: ``force_audit`` makes every ``capture``, ``guard`` and ``graphed``
 region run in audit mode, and ``collect`` makes a hazard be recorded and the call go ahead instead
 of raising. Calls that cannot run on a machine without CUDA are emulated where the library can,
 so one run finds every hazard the program reaches, not just the first. Diagnostics arrive through
@@ -37,8 +37,10 @@ from types import CodeType, FrameType
 from typing import Any
 
 from ._diagnostic import Diagnostic
+from ._frames import is_internal
 from ._report import add_sink
-from ._session import guarded, new_state, overrides
+from ._session import guarded, new_state
+from ._state import overrides
 
 __all__ = [
     "EXIT_CLEAN",
@@ -62,9 +64,6 @@ EXIT_CLEAN = 0
 EXIT_HAZARDS = 1
 EXIT_USAGE = 2
 EXIT_PROGRAM_FAILED = 3
-
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_RUNPY_FILE = os.path.abspath(runpy.__file__)
 
 
 class CheckStartError(Exception):
@@ -409,12 +408,7 @@ def _first_line(error: BaseException) -> str:
 def _user_traceback(error: BaseException) -> str:
     """The program's traceback with graphguard's and runpy's own frames left out."""
     info = traceback.TracebackException.from_exception(error)
-    kept = [
-        frame
-        for frame in info.stack
-        if not frame.filename.startswith((_PKG_DIR, "<frozen runpy>"))
-        and os.path.abspath(frame.filename) != _RUNPY_FILE
-    ]
+    kept = [frame for frame in info.stack if not is_internal(frame.filename)]
     info.stack = traceback.StackSummary.from_list(kept)
     return "".join(info.format())
 

@@ -6,56 +6,23 @@ The record never holds tensor values, only their shape, dtype and device.
 from __future__ import annotations
 
 import linecache
-import os
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any
 
+from ._frames import find_user_frame
 from ._rules import Rule
 
-__all__ = ["Diagnostic", "TensorInfo", "find_user_frame", "make_diagnostic"]
-
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _module_dir(name: str) -> str | None:
-    module = sys.modules.get(name)
-    path = getattr(module, "__file__", None)
-    return os.path.dirname(os.path.abspath(path)) + os.sep if path else None
-
-
-# Frames from these packages are library internals, never "the user's line".
-_INTERNAL_DIRS: tuple[str, ...] = tuple(
-    d for d in (_PKG_DIR, _module_dir("torch"), _module_dir("wrapt")) if d is not None
-)
-_INTERNAL_FILES = {
-    os.path.abspath(path)
-    for m in (sys.modules.get("contextlib"), sys.modules.get("functools"))
-    if (path := getattr(m, "__file__", None))
-}
-
-
-def _is_internal(filename: str) -> bool:
-    if filename.startswith("<"):  # <frozen ...>, <string> from torch internals
-        return filename.startswith("<frozen")
-    path = os.path.abspath(filename)
-    if path in _INTERNAL_FILES:
-        return True
-    # The pytest plugin and the CLI are graphguard too, but a user's tests that live inside the
-    # package's own test tree are not: only the package directory counts.
-    return path.startswith(_INTERNAL_DIRS)
-
-
-def find_user_frame(start: FrameType | None = None) -> FrameType | None:
-    """The innermost frame outside graphguard, torch and wrapt (``None`` if there is none)."""
-    frame: FrameType | None = start if start is not None else sys._getframe(1)
-    while frame is not None:
-        if not _is_internal(frame.f_code.co_filename):
-            return frame
-        frame = frame.f_back
-    return None
+__all__ = [
+    "Diagnostic",
+    "TensorInfo",
+    "describe_tensor",
+    "make_diagnostic",
+    "more_scalars",
+    "safe_value",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +47,29 @@ class TensorInfo:
 
     def __str__(self) -> str:
         return f"{self.dtype}[{', '.join(map(str, self.shape))}] on {self.device}"
+
+
+def describe_tensor(obj: Any) -> str:
+    """A tensor's description for messages (device, shape, dtype), or ``"a value"``."""
+    info = TensorInfo.of(obj)
+    if info is None:
+        return "a value"
+    return (
+        f"a {info.device.split(':')[0]} tensor of shape {info.shape} and dtype torch.{info.dtype}"
+    )
+
+
+def more_scalars(count: int) -> str:
+    """The tail of a GG601 message when several scalars changed."""
+    return f" ({count} scalars changed, all listed below)" if count > 1 else ""
+
+
+def safe_value(value: Any) -> str:
+    """``repr`` of a host scalar for a message; tensors are described, never printed."""
+    if TensorInfo.of(value) is not None:
+        return describe_tensor(value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)

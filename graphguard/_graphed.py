@@ -24,15 +24,15 @@ from typing import Any
 import torch
 
 from ._capture import Capture, validate_label, validate_on_hazard
-from ._diagnostic import Diagnostic, make_diagnostic
+from ._diagnostic import Diagnostic, more_scalars, safe_value
 from ._errors import ConfigError, GraphLimitError, StaleHostScalarError
+from ._frames import trim_traceback
 from ._log import get_logger
 from ._outputs import Generation, wrap_output
-from ._report import _notify, log_hazard
-from ._rules import RULES
+from ._report import Finding, FixedScope, report
 from ._scalars import ScalarSnapshot, _same, watch_optimizers
-from ._session import guarded, new_state, overrides, trim_traceback
-from ._state import is_allowed
+from ._session import guarded, new_state
+from ._state import overrides
 from ._tree import flatten, rebuild
 
 __all__ = ["Graphed", "GraphedModule", "graphed"]
@@ -114,6 +114,7 @@ class Graphed:
         self._lock = threading.RLock()
         self._side_stream: Any = None
         self._last_findings: list[Diagnostic] = []
+        self._replay_hazards: list[Diagnostic] = []
         try:
             self._params = list(inspect.signature(fn).parameters)
         except (TypeError, ValueError):
@@ -349,40 +350,40 @@ class Graphed:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        rule = RULES["GG601"]
-        if is_allowed(rule.code, rule.kind):
-            return self._run_eager(args, kwargs, guard=False, side_stream=False)
         name, captured, current, filename, lineno = stale[0]
         location = None
         if lineno:
             location = (filename, lineno, str(getattr(self.fn, "__name__", self.label)))
-        message = (
-            f"{name} was {captured!r} when {self.label!r} was captured and is {current!r} now; "
-            f"the graph still uses {captured!r}"
-        )
-        if len(stale) > 1:
-            message += f" ({len(stale)} scalars changed, all listed below)"
-        details = tuple(
-            (n, f"captured {c!r}, now {v!r}" + (f" (consumed at {f}:{ln})" if ln else ""))
-            for n, c, v, f, ln in stale
-        )
-        diagnostic = make_diagnostic(
-            rule,
+        finding = Finding(
+            "GG601",
             f"replay of {self.label!r}",
-            message,
-            phase="replay",
-            label=self.label,
-            details=details,
+            facts={
+                "name": name,
+                "captured": safe_value(captured),
+                "current": safe_value(current),
+                "more": more_scalars(len(stale)),
+            },
+            details=tuple(
+                (n, f"captured {safe_value(c)}, now {safe_value(v)}" + _consumed_at(f, ln))
+                for n, c, v, f, ln in stale
+            ),
             location=location,
         )
-        _notify(diagnostic)
-        if self.on_hazard == "raise":
-            log_hazard(diagnostic, action="raised", level="error")
-            raise StaleHostScalarError(diagnostic)
-        # warn / fallback: replaying would be silently wrong, so this step runs eagerly from now on.
-        self.eager_reason = diagnostic
-        log_hazard(diagnostic, action="eager-for-good")
+        # warn / fallback: replaying would be silently wrong, so the step runs eagerly from now
+        # on (``fall_back``); allowed or collected: the step runs eagerly this once.
+        report(finding, FixedScope(self.on_hazard, self.label, "replay", region=self))
         return self._run_eager(args, kwargs, guard=False, side_stream=False)
+
+    # -- the region interface (what the reporting path calls back) ------------------------------
+    capturing = False
+
+    @property
+    def hazards(self) -> list[Diagnostic]:
+        return self._replay_hazards
+
+    def fall_back(self, diagnostic: Diagnostic) -> str:
+        self.eager_reason = diagnostic
+        return "eager-for-good"
 
     # -- inputs and outputs ---------------------------------------------------------------------
     def _pad(self, leaves: list[Any]) -> tuple[list[Any], int | None]:
@@ -463,6 +464,10 @@ class Graphed:
 
     def __repr__(self) -> str:
         return f"<graphguard.Graphed {self.label!r} {self.stats}>"
+
+
+def _consumed_at(filename: str, lineno: int) -> str:
+    return f" (consumed at {filename}:{lineno})" if lineno else ""
 
 
 def _is_trackable(value: Any) -> bool:

@@ -8,7 +8,8 @@ from typing import Any, TypeVar, overload
 
 from ._capture import validate_label, validate_on_hazard
 from ._errors import ConfigError, HazardError
-from ._session import guarded, new_state, trim_traceback
+from ._frames import trim_traceback
+from ._session import guarded, new_state
 
 __all__ = ["guard"]
 

@@ -7,40 +7,37 @@ straight through. Torch function modes are thread-local, so a thread without a g
 for it. APIs the mode cannot see (streams, events, ``synchronize``, RNG seeding) are wrapped in
 ``_patches``.
 
-Inside ``__torch_function__`` the mode is switched off, so the work a torch function does
-internally (``print`` formatting a tensor, an optimizer's arithmetic) is not re-inspected: the
-user's own call is what gets reported, at the user's own line.
+Checkers return a :class:`~graphguard._report.Finding` (facts only; the rule owns the message)
+or ``None``. Inside ``__torch_function__`` the mode is switched off, so the work a torch
+function does internally (``print`` formatting a tensor, an optimizer's arithmetic) is not
+re-inspected: the user's own call is what gets reported, at the user's own line.
 """
 
 from __future__ import annotations
 
-import functools
-import weakref
+import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ._report import report
+from ._emulation import (
+    is_device,
+    is_host,
+    resolve_device_args,
+    target_is_host,
+    to_target,
+    track_result,
+)
+from ._report import Finding, report
 from ._state import GuardState, current_state
 
-__all__ = ["METADATA_CALLS", "HazardMode", "Hit", "is_device", "register_check"]
+__all__ = ["METADATA_CALLS", "HazardMode", "register_check"]
 
-
-class Hit(NamedTuple):
-    """A checker's verdict: which rule, which API, what happened, about which tensor."""
-
-    code: str
-    api: str
-    message: str
-    tensor: Any = None
-    #: On a machine without CUDA, what to return instead of running a call that cannot run here.
-    emulate: Callable[[], Any] | None = None
-
-
-Checker = Callable[[GuardState, tuple[Any, ...], dict[str, Any]], "Hit | None"]
+Checker = Callable[[GuardState, tuple[Any, ...], dict[str, Any]], "Finding | None"]
 _CHECKS: dict[Any, Checker] = {}
+T = torch.Tensor
 
 
 def register_check(*funcs: Any) -> Callable[[Checker], Checker]:
@@ -57,81 +54,30 @@ def _attr(owner: Any, name: str) -> Any:
     return getattr(owner, name, None)
 
 
-# --- device-ness -----------------------------------------------------------------------------
-def is_device(state: GuardState, t: Any) -> bool:
-    """Whether ``t`` is (or, when emulating on a CPU machine, stands for) a device tensor."""
-    if not isinstance(t, torch.Tensor):
-        return False
-    if t.is_cuda:
-        return True
-    if not state.emulate or t.device.type != "cpu":
-        return False
-    ref = state.host_ids.get(id(t))
-    return ref is None or ref() is not t
-
-
-def _is_host(state: GuardState, t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and not is_device(state, t)
-
-
-def _mark_host(state: GuardState, t: Any) -> None:
-    key = id(t)
-    host_ids = state.host_ids
-    host_ids[key] = weakref.ref(t, functools.partial(_forget, host_ids, key))
-
-
-def _forget(host_ids: dict[int, Any], key: int, _ref: Any) -> None:
-    host_ids.pop(key, None)
-
-
-def _describe(t: Any) -> str:
-    return f"a {t.device.type} tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
-
-
-def _phase_words(state: GuardState) -> str:
-    phase = state.effective_phase
-    if phase == "capture":
-        return "during CUDA-graph capture"
-    if state.emulate:
-        return (
-            "in the guarded region (audit on a machine without CUDA: CPU tensors stand for "
-            "device tensors)"
-        )
-    return "in the guarded region (audit mode)"
-
-
-def _target_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The device a ``Tensor.to``/``copy`` call moves to, or ``None`` for a dtype-only call."""
-    dev = kwargs.get("device")
-    if dev is None:
-        for a in args:
-            if isinstance(a, (str, torch.device, int)) and not isinstance(a, bool):
-                dev = a
-                break
-            if isinstance(a, torch.Tensor):
-                dev = a.device
-                break
-    return dev
-
-
 def _device_type(dev: Any) -> str:
-    if isinstance(dev, int):
+    if isinstance(dev, int) and not isinstance(dev, bool):
         return "cuda"
     return torch.device(dev).type
 
 
+def _is_scalar_like(value: Any) -> bool:
+    """A Python number, or a 0-dim tensor: what torch turns ``x[mask] = v`` into masked_fill."""
+    if isinstance(value, (numbers.Number, bool)):
+        return True
+    return isinstance(value, torch.Tensor) and value.dim() == 0
+
+
 # --- host-sync: scalar reads, truth values, host copies, printing -----------------------------
-def _scalar_read(api: str, code: str) -> Checker:
-    def check(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
-        t = args[0] if args else None
+def _on_device_arg(code: str, api: str, variant: str = "default") -> Checker:
+    def check(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+        t = args[0] if args else kwargs.get("input")
         if not is_device(state, t):
             return None
-        return Hit(code, api, f"{api} on {_describe(t)} {_phase_words(state)}", t)
+        return Finding(code, api, variant, tensor=t)
 
     return check
 
 
-T = torch.Tensor
 for _api, _code, _func in (
     ("Tensor.item()", "GG101", _attr(T, "item")),
     ("int(tensor)", "GG101", _attr(T, "__int__")),
@@ -146,51 +92,24 @@ for _api, _code, _func in (
     ("repr(tensor)", "GG104", _attr(T, "__repr__")),
     ("format(tensor)", "GG104", _attr(T, "__format__")),
 ):
-    register_check(_func)(_scalar_read(_api, _code))
+    register_check(_func)(_on_device_arg(_code, _api))
 
-
-@register_check(torch.is_nonzero, _attr(T, "is_nonzero"))
-def _check_is_nonzero(
-    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Hit | None:
-    t = args[0] if args else None
-    if not is_device(state, t):
-        return None
-    return Hit(
-        "GG106", "torch.is_nonzero", f"torch.is_nonzero on {_describe(t)} {_phase_words(state)}", t
-    )
+register_check(torch.is_nonzero, _attr(T, "is_nonzero"))(
+    _on_device_arg("GG106", "torch.is_nonzero")
+)
 
 
 @register_check(torch.equal, torch.allclose, _attr(T, "equal"), _attr(T, "allclose"))
-def _check_compare(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_compare(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
     for t in (*args[:2], kwargs.get("other")):
         if is_device(state, t):
-            return Hit(
-                "GG106",
-                "torch.equal/allclose",
-                f"a tensor comparison that returns a Python bool, on {_describe(t)} "
-                f"{_phase_words(state)}",
-                t,
-            )
+            return Finding("GG106", "torch.equal/allclose", tensor=t)
     return None
 
 
 # --- host-sync: data-dependent output shapes --------------------------------------------------
-def _data_dependent(api: str) -> Checker:
-    def check(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
-        t = args[0] if args else kwargs.get("input")
-        if not is_device(state, t):
-            return None
-        return Hit(
-            "GG105",
-            api,
-            f"{api} on {_describe(t)} sizes its output from device data {_phase_words(state)}",
-            t,
-        )
-
-    return check
-
-
 for _api, _funcs in (
     ("nonzero", (torch.nonzero, _attr(T, "nonzero"))),
     ("argwhere", (torch.argwhere, _attr(T, "argwhere"))),
@@ -199,196 +118,160 @@ for _api, _funcs in (
     ("unique_consecutive", (torch.unique_consecutive, _attr(T, "unique_consecutive"))),
     ("bincount", (torch.bincount, _attr(T, "bincount"))),
 ):
-    register_check(*_funcs)(_data_dependent(_api))
+    register_check(*_funcs)(_on_device_arg("GG105", _api))
 
 
 @register_check(torch.repeat_interleave, _attr(T, "repeat_interleave"))
 def _check_repeat_interleave(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Hit | None:
+) -> Finding | None:
     if kwargs.get("output_size") is not None or (len(args) >= 4 and args[3] is not None):
         return None
     # repeat_interleave(repeats) or (input, repeats, ...): the repeats tensor sizes the output.
     repeats = kwargs.get("repeats", args[1] if len(args) >= 2 else (args[0] if args else None))
     if not is_device(state, repeats):
         return None
-    return Hit(
-        "GG105",
-        "repeat_interleave",
-        f"repeat_interleave with a repeats tensor and no output_size sizes its output from "
-        f"device data {_phase_words(state)}",
-        repeats,
-    )
+    return Finding("GG105", "repeat_interleave", "repeats", tensor=repeats)
 
 
 @register_check(torch.where)
-def _check_where(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_where(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
     if len(args) != 1 or kwargs:
         return None  # torch.where(cond, a, b) is static-shaped and fine
     if not is_device(state, args[0]):
         return None
-    return Hit(
-        "GG105",
-        "torch.where(condition)",
-        f"one-argument torch.where (nonzero) on {_describe(args[0])} {_phase_words(state)}",
-        args[0],
-    )
+    return Finding("GG105", "torch.where(condition)", "where-nonzero", tensor=args[0])
 
 
-def _index_hit(state: GuardState, t: Any, index: Any, api: str) -> Hit | None:
+def _index_finding(
+    state: GuardState, t: Any, index: Any, api: str, *, value: Any = None
+) -> Finding | None:
     items = index if isinstance(index, tuple) else (index,)
     for item in items:
         if isinstance(item, torch.Tensor):
             if item.dtype is torch.bool:
-                return Hit(
-                    "GG105",
-                    api,
-                    f"boolean-mask indexing of {_describe(t)} sizes its result from device "
-                    f"data {_phase_words(state)}",
-                    t,
-                )
-            if _is_host(state, item) and item.dim() > 0:
-                return Hit(
-                    "GG401",
-                    api,
-                    f"indexing {_describe(t)} with a host (CPU) index tensor copies it from "
-                    f"pageable memory {_phase_words(state)}",
-                    t,
-                )
+                # ``x[mask] = scalar`` is sent to masked_fill_ by torch: no sync (measured on an
+                # H200: captured and replayed equal to eager). Any other use sizes a result
+                # from the mask's contents.
+                if api == "Tensor.__setitem__" and len(items) == 1 and _is_scalar_like(value):
+                    return None
+                return Finding("GG105", api, "bool-mask", tensor=t)
+            if is_host(state, item) and item.dim() > 0:
+                return Finding("GG401", api, "index-tensor", tensor=t)
         elif isinstance(item, list):
-            return Hit(
-                "GG401",
-                api,
-                f"indexing {_describe(t)} with a Python list builds an index tensor from host "
-                f"data and copies it to the device {_phase_words(state)}",
-                t,
-            )
+            return Finding("GG401", api, "index-list", tensor=t)
     return None
 
 
 @register_check(_attr(T, "__getitem__"))
-def _check_getitem(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_getitem(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
     if len(args) < 2 or not is_device(state, args[0]):
         return None
-    return _index_hit(state, args[0], args[1], "Tensor.__getitem__")
+    return _index_finding(state, args[0], args[1], "Tensor.__getitem__")
 
 
 @register_check(_attr(T, "__setitem__"))
-def _check_setitem(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_setitem(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
     if len(args) < 3 or not is_device(state, args[0]):
         return None
-    hit = _index_hit(state, args[0], args[1], "Tensor.__setitem__")
-    if hit is not None:
-        return hit
     value = args[2]
-    if _is_host(state, value) and value.dim() > 0:
-        return Hit(
-            "GG401",
-            "Tensor.__setitem__",
-            f"assigning a host tensor into {_describe(args[0])} copies it from pageable memory "
-            f"{_phase_words(state)}",
-            args[0],
-        )
+    finding = _index_finding(state, args[0], args[1], "Tensor.__setitem__", value=value)
+    if finding is not None:
+        return finding
+    if is_host(state, value) and value.dim() > 0:
+        return Finding("GG401", "Tensor.__setitem__", "setitem-value", tensor=args[0])
     return None
 
 
 @register_check(torch.index_put, torch.index_put_, _attr(T, "index_put"), _attr(T, "index_put_"))
 def _check_index_put(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Hit | None:
+) -> Finding | None:
     if len(args) < 2 or not is_device(state, args[0]):
         return None
-    return _index_hit(state, args[0], tuple(i for i in args[1] if i is not None), "index_put")
+    indices = tuple(i for i in args[1] if i is not None)
+    return _index_finding(state, args[0], indices, "index_put")
 
 
 # --- copies between host and device -----------------------------------------------------------
-def _h2d_hit(state: GuardState, src: Any, api: str, non_blocking: bool) -> Hit:
-    if src.is_pinned() and non_blocking:
-        return Hit(
-            "GG402",
-            api,
-            f"a non-blocking copy from pinned host memory ({_describe(src)}) is recorded and "
-            f"re-read at every replay {_phase_words(state)}",
-            src,
-        )
-    return Hit(
-        "GG401",
-        api,
-        f"a host-to-device copy from pageable memory ({_describe(src)}) {_phase_words(state)}",
-        src,
-        emulate=None,
-    )
+def _h2d(src: Any, api: str, non_blocking: bool, emulate: Callable[[], Any] | None) -> Finding:
+    if non_blocking and src.is_pinned():
+        return Finding("GG402", api, tensor=src, emulate=emulate)
+    return Finding("GG401", api, tensor=src, emulate=emulate)
+
+
+def _non_blocking(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return bool(kwargs.get("non_blocking", False)) or any(a is True for a in args[1:])
+
+
+def _run_on_cpu(t: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``Tensor.to`` without its device argument: what a CUDA move becomes while emulating."""
+    rest = [
+        a
+        for a in args[1:]
+        if not isinstance(a, (str, torch.device)) and not (isinstance(a, int) and a is not True)
+    ]
+    kw = {k: v for k, v in kwargs.items() if k != "device"}
+    return torch.Tensor.to(t, *rest, **kw)
 
 
 @register_check(_attr(T, "to"))
-def _check_to(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_to(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
     t = args[0] if args else None
     if not isinstance(t, torch.Tensor):
         return None
-    dev = _target_device(args[1:], kwargs)
+    dev = to_target(args, kwargs)
     if dev is None:
         return None
-    non_blocking = bool(kwargs.get("non_blocking", False)) or any(
-        a is True for a in args[1:] if isinstance(a, bool)
-    )
-    target = _device_type(dev)
-    if state.emulate and target == "cpu":
-        # Emulating on CPU: only a literal "cpu" string is a genuine host target; a
-        # torch.device (usually ``x.device``) stands for the device the real run uses.
-        target = "cpu" if isinstance(dev, str) else "cuda"
-    if is_device(state, t) and target == "cpu":
+    non_blocking = _non_blocking(args, kwargs)
+    to_host = target_is_host(dev) if state.emulate else _device_type(dev) == "cpu"
+    if to_host:
+        if not is_device(state, t):
+            return None
         if non_blocking:
-            return Hit(
-                "GG202",
-                "Tensor.to('cpu', non_blocking=True)",
-                f"a non-blocking copy of {_describe(t)} to the host allocates a pinned result "
-                f"{_phase_words(state)}",
-                t,
-            )
-        return Hit(
-            "GG103",
-            "Tensor.to('cpu')",
-            f"a blocking copy of {_describe(t)} to the host {_phase_words(state)}",
-            t,
-        )
-    if _is_host(state, t) and target == "cuda":
-        hit = _h2d_hit(state, t, "Tensor.to('cuda')", non_blocking)
+            return Finding("GG202", "Tensor.to('cpu', non_blocking=True)", tensor=t)
+        return Finding("GG103", "Tensor.to('cpu')", "to-host", tensor=t)
+    if is_host(state, t):
         # The emulated result is a fresh (unmarked) tensor: it stands for the device copy.
-        return hit._replace(emulate=lambda: t.clone())
+        return _h2d(
+            t, "Tensor.to(device)", non_blocking, lambda: _run_on_cpu(t, args, kwargs).clone()
+        )
     return None
 
 
 @register_check(_attr(T, "cuda"))
-def _check_cuda(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_cuda(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
     t = args[0] if args else None
-    if not isinstance(t, torch.Tensor) or not _is_host(state, t):
+    if not isinstance(t, torch.Tensor) or not is_host(state, t):
         return None
-    non_blocking = bool(kwargs.get("non_blocking", False))
-    return _h2d_hit(state, t, "Tensor.cuda()", non_blocking)._replace(emulate=lambda: t.clone())
+    return _h2d(t, "Tensor.cuda()", bool(kwargs.get("non_blocking", False)), t.clone)
 
 
 @register_check(_attr(T, "copy_"))
-def _check_copy(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hit | None:
+def _check_copy(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
     if len(args) < 2:
         return None
     dst, src = args[0], args[1]
     non_blocking = bool(kwargs.get("non_blocking", args[2] if len(args) > 2 else False))
-    if is_device(state, dst) and _is_host(state, src):
-        return _h2d_hit(state, src, "Tensor.copy_(host_tensor)", non_blocking)
-    if _is_host(state, dst) and is_device(state, src) and not non_blocking:
-        return Hit(
-            "GG103",
-            "host_tensor.copy_(device_tensor)",
-            f"a blocking copy of {_describe(src)} into a host tensor {_phase_words(state)}",
-            src,
-        )
+    if is_device(state, dst) and is_host(state, src):
+        return _h2d(src, "Tensor.copy_(host_tensor)", non_blocking, None)
+    if is_host(state, dst) and is_device(state, src) and not (non_blocking and dst.is_pinned()):
+        # A non-blocking copy into pinned memory is recorded (read the buffer after replay);
+        # into pageable memory it waits for the device like a blocking one.
+        return Finding("GG103", "host_tensor.copy_(device_tensor)", "into-host", tensor=src)
     return None
 
 
 @register_check(torch.tensor, torch.as_tensor, _attr(torch, "asarray"))
 def _check_from_data(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Hit | None:
+) -> Finding | None:
     data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
     if isinstance(data, torch.Tensor) and is_device(state, data):
         return None
@@ -396,56 +279,53 @@ def _check_from_data(
     if dev is None:
         if state.emulate or torch.get_default_device().type != "cuda":
             return None
-        dev = "cuda"
-    if state.emulate:
-        target = "cpu" if isinstance(dev, str) and torch.device(dev).type == "cpu" else "cuda"
-    else:
-        target = _device_type(dev)
-    if target != "cuda":
+    elif target_is_host(dev) if state.emulate else _device_type(dev) == "cpu":
         return None
-    return Hit(
-        "GG401",
-        "torch.tensor(data, device=...)",
-        f"a device tensor built from host data is a pageable host-to-device copy "
-        f"{_phase_words(state)}",
-        data if isinstance(data, torch.Tensor) else None,
+    name = getattr(torch, "asarray", None)
+    api = "torch.tensor(data, device=...)"
+    if args and name is not None:
+        api = "torch.tensor(data, device=...)"
+    return Finding(
+        "GG401", api, "from-data", tensor=data if isinstance(data, torch.Tensor) else None
     )
+
+
+@register_check(_attr(T, "new_tensor"))
+def _check_new_tensor(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    if len(args) < 2 or not is_device(state, args[0]):
+        return None
+    data = args[1]
+    if isinstance(data, torch.Tensor) and is_device(state, data):
+        return None
+    dev = kwargs.get("device")
+    if dev is not None and (target_is_host(dev) if state.emulate else _device_type(dev) == "cpu"):
+        return None
+    return Finding("GG401", "Tensor.new_tensor(data)", "from-data")
 
 
 # --- pinned allocation ------------------------------------------------------------------------
 @register_check(_attr(T, "pin_memory"))
 def _check_pin_memory(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Hit | None:
+) -> Finding | None:
     t = args[0] if args else None
     if not isinstance(t, torch.Tensor) or t.is_cuda:
         return None
-    return Hit(
-        "GG201",
-        "Tensor.pin_memory()",
-        f"Tensor.pin_memory() allocates pinned host memory for {_describe(t)} "
-        f"{_phase_words(state)}",
-        t,
-        emulate=lambda: t.clone(),
-    )
+    return Finding("GG201", "Tensor.pin_memory()", tensor=t, emulate=t.clone)
 
 
-def _pinned_factory_hit(
-    state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Hit:
+def _pinned_factory(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding:
     name = getattr(func, "__name__", "factory")
     plain = {k: v for k, v in kwargs.items() if k != "pin_memory"}
-    return Hit(
-        "GG201",
-        f"torch.{name}(..., pin_memory=True)",
-        f"torch.{name}(..., pin_memory=True) allocates pinned host memory {_phase_words(state)}",
-        None,
-        emulate=lambda: func(*args, **plain),
+    return Finding(
+        "GG201", f"torch.{name}(..., pin_memory=True)", emulate=lambda: func(*args, **plain)
     )
 
 
 # --- scalar arguments given as tensors ---------------------------------------------------------
-def _check_scalar_argument(state: GuardState, func: Any, kwargs: dict[str, Any]) -> Hit | None:
+def _scalar_argument(func: Any, kwargs: dict[str, Any]) -> Finding | None:
     """``add_(g, alpha=lr)`` with a CUDA tensor ``lr`` reads it on the host (a Scalar argument).
 
     torch optimizers do this with a tensor learning rate that is not ``capturable``. Only real
@@ -456,12 +336,12 @@ def _check_scalar_argument(state: GuardState, func: Any, kwargs: dict[str, Any])
         t = kwargs.get(key)
         if isinstance(t, torch.Tensor) and t.is_cuda:
             name = getattr(func, "__name__", "op")
-            return Hit(
+            return Finding(
                 "GG101",
                 f"{name}(..., {key}=tensor)",
-                f"{name} takes {key}= as a Python scalar, so the CUDA tensor passed there "
-                f"({_describe(t)}) is read on the host {_phase_words(state)}",
-                t,
+                "scalar-argument",
+                tensor=t,
+                facts={"key": key},
             )
     return None
 
@@ -497,14 +377,11 @@ def _first_cuda_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return None
 
 
-_is_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or (
-    lambda: torch.cuda.is_current_stream_capturing()
-)
+# The C-level query: the Python one is answered by graphguard's capture-status emulation.
+_is_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or (lambda: False)
 
 
-def _check_stream(
-    state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Hit | None:
+def _check_stream(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
     name = getattr(func, "__name__", "")
     if name in _NO_KERNEL:
         return None
@@ -512,57 +389,21 @@ def _check_stream(
     if t is None or _is_capturing():
         return None
     stream = torch.cuda.current_stream(t.device)
-    which = (
-        "the default stream" if stream == torch.cuda.default_stream(t.device) else "a side stream"
-    )
-    return Hit(
+    default = stream == torch.cuda.default_stream(t.device)
+    return Finding(
         "GG301",
         f"{name or 'op'} on an uncaptured stream",
-        f"{name or 'an op'} on {_describe(t)} was issued on {which} that is not part of the "
-        f"capture; it would run once now and be missing from every replay",
-        t,
+        tensor=t,
+        facts={"which": "the default stream" if default else "a side stream"},
     )
 
 
 # --- the mode ---------------------------------------------------------------------------------
-def _outputs(result: Any) -> tuple[Any, ...]:
-    if isinstance(result, torch.Tensor):
-        return (result,)
-    if isinstance(result, (tuple, list)):
-        return tuple(r for r in result if isinstance(r, torch.Tensor))
-    return ()
-
-
-def _track_host(
-    state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
-) -> None:
-    """While emulating, remember which results are genuine host tensors (see docs/audit.md)."""
-    outs = _outputs(result)
-    if not outs:
-        return
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    tensors += [a for a in kwargs.values() if isinstance(a, torch.Tensor)]
-    if func is _TENSOR_CPU or (func is _TENSOR_TO and _target_device(args[1:], kwargs) == "cpu"):
-        host = True
-    elif tensors:
-        host = all(_is_host(state, a) for a in tensors)
-    else:
-        # A factory: host unless it was given a device (which stands for the real device).
-        host = kwargs.get("device") is None or kwargs.get("device") == "cpu"
-    if host:
-        for out in outs:
-            _mark_host(state, out)
-
-
-_TENSOR_CPU = _attr(T, "cpu")
-_TENSOR_TO = _attr(T, "to")
-
-
 class HazardMode(TorchFunctionMode):
     """Checks each torch call of the guarded thread against the hazard table before it runs.
 
     The common case (a call that is not in the table, no capture recording, real device
-    tensors) returns after one dict lookup and two attribute reads: this runs on every torch
+    tensors) returns after one dict lookup and a few attribute reads: this runs on every torch
     call of a guarded thread.
     """
 
@@ -583,32 +424,49 @@ class HazardMode(TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         check = _CHECKS.get(func)
-        if (
-            check is None
-            and not self.capture_states
-            and not self.emulate
-            and kwargs.get("pin_memory") is not True
-            and "alpha" not in kwargs
-            and "value" not in kwargs
-        ):
+        if check is None and not self.capture_states and not self.emulate and not kwargs:
             return func(*args, **kwargs)
         state = current_state()
         if state is None:  # the guard ended but a caller still holds the mode
             return func(*args, **kwargs)
-        hit = None
+        finding = None
         if check is not None:
-            hit = check(state, args, kwargs)
-        elif kwargs.get("pin_memory") is True:
-            hit = _pinned_factory_hit(state, func, args, kwargs)
-        elif "alpha" in kwargs or "value" in kwargs:
-            hit = _check_scalar_argument(state, func, kwargs)
-        if hit is None and self.capture_states and state.effective_phase == "capture":
-            hit = _check_stream(state, func, args, kwargs)
-        if hit is not None:
-            report(state, hit.code, hit.api, hit.message, tensor=hit.tensor)
-            if state.emulate and hit.emulate is not None:
-                return hit.emulate()
-        result = func(*args, **kwargs)
-        if state.emulate:
-            _track_host(state, func, args, kwargs, result)
-        return result
+            finding = check(state, args, kwargs)
+        elif kwargs:
+            if kwargs.get("pin_memory") is True:
+                finding = _pinned_factory(func, args, kwargs)
+            elif "alpha" in kwargs or "value" in kwargs:
+                finding = _scalar_argument(func, kwargs)
+        if finding is None and self.capture_states and state.phase == "capture":
+            finding = _check_stream(func, args, kwargs)
+        if finding is not None:
+            report(finding, state)
+            if state.emulate and finding.emulate is not None:
+                return finding.emulate()
+        if not state.emulate:
+            return func(*args, **kwargs)
+        return _emulated_call(state, func, args, kwargs)
+
+
+_TENSOR_CUDA = torch.Tensor.cuda
+_TENSOR_TO = torch.Tensor.to
+
+
+def _emulated_call(
+    state: GuardState, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run ``func`` on a machine without CUDA as the GPU run would have run it."""
+    device_arg: bool | None = None
+    if "device" in kwargs:
+        kwargs, device_arg = resolve_device_args(kwargs)
+    if func is _TENSOR_CUDA:
+        return args[0]  # a tensor standing for a device tensor is already there
+    if func is _TENSOR_TO and args:
+        dev = to_target(args, kwargs)
+        if dev is not None and _device_type(dev) == "cuda":
+            result = _run_on_cpu(args[0], args, kwargs)
+            track_result(state, func, args, {}, result, False)
+            return result
+    result = func(*args, **kwargs)
+    track_result(state, func, args, kwargs, result, device_arg)
+    return result

@@ -9,14 +9,24 @@ touches ``structlog.configure`` or the stdlib root logger.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import stat
 import sys
 import threading
+from collections.abc import Iterator
 from typing import IO, Any
 
 import structlog
 
-__all__ = ["disable_json_logs", "enable_json_logs", "get_logger", "json_logs_enabled"]
+__all__ = [
+    "disable_json_logs",
+    "enable_json_logs",
+    "get_logger",
+    "quiet_events",
+    "region_event",
+]
 
 _LOGGER_NAME = "graphguard"
 ENV_VAR = "GRAPHGUARD_LOG"
@@ -24,24 +34,24 @@ ENV_VAR = "GRAPHGUARD_LOG"
 _lock = threading.Lock()
 _json_logger: Any = None
 _json_file: IO[str] | None = None
-_env_checked = False
+_json_regions = False
 
 
-def enable_json_logs(file: IO[str] | str | os.PathLike[str] | None = None) -> None:
+def enable_json_logs(
+    file: IO[str] | str | os.PathLike[str] | None = None, *, regions: bool = False
+) -> None:
     """Send graphguard's events to ``file`` as JSON lines (default stderr; a path is appended to).
 
-    Only graphguard's own events are affected; global structlog and logging stay untouched.
+    Hazards are always written; region start/end events only with ``regions=True``. Only
+    graphguard's own events are affected; global structlog and logging stay untouched.
     """
-    global _json_logger, _json_file
+    global _json_logger, _json_file, _json_regions
     with _lock:
+        opened = _open_log_file(os.fspath(file)) if isinstance(file, (str, os.PathLike)) else None
         _close_file()
-        if file is None:
-            stream: IO[str] = sys.stderr
-        elif isinstance(file, (str, os.PathLike)):
-            stream = open(file, "a", encoding="utf-8")  # noqa: SIM115 - closed in _close_file
-            _json_file = stream
-        else:
-            stream = file
+        _json_regions = regions
+        _json_file = opened
+        stream: IO[str] = opened or (sys.stderr if file is None else file)  # type: ignore[assignment]
         _json_logger = structlog.wrap_logger(
             structlog.PrintLogger(stream),  # type: ignore[arg-type]
             processors=[
@@ -61,12 +71,6 @@ def disable_json_logs() -> None:
         _json_logger = None
 
 
-def json_logs_enabled() -> bool:
-    """Whether graphguard's opt-in JSON-lines output is on."""
-    _check_env()
-    return _json_logger is not None
-
-
 def _close_file() -> None:
     global _json_file
     if _json_file is not None:
@@ -74,29 +78,141 @@ def _close_file() -> None:
         _json_file = None
 
 
-def _check_env() -> None:
-    global _env_checked
-    if _env_checked:
-        return
-    _env_checked = True
-    value = os.environ.get(ENV_VAR, "").strip()
-    if not value:
-        return
-    if value == "json":
-        enable_json_logs()
-    elif value.startswith("json:"):
-        enable_json_logs(value[len("json:") :])
-    else:
-        from ._errors import ConfigError
+def _open_log_file(path: str) -> IO[str]:
+    """Open ``path`` for appending JSON lines, or raise ConfigError saying what is wrong.
 
-        raise ConfigError(
-            f"{ENV_VAR}={value!r} is not valid; allowed values: 'json', 'json:<path>'"
-        )
+    Only a regular file will do: a FIFO would block the first region until a reader appears,
+    and a device such as ``/dev/full`` would fail every later write.
+    """
+    from ._errors import ConfigError
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise ConfigError(f"cannot open the JSON log file {path!r}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"the JSON log file {path!r} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+_env_applied: str | None = None
+
+
+def check_env() -> None:
+    """Apply ``GRAPHGUARD_LOG``; an invalid value raises ConfigError every time it is read."""
+    global _env_applied
+    value = os.environ.get(ENV_VAR, "").strip()
+    if value == _env_applied:
+        return
+    from ._errors import ConfigError
+
+    try:
+        if not value:
+            pass
+        elif value == "json":
+            enable_json_logs()
+        elif value.startswith("json:") and value[len("json:") :]:
+            enable_json_logs(value[len("json:") :])
+        else:
+            raise ConfigError(
+                f"{ENV_VAR}={value!r} is not valid; allowed values: 'json', 'json:<path>'"
+            )
+    except ConfigError as e:
+        raise ConfigError(f"{ENV_VAR}={value!r}: {e}") from None
+    _env_applied = value
+
+
+_regions_cache: tuple[Any, bool] | None = None
+
+
+def _regions_enabled() -> bool:
+    """Region events are debug events: emitted only where the application asked for debug.
+
+    An unconfigured structlog (which would print every level) gets none, so a library region
+    that finds nothing is silent by default.
+    """
+    global _regions_cache
+    if _json_logger is not None:
+        return _json_regions
+    if not structlog.is_configured():
+        return False
+    config = structlog.get_config()
+    key = (config.get("wrapper_class"), config.get("logger_factory"))
+    if _regions_cache is not None and _regions_cache[0] == key:
+        return _regions_cache[1]
+    logger = structlog.get_logger(_LOGGER_NAME).bind()
+    is_enabled = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
+    enabled = bool(is_enabled(logging.DEBUG)) if is_enabled is not None else True
+    _regions_cache = (key, enabled)
+    return enabled
+
+
+def region_event(event: str, **fields: Any) -> None:
+    """Log a region start/end event at debug level, if debug events are wanted."""
+    try:
+        if _regions_enabled():
+            get_logger().debug(event, **fields)
+    except Exception:  # logging must never break the user's region
+        pass
 
 
 def get_logger() -> Any:
     """graphguard's logger: the opt-in JSON logger if enabled, else structlog's ``graphguard``."""
-    _check_env()
+    check_env()
     if _json_logger is not None:
         return _json_logger
     return structlog.get_logger(_LOGGER_NAME)
+
+
+# --- for applications (the command line), never for the library ---------------------------------
+class _GraphguardEvents:
+    """A structlog processor that keeps graphguard's own events off stdout.
+
+    Dropped by default; with ``verbose``, events from WARNING up are written to ``stream``. Events
+    that are not graphguard's pass through untouched.
+    """
+
+    _SHOWN = frozenset({"warning", "warn", "error", "critical", "exception", "fatal"})
+
+    def __init__(self, *, verbose: bool, stream: IO[str]) -> None:
+        self.verbose = verbose
+        self.stream = stream
+        self._render = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        event = event_dict.get("event")
+        if not (isinstance(event, str) and event.startswith("graphguard.")):
+            return event_dict
+        if self.verbose and method_name in self._SHOWN:
+            shown = {k: v for k, v in event_dict.items() if k not in ("why", "hint")}
+            shown["level"] = method_name
+            print(self._render(logger, method_name, shown), file=self.stream)
+        raise structlog.DropEvent
+
+
+@contextlib.contextmanager
+def quiet_events(*, verbose: bool = False, stream: IO[str] | None = None) -> Iterator[None]:
+    """While the block runs, drop graphguard's structlog events (other events pass unchanged).
+
+    With ``verbose``, graphguard's events from WARNING up are written to ``stream`` (default:
+    ``sys.stderr`` when the block starts) instead of being dropped. This is for applications,
+    such as the ``graphguard`` command line, that print a report of their own and provoke hazards
+    on purpose (``graphguard certify``): it configures structlog for the duration of the block
+    and restores the previous configuration afterwards, so it is process-wide and not for use
+    from library code. The opt-in JSON logger (``enable_json_logs``) is not affected.
+    """
+    was_configured = structlog.is_configured()
+    saved = structlog.get_config()
+    target = sys.stderr if stream is None else stream
+    structlog.configure(
+        processors=[_GraphguardEvents(verbose=verbose, stream=target), *saved["processors"]]
+    )
+    try:
+        yield
+    finally:
+        if was_configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()

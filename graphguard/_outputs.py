@@ -14,12 +14,8 @@ from typing import Any
 
 import torch
 
-from ._diagnostic import make_diagnostic
-from ._errors import StaleOutputError
 from ._intercept import METADATA_CALLS
-from ._report import _notify, log_hazard
-from ._rules import RULES
-from ._state import is_allowed
+from ._report import Finding, FixedScope, report
 
 __all__ = ["Generation", "GraphOutput", "wrap_output"]
 
@@ -67,27 +63,18 @@ def wrap_output(t: torch.Tensor, generation: Generation, index: int) -> GraphOut
 
 def _report_stale(t: GraphOutput, func: Any) -> None:
     gen = t._gg_generation
-    rule = RULES["GG701"]
-    if is_allowed(rule.code, rule.kind):
-        return
+    if gen.reported and gen.on_hazard != "raise":
+        return  # logged once per overwritten output set
     name = getattr(func, "__name__", "op")
-    diagnostic = make_diagnostic(
-        rule,
+    finding = Finding(
+        "GG701",
         f"{name} on a graph output",
-        f"output {t._gg_index} of call #{gen.call} of {gen.label!r} was read after call "
-        f"#{gen.overwritten_by} replayed the graph and overwrote it",
-        phase="replay",
-        label=gen.label,
         tensor=t,
+        facts={"index": t._gg_index, "call": gen.call, "overwritten_by": gen.overwritten_by},
         details=(
             ("returned by call", f"#{gen.call}"),
             ("overwritten by call", f"#{gen.overwritten_by}"),
         ),
     )
-    _notify(diagnostic)
-    if gen.on_hazard == "raise":
-        log_hazard(diagnostic, action="raised", level="error")
-        raise StaleOutputError(diagnostic)
-    if not gen.reported:
+    if report(finding, FixedScope(gen.on_hazard, gen.label, "replay")) is not None:
         gen.reported = True
-        log_hazard(diagnostic, action="logged")

@@ -1,4 +1,10 @@
-"""What happens once a hazard is found: allow-list, diagnostic, log event, then the policy.
+"""The one way out for every hazard: allow-list, diagnostic, sinks, log event, then the policy.
+
+Every finding, whatever saw it (the torch-function interceptor, a wrapped torch API, a stale
+scalar at replay, a stale graph output, another thread's call during a global capture), ends in
+:func:`report`. That is the only place that consults ``graphguard.allow()``, builds the
+diagnostic, notifies the sinks of ``graphguard check`` and the pytest plugin, logs the
+``graphguard.hazard`` event, honours collect mode and applies the policy.
 
 Policies (``on_hazard``), by phase:
 
@@ -14,22 +20,86 @@ fallback  log, then run the call              same as warn
 
 Under a capture graphguard does not own (a plain ``torch.cuda.graph`` around a ``@guard``
 function) every policy raises: only the owner can end that capture, and letting the call through
-would invalidate it and poison the process.
+would invalidate it and poison the process. Findings whose call cannot be skipped or replaced
+(``can_continue=False``: a cross-thread call during a global capture, a stale replay) raise under
+every policy, except in collect mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from ._diagnostic import Diagnostic, make_diagnostic
+from ._diagnostic import Diagnostic, describe_tensor, make_diagnostic
 from ._errors import error_class_for
 from ._log import get_logger
 from ._rules import RULES
-from ._state import GuardState, is_allowed
+from ._state import is_allowed, overrides
 
-__all__ = ["add_sink", "log_hazard", "report"]
+__all__ = ["Finding", "Region", "Scope", "add_sink", "report"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a check site knows about one hazard: facts, never prose (the rule owns the text)."""
+
+    code: str
+    api: str
+    #: Which of the rule's message templates fits (``Rule.messages``).
+    variant: str = "default"
+    tensor: Any = None
+    facts: Mapping[str, object] = field(default_factory=dict)
+    details: tuple[tuple[str, str], ...] = ()
+    #: (filename, lineno, function) when the hazard's line is known without a frame walk.
+    location: tuple[str, int, str] | None = None
+    #: On a machine without CUDA, what to return instead of running a call that cannot run here.
+    emulate: Callable[[], Any] | None = None
+
+
+class Region(Protocol):
+    """What the reporting path needs from the region a hazard happened in.
+
+    Implemented by ``Capture`` (a capture region) and ``Graphed`` (a graphed step).
+    """
+
+    label: str | None
+    #: True while a CUDA capture owned by graphguard is recording.
+    capturing: bool
+    #: Every hazard reported for the region, repeats included, in order.
+    hazards: list[Diagnostic]
+
+    def fall_back(self, diagnostic: Diagnostic) -> str:
+        """Stop relying on the graph and continue eagerly; returns the logged action."""
+        ...
+
+
+class Scope(Protocol):
+    """Where a finding was made: the policy, the phase and who to tell."""
+
+    on_hazard: str
+    label: str | None
+    region: Region | None
+    emulate: bool
+    findings: list[Diagnostic]
+
+    @property
+    def phase(self) -> str: ...
+
+
+@dataclass
+class FixedScope:
+    """A scope outside any guard: a replay, a stale output read, another thread's call."""
+
+    on_hazard: str
+    label: str | None
+    phase: str
+    region: Region | None = None
+    emulate: bool = False
+    findings: list[Diagnostic] = field(default_factory=list)
+
 
 _sinks: list[Callable[[Diagnostic], None]] = []
 _sinks_lock = threading.Lock()
@@ -51,60 +121,85 @@ def add_sink(sink: Callable[[Diagnostic], None]) -> Callable[[], None]:
     return remove
 
 
+def _where(phase: str, emulate: bool) -> str:
+    if phase == "capture":
+        return "during CUDA-graph capture"
+    if phase == "replay":
+        return "at replay"
+    if emulate:
+        return (
+            "in the guarded region (audit on a machine without CUDA: CPU tensors stand for "
+            "device tensors)"
+        )
+    return "in the guarded region (audit mode)"
+
+
+def _render(finding: Finding, scope: Scope) -> str:
+    facts: dict[str, object] = {
+        "api": finding.api,
+        "tensor": describe_tensor(finding.tensor),
+        "where": _where(scope.phase, scope.emulate),
+        "label": scope.label,
+    }
+    facts.update(finding.facts)
+    return RULES[finding.code].message(finding.variant, **facts)
+
+
+def _log(diagnostic: Diagnostic, action: str, level: str, **extra: Any) -> None:
+    """Emit ``graphguard.hazard``; a broken logger never replaces the hazard or the user's call."""
+    fields = diagnostic.to_dict()
+    fields.update(extra)
+    # A failing processor or stream must not turn into the user's error.
+    with contextlib.suppress(Exception):
+        getattr(get_logger(), level)("graphguard.hazard", action=action, **fields)
+
+
 def _notify(diagnostic: Diagnostic) -> None:
     for sink in list(_sinks):
         try:
             sink(diagnostic)
         except Exception:  # a broken sink must not break the user's call
-            get_logger().exception("graphguard.sink_failed", sink=repr(sink))
+            with contextlib.suppress(Exception):
+                get_logger().exception("graphguard.sink_failed", sink=repr(sink))
 
 
-def log_hazard(
-    diagnostic: Diagnostic, *, action: str, level: str = "warning", **extra: Any
-) -> None:
-    """Emit the ``graphguard.hazard`` event: the diagnostic's fields, never tensor values."""
-    fields = diagnostic.to_dict()
-    fields.update(extra)
-    getattr(get_logger(), level)("graphguard.hazard", action=action, **fields)
+def report(finding: Finding, scope: Scope, *, can_continue: bool = True) -> Diagnostic | None:
+    """Report ``finding`` under ``scope``'s policy, before the hazardous call runs.
 
-
-def report(
-    state: GuardState,
-    code: str,
-    api: str,
-    message: str,
-    *,
-    tensor: Any = None,
-    details: tuple[tuple[str, str], ...] = (),
-) -> bool:
-    """Report a hazard under ``state``'s policy.
-
-    Returns ``True`` when the call should go ahead (allowed, logged, or fell back), and raises the
-    kind's ``HazardError`` otherwise. Always called before the hazardous call runs.
+    Returns ``None`` when the finding is allowed, the diagnostic when the call should go ahead
+    (logged, collected, or the region fell back), and raises the kind's ``HazardError``
+    otherwise.
     """
-    rule = RULES[code]
+    rule = RULES[finding.code]
     if is_allowed(rule.code, rule.kind):
-        return True
-    phase = state.effective_phase
+        return None
+    phase = scope.phase
     diagnostic = make_diagnostic(
-        rule, api, message, phase=phase, label=state.label, tensor=tensor, details=details
+        rule,
+        finding.api,
+        _render(finding, scope),
+        phase=phase,
+        label=scope.label,
+        tensor=finding.tensor,
+        details=finding.details,
+        location=finding.location,
     )
-    state.findings.append(diagnostic)
+    scope.findings.append(diagnostic)
     if _sinks:
         _notify(diagnostic)
 
-    if state.collect:
-        log_hazard(diagnostic, action="collected")
-        return True
-    if state.on_hazard == "raise":
-        log_hazard(diagnostic, action="raised", level="error")
+    if overrides.collect:
+        _log(diagnostic, "collected", "warning")
+        return diagnostic
+    region = scope.region
+    if scope.on_hazard == "raise" or not can_continue:
+        _log(diagnostic, "raised", "error")
         raise error_class_for(rule.kind)(diagnostic)
-    if phase == "capture":
-        if state.region is None:
-            log_hazard(diagnostic, action="raised", level="error", reason="foreign-capture")
-            raise error_class_for(rule.kind)(diagnostic)
-        log_hazard(diagnostic, action="fell-back")
-        state.region.fall_back(diagnostic)
-        return True
-    log_hazard(diagnostic, action="logged")
-    return True
+    if phase == "capture" and region is None:
+        _log(diagnostic, "raised", "error", reason="foreign-capture")
+        raise error_class_for(rule.kind)(diagnostic)
+    if region is not None and phase in ("capture", "replay"):
+        _log(diagnostic, region.fall_back(diagnostic), "warning")
+        return diagnostic
+    _log(diagnostic, "logged", "warning")
+    return diagnostic

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["KINDS", "RULES", "Rule", "get_rule", "iter_rules"]
 
@@ -34,6 +35,9 @@ class Rule:
 
     code: str
     kind: str
+    #: Message templates, ``(variant, template)``; ``"default"`` first. Check sites pass facts
+    #: (``api``, ``tensor``, ``where`` and rule-specific ones), never prose.
+    messages: tuple[tuple[str, str], ...]
     slug: str
     title: str
     why: str
@@ -48,6 +52,13 @@ class Rule:
         "in audit and capture mode alike, before the call reaches CUDA"
     )
 
+    def message(self, variant: str = "default", /, **facts: object) -> str:
+        """This rule's message for ``variant``, filled in with ``facts``."""
+        for name, template in self.messages:
+            if name == variant:
+                return template.format(**facts)
+        raise KeyError(f"rule {self.code} has no message variant {variant!r}")
+
     @property
     def docs(self) -> str:
         """Path of the rule's page, relative to the project root."""
@@ -57,7 +68,7 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def _rule(**fields: str) -> None:
+def _rule(**fields: Any) -> None:
     rule = Rule(**fields)
     if rule.code in RULES:  # pragma: no cover - guards the table itself
         raise AssertionError(f"duplicate rule code {rule.code}")
@@ -76,6 +87,13 @@ _POISONS = (
 _rule(
     code="GG101",
     kind="host-sync",
+    messages=(
+        ("default", "{api} on {tensor} {where}"),
+        (
+            "scalar-argument",
+            "{api} takes {key}= as a Python scalar, so the device tensor passed there ({tensor}) is read on the host {where}",
+        ),
+    ),
     slug="scalar-read",
     title="a device value is read on the host",
     why=(
@@ -95,6 +113,7 @@ _rule(
 _rule(
     code="GG102",
     kind="host-sync",
+    messages=(("default", "{api} on {tensor} {where}"),),
     slug="tensor-truth-value",
     title="Python control flow on a device tensor",
     why=(
@@ -114,6 +133,12 @@ _rule(
 _rule(
     code="GG103",
     kind="host-sync",
+    messages=(
+        ("default", "{api} on {tensor} {where}"),
+        ("to-host", "a blocking copy of {tensor} to the host {where}"),
+        ("into-host", "a copy of {tensor} into a host tensor {where}"),
+        ("save", "torch.save of {tensor} copies it to the host {where}"),
+    ),
     slug="blocking-host-copy",
     title="a device tensor is copied to the host",
     why=(
@@ -135,6 +160,7 @@ _rule(
 _rule(
     code="GG104",
     kind="host-sync",
+    messages=(("default", "{api} on {tensor} formats its values on the host {where}"),),
     slug="tensor-print",
     title="a device tensor is printed or formatted",
     why=(
@@ -149,6 +175,18 @@ _rule(
 _rule(
     code="GG105",
     kind="host-sync",
+    messages=(
+        ("default", "{api} on {tensor} sizes its output from device data {where}"),
+        (
+            "bool-mask",
+            "boolean-mask indexing of {tensor} sizes its result from device data {where}",
+        ),
+        (
+            "repeats",
+            "repeat_interleave with a repeats tensor and no output_size sizes its output from device data {where}",
+        ),
+        ("where-nonzero", "one-argument torch.where (nonzero) on {tensor} {where}"),
+    ),
     slug="data-dependent-shape",
     title="an op whose output shape depends on device data",
     why=(
@@ -170,6 +208,7 @@ _rule(
 _rule(
     code="GG106",
     kind="host-sync",
+    messages=(("default", "{api} on {tensor} returns a Python bool {where}"),),
     slug="host-comparison",
     title="tensors compared into a Python bool",
     why=(
@@ -187,6 +226,13 @@ _rule(
 _rule(
     code="GG107",
     kind="host-sync",
+    messages=(
+        ("default", "{api} waits for or queries device work {where}"),
+        (
+            "cross-thread",
+            "{api} in thread {thread!r} while thread {capturing_thread!r} captures a CUDA graph in 'global' error mode: this call would invalidate that capture",
+        ),
+    ),
     slug="explicit-sync",
     title="an explicit device synchronisation",
     why=(
@@ -204,6 +250,13 @@ _rule(
 _rule(
     code="GG201",
     kind="pinned-alloc",
+    messages=(
+        ("default", "{api} allocates pinned host memory {where}"),
+        (
+            "cross-thread",
+            "{api} in thread {thread!r} while thread {capturing_thread!r} captures a CUDA graph in 'global' error mode: this call would invalidate that capture",
+        ),
+    ),
     slug="pinned-allocation",
     title="pinned host memory allocated inside the region",
     why=(
@@ -221,6 +274,12 @@ _rule(
 _rule(
     code="GG202",
     kind="pinned-alloc",
+    messages=(
+        (
+            "default",
+            "a non-blocking copy of {tensor} to the host allocates a pinned result {where}",
+        ),
+    ),
     slug="nonblocking-device-to-host",
     title="a non-blocking device-to-host copy allocates a pinned result",
     why=(
@@ -242,6 +301,16 @@ _rule(
 _rule(
     code="GG301",
     kind="stream-escape",
+    messages=(
+        (
+            "default",
+            "{api} on {tensor} was issued on {which} that is not part of the capture; it would run once now and be missing from every replay",
+        ),
+        (
+            "stream-request",
+            "{api} requested {where}: work issued on it during a capture is not recorded",
+        ),
+    ),
     slug="uncaptured-stream",
     title="work issued on a stream that is not being captured",
     why=(
@@ -265,6 +334,25 @@ _rule(
 _rule(
     code="GG401",
     kind="pageable-copy",
+    messages=(
+        ("default", "a host-to-device copy from pageable memory ({tensor}) {where}"),
+        (
+            "index-tensor",
+            "indexing {tensor} with a host (CPU) index tensor copies it from pageable memory {where}",
+        ),
+        (
+            "index-list",
+            "indexing {tensor} with a Python list builds an index tensor from host data and copies it to the device {where}",
+        ),
+        (
+            "setitem-value",
+            "assigning a host tensor into {tensor} copies it from pageable memory {where}",
+        ),
+        (
+            "from-data",
+            "a device tensor built from host data ({api}) is a pageable host-to-device copy {where}",
+        ),
+    ),
     slug="pageable-host-to-device",
     title="a host-to-device copy from pageable memory",
     why=(
@@ -290,6 +378,12 @@ _rule(
 _rule(
     code="GG402",
     kind="host-buffer-read",
+    messages=(
+        (
+            "default",
+            "a non-blocking copy from pinned host memory ({tensor}) is recorded and re-read at every replay {where}",
+        ),
+    ),
     slug="pinned-host-to-device",
     title="a copy from pinned host memory is recorded into the graph",
     why=(
@@ -311,6 +405,7 @@ _rule(
 _rule(
     code="GG501",
     kind="rng-state",
+    messages=(("default", "{api} reseeds the generator {where}"),),
     slug="rng-reseed",
     title="the random generator is reseeded inside the region",
     why=(
@@ -330,6 +425,7 @@ _rule(
 _rule(
     code="GG502",
     kind="rng-state",
+    messages=(("default", "{api} reads or sets generator state {where}"),),
     slug="rng-state-access",
     title="generator state is read or set inside the region",
     why=(
@@ -347,6 +443,12 @@ _rule(
 _rule(
     code="GG601",
     kind="stale-host-scalar",
+    messages=(
+        (
+            "default",
+            "{name} was {captured} when {label!r} was captured and is {current} now; the graph still uses {captured}{more}",
+        ),
+    ),
     slug="stale-host-scalar",
     title="a Python scalar baked into the graph has changed",
     why=(
@@ -372,6 +474,12 @@ _rule(
 _rule(
     code="GG701",
     kind="stale-output",
+    messages=(
+        (
+            "default",
+            "output {index} of call #{call} of {label!r} was read after call #{overwritten_by} replayed the graph and overwrote it",
+        ),
+    ),
     slug="stale-output",
     title="a graph output was read after a later replay overwrote it",
     why=(

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ._diagnostic import find_user_frame
+from ._frames import find_user_frame
 
 __all__ = ["OptimizerWatch", "ScalarSnapshot", "read_paths", "watch_optimizers"]
 

@@ -20,32 +20,34 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from ._diagnostic import Diagnostic
+    from ._report import Region
 
 __all__ = [
     "ON_HAZARD",
     "GuardState",
+    "Overrides",
     "active_global_captures",
     "allow",
     "current_state",
     "is_allowed",
+    "overrides",
     "pop_state",
     "push_state",
+    "reset_stack",
 ]
 
 ON_HAZARD = ("raise", "warn", "fallback")
 
 
-class Region:
-    """What a guard needs to know about the capture it runs in (implemented by ``Capture``)."""
+@dataclass
+class Overrides:
+    """Process-wide settings used by ``graphguard check``: audit everything, collect hazards."""
 
-    label: str | None
-    capturing: bool  # True while a CUDA capture owned by graphguard is recording
+    force_audit: bool = False
+    collect: bool = False
 
-    def fall_back(self, diagnostic: Diagnostic) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
 
-    def note_foreign_hazard(self, diagnostic: Diagnostic) -> None:  # pragma: no cover
-        raise NotImplementedError
+overrides = Overrides()
 
 
 @dataclass
@@ -60,15 +62,14 @@ class GuardState:
     foreign_capture: bool = False
     #: Audit on a machine without CUDA: CPU tensors stand for device tensors.
     emulate: bool = False
-    #: Collect hazards instead of raising (``graphguard check`` runs programs this way).
-    collect: bool = False
+    #: Hazards found in this guard and the guards nested in it (one list, shared inward).
     findings: list[Diagnostic] = field(default_factory=list)
     #: Tensors known to be genuine host tensors while emulating (id -> weakref).
     host_ids: dict[int, Any] = field(default_factory=dict)
     thread_name: str = field(default_factory=lambda: threading.current_thread().name)
 
     @property
-    def effective_phase(self) -> str:
+    def phase(self) -> str:
         """ "capture" (a capture is recording), "eager" (it fell back) or "audit" (none)."""
         if self.region is not None:
             return "capture" if self.region.capturing else "eager"
@@ -89,8 +90,18 @@ def push_state(state: GuardState) -> Any:
     return _STACK.set((*_STACK.get(), state))
 
 
-def pop_state(token: Any) -> None:
-    _STACK.reset(token)
+def pop_state(token: Any, state: GuardState) -> None:
+    """Remove ``state`` from this context's stack, whatever was pushed or popped since.
+
+    Regions may end out of order (one opened in a generator and closed after its enclosing
+    region): removing by identity never brings back a region that already ended.
+    """
+    _STACK.set(tuple(s for s in _STACK.get() if s is not state))
+
+
+def reset_stack() -> None:
+    """Forget every guard of this context (used in a forked child)."""
+    _STACK.set(())
 
 
 @contextmanager

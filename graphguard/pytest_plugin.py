@@ -46,8 +46,9 @@ import pluggy
 import pytest
 
 from ._capture import MODES, Capture, capture
-from ._diagnostic import Diagnostic, _is_internal
+from ._diagnostic import Diagnostic
 from ._errors import HazardError
+from ._frames import is_internal
 from ._rules import KINDS, RULES
 from ._state import allow
 
@@ -292,7 +293,7 @@ def _user_frames(item: pytest.Item, tb: TracebackType | None) -> list[tuple[str,
         frame = entry.tb_frame
         filename = frame.f_code.co_filename
         if (
-            _is_internal(filename)
+            is_internal(filename)
             or os.path.abspath(filename).startswith(_PYTEST_DIRS)
             or frame.f_locals.get("__tracebackhide__")
         ):

@@ -116,7 +116,7 @@ def bool_mask_read(c: Ctx) -> Any:
 
 def bool_mask_write(c: Ctx) -> Any:
     y = c.x.clone()
-    y[y < 0] = 0  # HAZARD
+    y[y < 0] = c.x[:1]  # HAZARD
     return y
 
 
@@ -312,6 +312,14 @@ def clean_mlp(c: Ctx) -> Any:
     return torch.softmax(h, dim=-1).sum(dim=-1)
 
 
+def clean_bool_mask_scalar(c: Ctx) -> Any:
+    # torch sends a scalar (or 0-dim tensor) written through a boolean mask to masked_fill_.
+    y = c.x.clone()
+    y[y < 0] = 0.0
+    y[y > 2] = c.x[0]
+    return y
+
+
 def clean_is_capturing(c: Ctx) -> Any:
     assert isinstance(torch.cuda.is_current_stream_capturing(), bool)
     return c.x * 2
@@ -340,6 +348,7 @@ CLEAN: list[Case] = [
     Case("dropout-rand", "", clean_dropout),
     Case("nonzero-static", "", clean_nonzero_static),
     Case("mlp", "", clean_mlp),
+    Case("bool-mask-scalar", "", clean_bool_mask_scalar),
     Case("is-capturing", "", clean_is_capturing, cpu=False),
     Case("empty-cache", "", clean_empty_cache, cpu=False),
     Case("side-stream", "", clean_side_stream, cpu=False),

@@ -14,7 +14,7 @@ import structlog
 import torch
 
 import graphguard
-from graphguard import _session
+from graphguard import _state
 from graphguard.__main__ import main
 from graphguard._docs import render_rule
 
@@ -359,7 +359,7 @@ def test_check_restores_process_state(in_tmp: Path, capsys) -> None:
     argv, path, profile = sys.argv[:], sys.path[:], sys.getprofile()
     main(["check", "--function", "anything", "step.py", "--flag"])
     capsys.readouterr()
-    assert not _session.overrides.force_audit and not _session.overrides.collect
+    assert not _state.overrides.force_audit and not _state.overrides.collect
     assert sys.argv == argv and sys.path == path and sys.getprofile() is profile
 
 

@@ -284,7 +284,7 @@ def test_bad_log_environment_fails_at_region_start(monkeypatch, ctx) -> None:
     from graphguard import _log
 
     monkeypatch.setenv("GRAPHGUARD_LOG", "yes")
-    monkeypatch.setattr(_log, "_env_checked", False)
+    monkeypatch.setattr(_log, "_env_applied", None)
 
     @graphguard.guard(on_hazard="warn")
     def step(x):
@@ -292,4 +292,6 @@ def test_bad_log_environment_fails_at_region_start(monkeypatch, ctx) -> None:
 
     with pytest.raises(graphguard.ConfigError, match="GRAPHGUARD_LOG"):
         step(ctx.x)
-    monkeypatch.setattr(_log, "_env_checked", True)
+    # Every region start re-reads it: the second region is refused too, not run silently.
+    with pytest.raises(graphguard.ConfigError, match="GRAPHGUARD_LOG"):
+        step(ctx.x)

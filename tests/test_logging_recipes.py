@@ -56,7 +56,7 @@ def test_recipe_1_environment_variable(tmp_path, monkeypatch, ctx) -> None:
 
     path = tmp_path / "gg.jsonl"
     monkeypatch.setenv("GRAPHGUARD_LOG", f"json:{path}")
-    monkeypatch.setattr(_log, "_env_checked", False)
+    monkeypatch.setattr(_log, "_env_applied", None)
     try:
         _hazard(ctx)
     finally:
@@ -70,7 +70,7 @@ def test_bad_environment_value_is_a_config_error(monkeypatch) -> None:
     from graphguard import _log
 
     monkeypatch.setenv("GRAPHGUARD_LOG", "__import__('os').system('true')")
-    monkeypatch.setattr(_log, "_env_checked", False)
+    monkeypatch.setattr(_log, "_env_applied", None)
     with pytest.raises(graphguard.ConfigError, match="json:<path>"):
         _log.get_logger()
 
