@@ -44,7 +44,7 @@ pytestmark = pytest.mark.cuda
 MAX_EXAMPLES = 45
 N = 16
 REPLAYS = 2
-WORKER_SPARES = 3
+WORKER_SPARES = 4
 RAW_TIMEOUT_S = 30.0
 
 
