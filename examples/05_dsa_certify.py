@@ -3,41 +3,48 @@
 ``dsa`` is the lightning indexer of DeepSeek Sparse Attention in plain PyTorch. Its mask update
 comes in two forms: ``update_index_mask_unpatched``, the branchy seed code that reads two GPU
 reductions on the host (an ``assert`` and an ``if``), and ``update_index_mask``, the branchless,
-capture-safe rewrite. The certification checks, on this machine:
+capture-safe rewrite. ``graphguard.certify("dsa")`` checks, on this machine:
 
-1. semantics: both forms give identical masks on edge cases and random draws;
+1. semantics: both forms give identical results on edge cases and random draws;
 2. refusal: under graphguard the unpatched step is refused with host-sync diagnostics naming
    its validation and branch lines (in audit mode everywhere; under real capture on a GPU);
 3. replay (GPU only): the patched step is captured once and replayed across sequence lengths
-   with masks equal to eager. Without a GPU this claim is reported as not run, and says why.
+   with masks equal to eager.
 
-The program runs the quick certification, prints the report and then shows the refusal
+The result line says which claims were certified and which did not run: on a GPU
+``CERTIFIED``; without one ``PARTIAL``, naming refusal under capture and replay as not run
+because they need a CUDA GPU. ``cert.ok`` is true when no claim failed, ``cert.certified`` only
+when every claim ran and passed.
+
+The program runs the quick certification, prints the certificate and then shows the refusal
 directly: ``graphguard.capture(mode="audit")`` around the unpatched update raises
 ``graphguard.HostSyncError`` whose diagnostic names exactly the line that
 ``dsa.unpatched_hazard_lines().validation`` locates, before that line's host read runs. The
 patched update passes the same region with no hazard and the same mask. The same certification
-runs from the command line as ``python -m graphguard certify`` (add ``--json`` for a
-machine-readable certificate).
+runs from the command line as ``graphguard certify`` (add ``--json`` for a machine-readable
+certificate); ``docs/certify.md`` shows how to certify a step of your own.
 
 Expected output (on a CPU-only machine)::
 
     device: cpu
-    ... 1/3 semantics of unpatched vs patched update
+    ... 1/3 semantics: the safe step against its reference
     ...
-    graphguard certificate: DSA index-mask step
+    graphguard certificate: workload dsa
       ...
-      [PASS] semantics: identical on 25 inputs (edge cases and random draws)
-      [PASS] refusal (audit): host-sync at .../dsa/_mask.py:85 (validation) and :87 (branch); ...
-      [SKIP] replay: needs a CUDA GPU: real capture and replay cannot run on this machine
+      [PASS] semantics: identical on 26 inputs (step vs unsafe step 3, mask update 23)
+      [PASS] refusal (audit): host-sync at .../dsa/_mask.py:85 and :87 (exactly the expected ...
+      [SKIP] refusal (capture): needs a CUDA GPU
+      [SKIP] replay: needs a CUDA GPU
       ...
-      result: CERTIFIED (replay not run: needs a GPU)
+      result: PARTIAL — certified: semantics, refusal (audit); not run (needs a CUDA GPU): ...
     unpatched update refused: GG102 [host-sync] Python control flow on a device tensor
       --> .../dsa/_mask.py:85 in update_index_mask_unpatched
     the diagnostic names dsa.unpatched_hazard_lines().validation (line 85): yes
     patched update: 0 hazards, same mask as the unpatched form
     OK
 
-Run with ``python examples/05_dsa_certify.py``: exit status 0 when the certificate holds.
+Run with ``python examples/05_dsa_certify.py``: exit status 0 when no claim failed and the
+refusal was shown.
 """
 
 from __future__ import annotations
@@ -50,11 +57,10 @@ import torch
 
 import dsa
 import graphguard
-from graphguard._certify import certify, render
 
-# The refusal below is provoked on purpose and printed by this program; the duplicate structlog
-# events are turned off. (certify() records its own events instead of printing them.) Logging
-# configuration belongs to the application: graphguard never configures it.
+# certify() and the refusal below provoke hazards on purpose, and this program prints its own
+# report of them, so structlog's output is turned off. Logging configuration belongs to the
+# application: graphguard never configures it.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -96,8 +102,8 @@ def show_refusal() -> bool:
 
 def main() -> int:
     print(f"device: {device}")
-    cert = certify(quick=True, progress=lambda message: print(f"... {message}"))
-    print(render(cert))
+    cert = graphguard.certify("dsa", quick=True, progress=lambda message: print(f"... {message}"))
+    print(cert)
     refused = show_refusal()
     ok = cert.ok and refused
     print("OK" if ok else "FAILED")

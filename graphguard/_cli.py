@@ -21,8 +21,8 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -37,6 +37,7 @@ from ._check import (
     run_check,
 )
 from ._docs import render_rule, write_rule_docs
+from ._log import quiet_events
 from ._rules import KINDS, RULES, Rule, get_rule, iter_rules
 from ._sarif import build_sarif
 
@@ -161,13 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "certify":
             # certify has its own parser: hand it every argument untouched (--help included).
-            with _cli_logging(verbose=False):
-                return _cmd_certify(args[1:])
+            # It keeps graphguard's events quiet itself, around the hazards it provokes.
+            return _cmd_certify(args[1:])
         try:
             ns = _parse(args)
         except SystemExit as e:  # --help, --version, or a usage error already printed
             return e.code if isinstance(e.code, int) else EXIT_USAGE
-        with _cli_logging(verbose=bool(getattr(ns, "verbose", False))):
+        with quiet_events(verbose=bool(getattr(ns, "verbose", False))):
             return _run(ns, structlog_was_configured)
     except BrokenPipeError:
         # `graphguard rules | head`: the reader left; say nothing more and stop quietly.
@@ -233,48 +234,6 @@ def _write(text: str, output: str | None = None) -> None:
         return
     with open(output, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-# --- logging while the CLI runs -------------------------------------------------------------------
-class _GraphguardEvents:
-    """A structlog processor that keeps graphguard's own events off stdout.
-
-    Dropped by default; with ``verbose``, events from WARNING up are written to stderr. Events
-    that are not graphguard's pass through untouched.
-    """
-
-    _SHOWN = frozenset({"warning", "warn", "error", "critical", "exception", "fatal"})
-
-    def __init__(self, *, verbose: bool, stream: IO[str]) -> None:
-        self.verbose = verbose
-        self.stream = stream
-        self._render = structlog.dev.ConsoleRenderer(colors=False)
-
-    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
-        event = event_dict.get("event")
-        if not (isinstance(event, str) and event.startswith("graphguard.")):
-            return event_dict
-        if self.verbose and method_name in self._SHOWN:
-            shown = {k: v for k, v in event_dict.items() if k not in ("why", "hint")}
-            shown["level"] = method_name
-            print(self._render(logger, method_name, shown), file=self.stream)
-        raise structlog.DropEvent
-
-
-@contextlib.contextmanager
-def _cli_logging(*, verbose: bool) -> Iterator[None]:
-    was_configured = structlog.is_configured()
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[_GraphguardEvents(verbose=verbose, stream=sys.stderr), *saved["processors"]]
-    )
-    try:
-        yield
-    finally:
-        if was_configured:
-            structlog.configure(**saved)
-        else:
-            structlog.reset_defaults()
 
 
 # --- rules ----------------------------------------------------------------------------------------
