@@ -589,8 +589,8 @@ def _cwd_importable() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(
         prog="graphguard certify",
-        description="Certify a step for CUDA-graph capture: semantics against its reference, "
-        "refusal of its unsafe form, replay across inputs (GPU).",
+        description="Certify a step for CUDA-graph capture: semantics against its reference,\n"
+        "refusal of its unsafe form, replay across new inputs (GPU). See docs/certify.md.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print a machine-readable certificate")
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer draws")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
     parser.add_argument("--list", action="store_true", help="list the registered workloads")
     args = parser.parse_args(argv)
     if args.list:
