@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._timing import median_time, warm_up
 from dsa import DSAIndexer, indexer_scores
 from dsa import _triton as dsa_triton
 
@@ -65,17 +65,7 @@ def event_timer(reps: int, warmup: int) -> Timer:
     """Median of `reps` CUDA-event timings of fn, in ms, after `warmup` untimed calls."""
 
     def time_ms(fn: Callable[[], object]) -> float:
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for start, end in zip(starts, ends, strict=True):
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+        return median_time(fn, reps=reps, warmup=warmup, clock="device") * 1e3
 
     return time_ms
 
@@ -109,12 +99,7 @@ def measure_bandwidth_gbs() -> float:
 
 
 def capture_graph(step: Callable[[], object]) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(step, 3)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._timing import median_time, warm_up
 
 
 def inference_step(
@@ -73,15 +74,7 @@ def training_step(
 
 
 def per_call(fn: Callable[[], Any], n: int, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e6 / n)
-    return statistics.median(times)
+    return median_time(fn, reps=rounds, calls=n, clock="host") * 1e6
 
 
 def bench(
@@ -93,12 +86,7 @@ def bench(
     inputs = [torch.randn_like(x) for _ in range(4)]
     # manual baseline: warm up on a side stream, capture with static input, copy + replay
     static_x = x.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(static_x)
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(lambda: step(static_x), 3)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         step(static_x)
@@ -135,10 +123,16 @@ def bench(
     entry = next(iter(fast.graphed._entries.values()))
     leaves = [inputs[0]]
     tracked = len(entry.scalars.items) + len(entry.arg_values)
-    t0 = time.perf_counter()
-    for _ in range(10000):
-        fast.graphed._stale_scalars(entry, leaves)
-    res["scalar_check_us"] = (time.perf_counter() - t0) * 1e6 / 10000
+    res["scalar_check_us"] = (
+        median_time(
+            lambda: fast.graphed._stale_scalars(entry, leaves),
+            reps=1,
+            calls=10000,
+            clock="host",
+            wait=False,
+        )
+        * 1e6
+    )
     res["scalars_tracked"] = tracked
     return res
 

@@ -23,7 +23,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._timing import median_time, warm_up  # noqa: E402
 
 
 def mlp_block(dev: str) -> tuple[Callable[[], Any], str]:
@@ -73,53 +74,23 @@ def dsa_like(dev: str) -> tuple[Callable[[], Any], str]:
 
 
 def warm(step: Callable[[], Any]) -> None:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(step, 3)
     torch.cuda.synchronize()
 
 
 def host_time(fn: Callable[[], Any], reps: int) -> float:
     """Median wall-clock µs of fn() with the device synchronised after each call."""
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times)
+    return median_time(fn, reps=reps, clock="host") * 1e6
 
 
 def replay_time(replay: Callable[[], Any], n: int, rounds: int) -> float:
     """Median over rounds of (µs for n back-to-back replays) / n, from CUDA events."""
-    per = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(n):
-            replay()
-        end.record()
-        end.synchronize()
-        per.append(start.elapsed_time(end) * 1000 / n)
-    return statistics.median(per)
+    return median_time(replay, reps=rounds, calls=n, clock="device") * 1e6
 
 
 def replay_host_time(replay: Callable[[], Any], n: int, rounds: int) -> float:
     """Median host µs per replay call (launch cost, which is what graphguard adds)."""
-    per = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            replay()
-        per.append((time.perf_counter() - t0) * 1e6 / n)
-        torch.cuda.synchronize()
-    return statistics.median(per)
+    return median_time(replay, reps=rounds, calls=n, clock="host", wait=False) * 1e6
 
 
 def measure(make: Callable[[str], tuple[Callable[[], Any], str]], reps: int) -> dict[str, Any]:

@@ -76,36 +76,25 @@ class Graphed:
     ) -> None:
         if not callable(fn):
             raise ConfigError(f"graphed() needs a function or an nn.Module, got {fn!r}")
-        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-            raise ConfigError(f"warmup={warmup!r} is not valid; allowed values: an int >= 0")
-        if not isinstance(max_graphs, int) or isinstance(max_graphs, bool) or max_graphs < 1:
-            raise ConfigError(
-                f"max_graphs={max_graphs!r} is not valid; allowed values: an int >= 1"
-            )
-        if on_graph_limit not in GRAPH_LIMIT_POLICIES:
-            raise ConfigError.bad_choice("on_graph_limit", on_graph_limit, GRAPH_LIMIT_POLICIES)
+        _validate_options(
+            warmup=warmup,
+            on_hazard=on_hazard,
+            max_graphs=max_graphs,
+            on_graph_limit=on_graph_limit,
+            buckets=buckets,
+            label=label,
+        )
         if buckets is not None and not callable(buckets):
-            if not (
-                isinstance(buckets, Sequence)
-                and buckets
-                and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)
-            ):
-                raise ConfigError(
-                    f"buckets={buckets!r} is not valid; allowed values: a non-empty sequence of "
-                    f"positive ints, a callable size -> padded size, or None"
-                )
             buckets = sorted(set(buckets))
         self.fn = fn
         self.module = module
         self.warmup = warmup
-        self.on_hazard = validate_on_hazard(on_hazard)
+        self.on_hazard = on_hazard
         self.max_graphs = max_graphs
         self.on_graph_limit = on_graph_limit
         self.buckets = buckets
         self.clone_outputs = bool(clone_outputs)
-        self.label: str = validate_label(label) or str(
-            getattr(fn, "__qualname__", type(fn).__qualname__)
-        )
+        self.label: str = label or str(getattr(fn, "__qualname__", type(fn).__qualname__))
         self.pool = pool
         self.eager_reason: Diagnostic | str | None = None
         self._entries: dict[Any, _Entry] = {}
@@ -466,6 +455,45 @@ class Graphed:
         return f"<graphguard.Graphed {self.label!r} {self.stats}>"
 
 
+def _validate_options(
+    *,
+    warmup: object,
+    on_hazard: object,
+    max_graphs: object,
+    on_graph_limit: object,
+    buckets: object,
+    label: object,
+    clone_outputs: object = False,
+    pool: object = None,
+) -> None:
+    """Raise ``ConfigError`` for an option of ``graphed()`` that is not valid.
+
+    ``clone_outputs`` (any truth value) and ``pool`` (torch checks it at capture) are accepted
+    as they are, so ``graphed()`` can pass all its options through.
+    """
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ConfigError(f"warmup={warmup!r} is not valid; allowed values: an int >= 0")
+    if not isinstance(max_graphs, int) or isinstance(max_graphs, bool) or max_graphs < 1:
+        raise ConfigError(f"max_graphs={max_graphs!r} is not valid; allowed values: an int >= 1")
+    if on_graph_limit not in GRAPH_LIMIT_POLICIES:
+        raise ConfigError.bad_choice("on_graph_limit", on_graph_limit, GRAPH_LIMIT_POLICIES)
+    if (
+        buckets is not None
+        and not callable(buckets)
+        and not (
+            isinstance(buckets, Sequence)
+            and buckets
+            and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)
+        )
+    ):
+        raise ConfigError(
+            f"buckets={buckets!r} is not valid; allowed values: a non-empty sequence of "
+            f"positive ints, a callable size -> padded size, or None"
+        )
+    validate_on_hazard(on_hazard)
+    validate_label(label)
+
+
 def _consumed_at(filename: str, lineno: int) -> str:
     return f" (consumed at {filename}:{lineno})" if lineno else ""
 
@@ -550,7 +578,7 @@ def graphed(
         "pool": pool,
     }
     # Validate eagerly so a bad option fails at decoration time, not at the first call.
-    Graphed(lambda: None, **options)
+    _validate_options(**options)
 
     def decorate(target: Any) -> Any:
         if isinstance(target, torch.nn.Module):

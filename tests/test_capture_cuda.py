@@ -10,6 +10,7 @@ import torch
 from hazard_cases import CASES, CLEAN, Case, Ctx
 
 import graphguard
+from benchmarks._timing import warm_up
 
 pytestmark = pytest.mark.cuda
 
@@ -41,11 +42,7 @@ def assert_process_healthy() -> None:
     torch.rand(4, device="cuda")
     torch.cuda.manual_seed(1234)
     x = torch.ones(16, device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        (x * 3 + torch.rand_like(x)).sum()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(lambda: (x * 3 + torch.rand_like(x)).sum(), 1)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         y = x * 3 + torch.rand_like(x) * 0
@@ -89,11 +86,8 @@ def test_audit_on_gpu_reports_same_hazard(case: Case, gctx: Ctx) -> None:
 @pytest.mark.parametrize("case", GPU_CLEAN, ids=lambda c: c.name)
 def test_clean_code_captures_and_replays(case: Case, gctx: Ctx) -> None:
     """Legal code captures without a report, and its replay matches eager where deterministic."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        case.fn(gctx)  # warm-up: library handles and caches are created outside the capture
-    torch.cuda.current_stream().wait_stream(side)
+    # warm-up: library handles and caches are created outside the capture
+    warm_up(lambda: case.fn(gctx), 1)
     with graphguard.capture() as cap:
         out = case.fn(gctx)
     assert cap.hazards == []

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from benchmarks._timing import warm_up
 from dsa import DSAIndexer, IndexerOutput, indexer_scores, update_index_mask
 
 pytestmark = pytest.mark.cuda
@@ -18,12 +19,7 @@ HEADS, DIM, TOPK = 64, 128, 2048
 
 def capture(step: Callable[[], IndexerOutput | Tensor]) -> tuple[torch.cuda.CUDAGraph, object]:
     """Warm `step` up on a side stream, then capture it once; return the graph and its outputs."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(step, 3)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outputs = step()

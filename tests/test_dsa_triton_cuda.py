@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from benchmarks._timing import warm_up
 from dsa import DSAIndexer, IndexerOutput, _triton, indexer_scores
 
 pytestmark = pytest.mark.cuda
@@ -70,12 +71,7 @@ def lengths_for(batch: int, length: int) -> list[int]:
 
 def capture(step: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
     """Warm `step` up eagerly on a side stream (this compiles the kernel), then capture it."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(step, 3)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outputs = step()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import graphguard
+from benchmarks._timing import warm_up
 
 pytestmark = pytest.mark.cuda
 
@@ -104,12 +105,7 @@ def test_capture_replay_checks_captured_optimizer() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     step = _train_step(model, opt)
     x, y = _batch(0)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(x, y)
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(lambda: step(x, y), 3)
     with graphguard.capture() as cap:
         step(x, y)
     cap.replay()
