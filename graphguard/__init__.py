@@ -15,6 +15,7 @@ with warnings.catch_warnings():
 
 from ._blocks import BlockReport, validate_blocks
 from ._capture import Capture, capture
+from ._certify import Certificate, certify
 from ._diagnostic import Diagnostic, TensorInfo
 from ._errors import (
     ConfigError,
@@ -37,6 +38,7 @@ from ._log import disable_json_logs, enable_json_logs
 from ._optim import graph_safe_optimizer
 from ._rules import KINDS, RULES, Rule, get_rule
 from ._state import allow
+from ._workload import Workload, marked_lines
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,7 @@ __all__ = [
     "RULES",
     "BlockReport",
     "Capture",
+    "Certificate",
     "ConfigError",
     "Diagnostic",
     "GraphGuardError",
@@ -63,14 +66,17 @@ __all__ = [
     "StaleOutputError",
     "StreamEscapeError",
     "TensorInfo",
+    "Workload",
     "__version__",
     "allow",
     "capture",
+    "certify",
     "disable_json_logs",
     "enable_json_logs",
     "get_rule",
     "graph_safe_optimizer",
     "graphed",
     "guard",
+    "marked_lines",
     "validate_blocks",
 ]

@@ -173,9 +173,9 @@ def track_result(
     if func is _TENSOR_CPU:
         host = True
     elif func is _TENSOR_TO:
-        host = _to_target_is_host(args, kwargs)
-        if host is None:  # dtype-only: same placement as the input
-            host = is_host(state, args[0])
+        to_host = _to_target_is_host(args, kwargs)
+        # dtype-only: same placement as the input
+        host = is_host(state, args[0]) if to_host is None else to_host
     elif device_arg is not None:
         host = device_arg
     else:

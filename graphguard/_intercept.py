@@ -60,11 +60,14 @@ def _device_type(dev: Any) -> str:
     return torch.device(dev).type
 
 
-def _is_scalar_like(value: Any) -> bool:
-    """A Python number, or a 0-dim tensor: what torch turns ``x[mask] = v`` into masked_fill."""
-    if isinstance(value, (numbers.Number, bool)):
-        return True
-    return isinstance(value, torch.Tensor) and value.dim() == 0
+def _is_python_number(value: Any) -> bool:
+    """What torch turns ``x[mask] = v`` into ``masked_fill_`` for without reading the mask.
+
+    Measured on an H200 (torch 2.11): a Python number captures and replays equal to eager; a
+    0-dim device tensor, like any tensor value, goes through ``index_put_`` and invalidates
+    the capture.
+    """
+    return isinstance(value, (numbers.Number, bool)) and not isinstance(value, torch.Tensor)
 
 
 # --- host-sync: scalar reads, truth values, host copies, printing -----------------------------
@@ -152,10 +155,9 @@ def _index_finding(
     for item in items:
         if isinstance(item, torch.Tensor):
             if item.dtype is torch.bool:
-                # ``x[mask] = scalar`` is sent to masked_fill_ by torch: no sync (measured on an
-                # H200: captured and replayed equal to eager). Any other use sizes a result
-                # from the mask's contents.
-                if api == "Tensor.__setitem__" and len(items) == 1 and _is_scalar_like(value):
+                # ``x[mask] = 0.0`` is sent to masked_fill_ by torch: no sync. Any other use
+                # (a tensor value, a read) sizes a result from the mask's contents.
+                if api == "Tensor.__setitem__" and len(items) == 1 and _is_python_number(value):
                     return None
                 return Finding("GG105", api, "bool-mask", tensor=t)
             if is_host(state, item) and item.dim() > 0:

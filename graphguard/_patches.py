@@ -124,6 +124,10 @@ def _capturing_answer(state: GuardState) -> Any:
     return _PASS
 
 
+def _skip_when_emulating(state: GuardState) -> Any:
+    return None if state.emulate else _PASS
+
+
 def _targets() -> list[_Target]:
     cuda = torch.cuda
     out = [
@@ -151,6 +155,11 @@ def _targets() -> list[_Target]:
             if name in vars(cls):
                 api = f"torch.{cls_name}.{name}()"
                 out.append(_Target(cls, name, _sync(api, emulated), True))
+        # Recording and waiting are legal under capture; without CUDA they cannot run (the CPU
+        # backend has no events), so audit skips them as the device would have done them.
+        for name in ("record", "wait", "wait_event"):
+            if name in vars(cls):
+                out.append(_Target(cls, name, _no_check, answer=_skip_when_emulating))
     # The capture-status query, in each module that binds it.
     for module in (cuda, sys.modules.get("torch.cuda.graphs")):
         if module is not None and "is_current_stream_capturing" in vars(module):

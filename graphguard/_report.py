@@ -65,11 +65,18 @@ class Region(Protocol):
     Implemented by ``Capture`` (a capture region) and ``Graphed`` (a graphed step).
     """
 
-    label: str | None
-    #: True while a CUDA capture owned by graphguard is recording.
-    capturing: bool
-    #: Every hazard reported for the region, repeats included, in order.
-    hazards: list[Diagnostic]
+    @property
+    def label(self) -> str | None: ...
+
+    @property
+    def capturing(self) -> bool:
+        """True while a CUDA capture owned by graphguard is recording."""
+        ...
+
+    @property
+    def hazards(self) -> list[Diagnostic]:
+        """Every hazard reported for the region, repeats included, in order."""
+        ...
 
     def fall_back(self, diagnostic: Diagnostic) -> str:
         """Stop relying on the graph and continue eagerly; returns the logged action."""

@@ -313,10 +313,10 @@ def clean_mlp(c: Ctx) -> Any:
 
 
 def clean_bool_mask_scalar(c: Ctx) -> Any:
-    # torch sends a scalar (or 0-dim tensor) written through a boolean mask to masked_fill_.
+    # torch sends a Python number written through a boolean mask to masked_fill_.
     y = c.x.clone()
     y[y < 0] = 0.0
-    y[y > 2] = c.x[0]
+    y[y > 2] = -1
     return y
 
 

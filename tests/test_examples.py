@@ -40,7 +40,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "05_dsa_certify.py": (
         "[PASS] semantics",
         "[PASS] refusal (audit)",
-        "result: CERTIFIED",
+        "certified: semantics, refusal (audit)",
         "the diagnostic names dsa.unpatched_hazard_lines().validation",
         "patched update: 0 hazards, same mask as the unpatched form",
     ),

@@ -1,0 +1,110 @@
+"""Measure what torch itself does with each (new or changed) rule's call under a raw capture.
+
+Each case runs in a fresh process: ``x = torch.randn(1024, device="cuda")``, the case's body
+inside ``torch.cuda.graph(g)``, one replay compared with an eager run of the same body, then a
+check that ordinary CUDA work and RNG still run. The table says what a rule page may claim.
+
+    python benchmarks/measure_rules.py --out results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+
+CASES: dict[str, str] = {
+    "x[mask] = 0.0": "y = x.clone(); y[y < 0] = 0.0; out = y",
+    "x[mask] = 0-dim device tensor": "y = x.clone(); y[y > 1] = x[0]; out = y",
+    "x[mask] = (1,)-shaped device tensor": "y = x.clone(); y[y < 0] = x[:1]; out = y",
+    "torch.Event.record()": "e = EV; e.record(); out = x * 2",
+    "torch.Event.synchronize()": "e = EV; e.record(); e.synchronize(); out = x * 2",
+    "torch.Event.query()": "e = EV; e.record(); e.query(); out = x * 2",
+    "torch.Stream.synchronize()": "torch.Stream(device='cuda').synchronize(); out = x * 2",
+    "torch.accelerator.synchronize()": "torch.accelerator.synchronize(); out = x * 2",
+    "x.new_tensor([1.0, 2.0])": "out = x[:2] + x.new_tensor([1.0, 2.0])",
+    "torch.save(device tensor)": "import io; torch.save(x, io.BytesIO()); out = x * 2",
+    "pageable.copy_(device, non_blocking=True)": "H.copy_(x, non_blocking=True); out = x * 2",
+    "pinned.copy_(device, non_blocking=True)": "P.copy_(x, non_blocking=True); out = x * 2",
+    "torch.cuda.is_current_stream_capturing()": (
+        "c = torch.cuda.is_current_stream_capturing(); out = x * (2 if c else 3)"
+    ),
+    "clip_grad_norm_ (foreach)": "out = torch.nn.utils.clip_grad_norm_([W], 1.0)",
+    "torch.tensor(0.0, device='cpu') (host factory)": (
+        "out = x * 2 + torch.tensor(0.0, device='cpu')"
+    ),
+}
+
+CHILD = r"""
+import json, sys, torch
+body = sys.argv[1]
+x = torch.randn(1024, device="cuda")
+W = torch.nn.Parameter(torch.randn(8, device="cuda")); W.grad = torch.randn(8, device="cuda")
+H = torch.empty(1024)
+P = torch.empty(1024, pin_memory=True)
+EV = torch.Event(device="cuda")
+res = {}
+def run():
+    ns = dict(torch=torch, x=x, W=W, H=H, P=P, EV=EV)
+    exec(body, ns)
+    return ns["out"]
+s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(s):
+    for _ in range(2):
+        run()
+torch.cuda.current_stream().wait_stream(s); torch.cuda.synchronize()
+g = torch.cuda.CUDAGraph()
+try:
+    with torch.cuda.graph(g):
+        out = run()
+    g.replay(); torch.cuda.synchronize()
+    ref = run(); torch.cuda.synchronize()
+    same = torch.equal(out, ref) if isinstance(out, torch.Tensor) else None
+    verdict = "= eager" if same else ("!= eager" if same is False else "ran")
+    res["capture"] = "captured, replay " + verdict
+except Exception as e:
+    res["capture"] = f"{type(e).__name__}: {str(e).splitlines()[0][:110]}"
+try:
+    torch.randn(8, device="cuda").sum().item()
+    res["healthy"] = "yes"
+except Exception as e:
+    res["healthy"] = f"no ({str(e).splitlines()[0][:80]})"
+print("RESULT " + json.dumps(res))
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    import torch
+
+    rows = []
+    for name, body in CASES.items():
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, body], capture_output=True, text=True, timeout=120
+        )
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        res = json.loads(line[7:]) if line else {"capture": f"crashed: {proc.stderr[-200:]}"}
+        rows.append((name, res.get("capture", "?"), res.get("healthy", "?")))
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    lines = [
+        f"# torch under raw capture, per rule case ({card}, torch {torch.__version__}, "
+        f"{datetime.date.today()})",
+        "",
+        "| body inside `torch.cuda.graph` | what torch did | process usable after |",
+        "| --- | --- | --- |",
+        *[f"| `{n}` | {c} | {h} |" for n, c, h in rows],
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
