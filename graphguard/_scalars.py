@@ -39,9 +39,10 @@ from typing import Any
 
 import torch
 
+from ._diagnostic import describe_tensor
 from ._frames import find_user_frame
 
-__all__ = ["OptimizerWatch", "ScalarSnapshot", "read_paths", "watch_optimizers"]
+__all__ = ["OptimizerWatch", "ScalarSnapshot", "TensorScalar", "read_paths", "watch_optimizers"]
 
 _SCALARS = (bool, int, float)
 _MISSING = object()
@@ -56,13 +57,43 @@ _LOAD_ROOT = {
 }
 
 
+class TensorScalar:
+    """The number a host 0-dim tensor held, compared by value but never shown.
+
+    Diagnostics hold no tensor values: its ``repr`` (what a message prints) describes the
+    tensor, and comparisons use the number, so ``SGD(lr=torch.tensor(0.1))`` is tracked exactly
+    like ``SGD(lr=0.1)``.
+    """
+
+    __slots__ = ("description", "value")
+
+    def __init__(self, value: Any, description: str) -> None:
+        self.value = value
+        self.description = description
+
+    def __eq__(self, other: object) -> bool:
+        return _same(self, other)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"<the value of {self.description}>"
+
+
+def _unwrap(value: Any) -> Any:
+    return value.value if isinstance(value, TensorScalar) else value
+
+
 def _is_scalar(value: Any) -> bool:
+    value = _unwrap(value)
     return isinstance(value, _SCALARS) or (
         isinstance(value, tuple) and bool(value) and all(isinstance(v, _SCALARS) for v in value)
     )
 
 
 def _same(a: Any, b: Any) -> bool:
+    a, b = _unwrap(a), _unwrap(b)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b
@@ -296,10 +327,10 @@ def _is_host_scalar_tensor(value: Any) -> bool:
     )
 
 
-def _host_item(t: torch.Tensor) -> Any:
+def _host_item(t: torch.Tensor) -> TensorScalar:
     # graphguard's own read of a host scalar; it must not be inspected as the user's call.
     with torch._C.DisableTorchFunction():
-        return t.item()
+        return TensorScalar(t.item(), describe_tensor(t))
 
 
 def _tensor_value(group: dict[str, Any], key: str) -> Any:
