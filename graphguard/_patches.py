@@ -119,7 +119,7 @@ def _tensors_in(obj: Any, depth: int) -> Iterator[torch.Tensor]:
 
 def _capturing_answer(state: GuardState) -> Any:
     """Audit emulates capture: "am I being captured?" gets the answer a real capture gives."""
-    if state.phase == "audit":
+    if state.phase == "audit" and state.stands_for_capture:
         return True
     return _PASS
 

@@ -62,6 +62,9 @@ class GuardState:
     foreign_capture: bool = False
     #: Audit on a machine without CUDA: CPU tensors stand for device tensors.
     emulate: bool = False
+    #: In audit phase, the region stands for a capture: "am I being captured?" answers True.
+    #: False for runs that are genuinely eager on the GPU (a graphed step's warm-up).
+    stands_for_capture: bool = True
     #: Hazards found in this guard and the guards nested in it (one list, shared inward).
     findings: list[Diagnostic] = field(default_factory=list)
     #: Tensors known to be genuine host tensors while emulating (id -> weakref).

@@ -213,15 +213,21 @@ class RawPool:
         if answer["capture"] == "ok" and answer["match"]:
             self.ready.appendleft(proc)  # healthy: keep using it
         else:
-            proc.kill()
-            proc.wait()
+            self._stop(proc)
             self.ready.append(self._spawn())
         return dict(answer)
 
+    @staticmethod
+    def _stop(proc: subprocess.Popen[str]) -> None:
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
     def close(self) -> None:
         for proc in self.ready:
-            proc.kill()
-            proc.wait()
+            self._stop(proc)
 
 
 # --- the test -------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def test_cli_prints_no_numpy_warning_without_numpy(tmp_path) -> None:
         'raise ModuleNotFoundError("No module named \'numpy\'", name="numpy")\n'
     )
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(tmp_path), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     out = subprocess.run(
         [sys.executable, "-W", "default", "-m", "graphguard", "rules"],
         capture_output=True,
