@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import gc
 import inspect
+import sys
 import threading
 from types import TracebackType
 from typing import Any, Literal
 
 import torch
 
-from ._diagnostic import Diagnostic, more_scalars, safe_value
+from ._diagnostic import Diagnostic, escape_controls, more_scalars, safe_value
 from ._errors import ConfigError, GraphGuardError, HazardError, NotCapturedError
 from ._frames import trim_traceback
 from ._log import region_event
 from ._report import Finding, FixedScope, report
 from ._scalars import Tracked, watch_optimizers
-from ._session import deferred_interrupts, guarded, new_state
+from ._session import (
+    PENDING,
+    atomic,
+    deliver,
+    deliver_due_interrupt,
+    guarded,
+    hold_interrupts,
+    new_state,
+    release_interrupts,
+    take_interrupt,
+)
 from ._state import ON_HAZARD, overrides, register_global_capture, unregister_global_capture
 
 __all__ = ["MODES", "Capture", "capture", "validate_on_hazard"]
@@ -72,7 +83,13 @@ def validate_on_hazard(on_hazard: object) -> str:
 
 def validate_label(label: object) -> str | None:
     if label is not None and not isinstance(label, str):
-        raise ConfigError(f"label={label!r} is not valid; allowed values: a str or None")
+        raise ConfigError(f"label={safe_value(label)} is not valid; allowed values: a str or None")
+    if label is not None and escape_controls(label) != label:
+        raise ConfigError(
+            f"label={escape_controls(label)!r} is not valid: it contains control characters "
+            "(escape sequences, newlines), which would reach terminals and log files raw; "
+            "allowed values: a str of printable characters, or None"
+        )
     return label
 
 
@@ -138,6 +155,7 @@ class Capture:
         self._optimizer_watch: Any = None
         self._scalars: list[Tracked] = []
         self._session: Any = None
+        self._held = False
         self._lock = threading.Lock()
 
     # -- entering ---------------------------------------------------------------------------
@@ -155,6 +173,7 @@ class Capture:
             return "audit"
         return "capture" if torch.cuda.is_available() else "audit"
 
+    @atomic
     def __enter__(self) -> Capture:
         if self._entered:
             raise GraphGuardError("a graphguard.capture() region can be entered only once")
@@ -167,7 +186,8 @@ class Capture:
             label=self.label,
             on_hazard=self.on_hazard,
         )
-        with deferred_interrupts():
+        self._held = hold_interrupts()
+        try:
             if self.mode == "capture":
                 self._begin_capture()
             state = new_state(
@@ -178,12 +198,21 @@ class Capture:
             if state.region is None:
                 state.findings = self.hazards
             self._session = guarded(state)
-            try:
-                self._session.__enter__()
-            except BaseException:
-                self._end_capture(failed=True)
-                raise
+            self._session.__enter__()
             self._state = state
+        except BaseException:
+            self._session = None
+            try:
+                self._end_capture(failed=True)
+            finally:
+                held, self._held = self._held, False
+                release_interrupts(held)
+            raise
+        if PENDING:
+            signum = take_interrupt(sys._getframe(1))
+            if signum is not None:  # Ctrl-C while entering: as if it came before the region
+                self._leave(failed=True)
+                deliver(signum)
         return self
 
     def _begin_capture(self) -> None:
@@ -222,30 +251,47 @@ class Capture:
         self._watch = self._optimizer_watch.__enter__()
 
     # -- leaving ----------------------------------------------------------------------------
+    @atomic
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        with deferred_interrupts():
-            try:
-                self._session.__exit__(exc_type, exc, tb)
-            finally:
-                end_error = self._end_capture(failed=exc_type is not None)
-        if isinstance(exc, HazardError):
-            trim_traceback(exc)
-        if exc is None and end_error is not None:
-            raise end_error
-        region_event(
-            "graphguard.capture.end",
-            mode=self.mode,
-            label=self.label,
-            captured=self.graph is not None,
-            fell_back=self.fell_back,
-            hazards=len(self.hazards),
-        )
+        if self._session is not None:
+            self._session.check_thread()
+        try:
+            end_error = self._leave(failed=exc_type is not None, exc_info=(exc_type, exc, tb))
+            if isinstance(exc, HazardError):
+                trim_traceback(exc)
+            if exc is None and end_error is not None:
+                raise end_error
+            region_event(
+                "graphguard.capture.end",
+                mode=self.mode,
+                label=self.label,
+                captured=self.graph is not None,
+                fell_back=self.fell_back,
+                hazards=len(self.hazards),
+            )
+        finally:
+            if PENDING:
+                deliver_due_interrupt()
         return False
+
+    def _leave(self, *, failed: bool, exc_info: Any = (None, None, None)) -> BaseException | None:
+        """Leave the guard and end the capture; returns the error ``capture_end`` raised."""
+        session, self._session = self._session, None
+        try:
+            if session is not None:
+                session.__exit__(*exc_info)
+        finally:
+            try:
+                end_error = self._end_capture(failed=failed)
+            finally:
+                held, self._held = self._held, False
+                release_interrupts(held)
+        return end_error
 
     def _end_capture(self, *, failed: bool) -> BaseException | None:
         """End a recording capture, keep or discard its graph, restore the ambient stream."""

@@ -19,6 +19,7 @@ __all__ = [
     "Diagnostic",
     "TensorInfo",
     "describe_tensor",
+    "escape_controls",
     "make_diagnostic",
     "more_scalars",
     "safe_value",
@@ -111,21 +112,47 @@ class Diagnostic:
         return data
 
     def __str__(self) -> str:
+        e = escape_controls
         gutter = " " * len(str(self.lineno))
-        where = f"{self.location} in {self.function}"
+        where = f"{e(self.location)} in {e(self.function)}"
         lines = [
-            f"{self.code} [{self.kind}] {self.title}",
+            f"{self.code} [{self.kind}] {e(self.title)}",
             f"{gutter}--> {where}",
         ]
         if self.source_line:
-            lines += [f"{gutter} |", f"{self.lineno} |     {self.source_line}", f"{gutter} |"]
-        lines.append(f"{gutter} = what: {self.message}")
+            lines += [f"{gutter} |", f"{self.lineno} |     {e(self.source_line)}", f"{gutter} |"]
+        lines.append(f"{gutter} = what: {e(self.message)}")
         for key, value in self.details:
-            lines.append(f"{gutter} = {key}: {value}")
-        lines.append(f"{gutter} = why: {self.why}")
-        lines.append(f"{gutter} = fix: {self.hint}")
+            lines.append(f"{gutter} = {e(key)}: {e(value)}")
+        lines.append(f"{gutter} = why: {e(self.why)}")
+        lines.append(f"{gutter} = fix: {e(self.hint)}")
         lines.append(f"{gutter} = docs: {self.docs} (or `graphguard rules {self.code}`)")
         return "\n".join(lines)
+
+
+#: Characters a terminal acts on besides C0/C1 controls: the bidirectional overrides and marks
+#: that reorder how a line is displayed.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+
+
+def escape_controls(text: object) -> str:
+    """``text`` with every control character written as a Python escape (``\\x1b``, ``\\n``).
+
+    Labels, file names, function names and source lines come from the user's program; written
+    raw, an ESC sequence or a newline in them would act on the terminal or forge report lines.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable() and c not in _BIDI:
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(f"\\u{ord(c):04x}")
+    return "".join(out)
 
 
 def make_diagnostic(

@@ -55,6 +55,9 @@ class _Entry:
         self.arg_values: list[tuple[int, str, Any]] = []
         self.generation: Generation | None = None
         self.replays = 0
+        #: With buckets: which outputs hold one row per input row (cut back to the real batch);
+        #: ``None`` until the first padded call proved padding leaves the result unchanged.
+        self.pad_slices: list[bool] | None = None
 
 
 class Graphed:
@@ -145,6 +148,8 @@ class Graphed:
                 if len(self._entries) >= self.max_graphs:
                     return self._over_limit(args, kwargs)
                 entry = self._entries[key] = _Entry(key)
+            if real_batch is not None and entry.pad_slices is None:
+                return self._prove_padding(entry, args, kwargs, leaves, real_batch)
             try:
                 return self._call_entry(entry, args, kwargs, leaves, paths, real_batch)
             except StaleHostScalarError as exc:
@@ -206,6 +211,9 @@ class Graphed:
         if not guard:
             return self.fn(*args, **kwargs)
         state = new_state(on_hazard=self.on_hazard, label=self.label)
+        # On the GPU these runs (warm-ups, shape classes over the limit) are plain eager work,
+        # not an audit standing for a capture: capture-aware code must see "not capturing".
+        state.stands_for_capture = not torch.cuda.is_available() or overrides.force_audit
         self._last_findings = state.findings
         with guarded(state):
             return self.fn(*args, **kwargs)
@@ -408,6 +416,75 @@ class Graphed:
         padded_args, padded_kwargs = rebuild((args, kwargs), iter(leaves))
         return tuple(padded_args), padded_kwargs
 
+    def _prove_padding(
+        self,
+        entry: _Entry,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        leaves: list[Any],
+        real_batch: int,
+    ) -> Any:
+        """First padded call of a shape class: show that padding leaves the result unchanged.
+
+        The step runs eagerly twice, on the call's own input (whose result is returned) and on
+        the padded input; outputs must agree, those with one row per input row after cutting
+        the padding rows off. Any difference is a ``ConfigError`` naming the output: a padded
+        result is never returned silently changed. Later calls of the class are graphed.
+        """
+        cuda = torch.cuda.is_available() and not overrides.force_audit
+        exact = self._run_eager(args, kwargs, guard=True, side_stream=cuda)
+        padded_args, padded_kwargs = self._padded_args(args, kwargs, leaves, real_batch)
+        padded_out = self._run_eager(padded_args, padded_kwargs, guard=True, side_stream=cuda)
+        padded_batch = next(
+            t.shape[0] for t in leaves if isinstance(t, torch.Tensor) and t.dim() > 0
+        )
+        entry.pad_slices = self._padding_slices(exact, padded_out, real_batch, padded_batch)
+        return exact
+
+    def _padding_slices(
+        self, exact: Any, padded: Any, real_batch: int, padded_batch: int
+    ) -> list[bool]:
+        exact_leaves, exact_paths, exact_sig = flatten(exact)
+        padded_leaves, _paths, padded_sig = flatten(padded)
+
+        def refuse(path: str, what: str) -> ConfigError:
+            name = f"output{path}" if path else "the output"
+            return ConfigError(
+                f"graphed step {self.label!r}: padding the batch from {real_batch} to "
+                f"{padded_batch} rows (buckets={self.buckets!r}) changes {name}: {what}. The "
+                f"step is not row-independent in its first dimension (a mean, a norm or another "
+                f"reduction over the batch mixes the zero padding rows in), so padding would "
+                f"change its result silently; remove buckets= for this step"
+            )
+
+        if exact_sig != padded_sig or len(exact_leaves) != len(padded_leaves):
+            raise refuse("", "its structure differs")
+        slices = []
+        for path, e, p in zip(exact_paths, exact_leaves, padded_leaves, strict=True):
+            if not isinstance(e, torch.Tensor):
+                if not _same_value(e, p):
+                    raise refuse(path, "its value differs")
+                slices.append(False)
+                continue
+            cut = (
+                e.shape != p.shape
+                and p.dim() > 0
+                and e.dim() > 0
+                and p.shape[0] == padded_batch
+                and e.shape[0] == real_batch
+                and p.shape[1:] == e.shape[1:]
+            )
+            candidate = p[:real_batch] if cut else p
+            if candidate.shape != e.shape or candidate.dtype != e.dtype:
+                raise refuse(
+                    path,
+                    f"shape {tuple(candidate.shape)} instead of {tuple(e.shape)}",
+                )
+            if not _close(e, candidate):
+                raise refuse(path, "its values differ")
+            slices.append(cut)
+        return slices
+
     def _wrap(
         self,
         entry: _Entry,
@@ -419,22 +496,13 @@ class Graphed:
     ) -> Any:
         if out_leaves is None:
             out_leaves, _p, _s = flatten(out)
-        padded = None
-        if real_batch is not None:
-            padded = next(
-                (
-                    t.shape[0]
-                    for t in entry.static_leaves or out_leaves
-                    if isinstance(t, torch.Tensor) and t.dim() > 0
-                ),
-                None,
-            )
+        slices = entry.pad_slices if real_batch is not None else None
         generation = Generation(self._calls, self.label, self.on_hazard)
         entry.generation = generation
         wrapped = []
         for i, leaf in enumerate(out_leaves):
             if isinstance(leaf, torch.Tensor):
-                if real_batch is not None and leaf.dim() > 0 and leaf.shape[0] == padded:
+                if slices is not None and i < len(slices) and slices[i]:
                     leaf = leaf[:real_batch]
                 leaf = leaf.clone() if self.clone_outputs else wrap_output(leaf, generation, i)
             wrapped.append(leaf)
@@ -492,6 +560,21 @@ def _validate_options(
         )
     validate_on_hazard(on_hazard)
     validate_label(label)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two outputs agree (floating point: up to a reduction-order difference)."""
+    with torch.no_grad(), torch._C.DisableTorchFunction():
+        if a.is_floating_point() or a.is_complex():
+            return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True))
+        return bool(torch.equal(a, b))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) or (a != a and b != b)
+    except Exception:
+        return a is b
 
 
 def _consumed_at(filename: str, lineno: int) -> str:

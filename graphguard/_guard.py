@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from ._capture import validate_label, validate_on_hazard
+from ._diagnostic import safe_value
 from ._errors import ConfigError, HazardError
 from ._frames import trim_traceback
 from ._session import guarded, new_state
@@ -41,7 +43,15 @@ def guard(
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(func):
-            raise ConfigError(f"guard() decorates a callable, got {func!r}")
+            raise ConfigError(f"guard() decorates a callable, got {safe_value(func)}")
+        kind = _deferred_body(func)
+        if kind is not None:
+            raise ConfigError(
+                f"guard() cannot check {getattr(func, '__qualname__', func)!r}: it is {kind}, "
+                "so calling it only creates an object and its body runs later, outside the guard; "
+                "guard the plain function that does the step's work (or use "
+                "graphguard.capture() inside the body)"
+            )
         name = label if label is not None else getattr(func, "__qualname__", repr(func))
 
         @functools.wraps(func)
@@ -61,3 +71,17 @@ def guard(
     if fn is None:
         return decorate
     return decorate(fn)
+
+
+def _deferred_body(func: Callable[..., Any]) -> str | None:
+    """What kind of function ``func`` is when its body does not run at call time, else None."""
+    # A callable object: what runs is its class's __call__.
+    target = func if inspect.isroutine(func) else vars(type(func)).get("__call__", func)
+    for candidate in (func, target):
+        if inspect.isasyncgenfunction(candidate):
+            return "an async generator function"
+        if inspect.iscoroutinefunction(candidate):
+            return "an async function (async def)"
+        if inspect.isgeneratorfunction(candidate):
+            return "a generator function"
+    return None

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._diagnostic import Diagnostic, describe_tensor, make_diagnostic
+from ._diagnostic import Diagnostic, describe_tensor, escape_controls, make_diagnostic
 from ._errors import error_class_for
 from ._log import get_logger
 from ._rules import RULES
@@ -154,11 +154,20 @@ def _render(finding: Finding, scope: Scope) -> str:
 
 def _log(diagnostic: Diagnostic, action: str, level: str, **extra: Any) -> None:
     """Emit ``graphguard.hazard``; a broken logger never replaces the hazard or the user's call."""
-    fields = diagnostic.to_dict()
+    fields = {k: _escaped(v) for k, v in diagnostic.to_dict().items()}
     fields.update(extra)
     # A failing processor or stream must not turn into the user's error.
     with contextlib.suppress(Exception):
         getattr(get_logger(), level)("graphguard.hazard", action=action, **fields)
+
+
+def _escaped(value: Any) -> Any:
+    """Log fields with control characters escaped: a console renderer writes them raw."""
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, dict):
+        return {escape_controls(k): _escaped(v) for k, v in value.items()}
+    return value
 
 
 def _notify(diagnostic: Diagnostic) -> None:

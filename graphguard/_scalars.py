@@ -30,10 +30,10 @@ import builtins
 import dis
 import functools
 import math
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,15 @@ import torch
 
 from ._diagnostic import describe_tensor
 from ._frames import find_user_frame
+from ._session import (
+    PENDING,
+    atomic,
+    deliver,
+    deliver_due_interrupt,
+    hold_interrupts,
+    release_interrupts,
+    take_interrupt,
+)
 
 __all__ = ["OptimizerWatch", "ScalarSnapshot", "TensorScalar", "read_paths", "watch_optimizers"]
 
@@ -357,18 +366,52 @@ class OptimizerWatch:
         self.items.extend(optimizer_scalars(opt, label, filename, lineno))
 
 
-@contextmanager
-def watch_optimizers() -> Iterator[OptimizerWatch]:
-    """Record, for the block, every optimizer whose step runs in this thread."""
-    watch = OptimizerWatch()
-    import torch.optim.optimizer as optimizer_module
+class _OptimizerWatching:
+    """The context manager :func:`watch_optimizers` returns; Ctrl-C-safe on entry and exit."""
 
-    register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
-    if register is None:  # pragma: no cover - very old torch
-        yield watch
-        return
-    handle = register(watch.hook)
-    try:
-        yield watch
-    finally:
-        handle.remove()
+    __slots__ = ("_handle", "_held", "watch")
+
+    def __init__(self) -> None:
+        self.watch = OptimizerWatch()
+        self._handle: Any = None
+        self._held = False
+
+    @atomic
+    def __enter__(self) -> OptimizerWatch:
+        import torch.optim.optimizer as optimizer_module
+
+        register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
+        if register is None:  # pragma: no cover - very old torch
+            return self.watch
+        self._held = hold_interrupts()
+        try:
+            self._handle = register(self.watch.hook)
+        except BaseException:
+            self._leave()
+            raise
+        if PENDING:
+            signum = take_interrupt(sys._getframe(1))
+            if signum is not None:
+                self._leave()
+                deliver(signum)
+        return self.watch
+
+    @atomic
+    def __exit__(self, *exc_info: Any) -> None:
+        self._leave()
+        if PENDING:
+            deliver_due_interrupt()
+
+    def _leave(self) -> None:
+        handle, self._handle = self._handle, None
+        try:
+            if handle is not None:
+                handle.remove()
+        finally:
+            held, self._held = self._held, False
+            release_interrupts(held)
+
+
+def watch_optimizers() -> _OptimizerWatching:
+    """Record, for the block, every optimizer whose step runs in this thread."""
+    return _OptimizerWatching()

@@ -6,7 +6,7 @@ torch-function mode stack. Nested guards in one thread share the one mode: enter
 would inspect every call twice. Leaving undoes all three in reverse order, whatever happened in
 between (an exception, ``KeyboardInterrupt``).
 
-Entering and leaving are each atomic with respect to Ctrl-C (:func:`deferred_interrupts`), a
+Entering and leaving are each atomic with respect to Ctrl-C (:func:`atomic`, see below), a
 region must be left in the thread that entered it, and a forked child starts unguarded.
 """
 
@@ -16,10 +16,11 @@ import contextlib
 import gc
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
-from types import TracebackType
-from typing import Any
+from collections.abc import Callable
+from types import CodeType, FrameType, TracebackType
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,42 +30,136 @@ from ._intercept import HazardMode
 from ._log import check_env as check_log_env
 from ._state import GuardState, current_state, pop_state, push_state, reset_stack
 
-__all__ = ["Guarded", "deferred_interrupts", "guarded", "new_state"]
+__all__ = [
+    "PENDING",
+    "Guarded",
+    "atomic",
+    "deliver",
+    "deliver_due_interrupt",
+    "guarded",
+    "hold_interrupts",
+    "new_state",
+    "release_interrupts",
+    "take_interrupt",
+]
 
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold back SIGINT while graphguard changes process state (main thread; else a no-op).
+# --- Ctrl-C ---------------------------------------------------------------------------------------
+# A ``KeyboardInterrupt`` can be raised at any bytecode of the main thread, including the first
+# instruction of an ``__exit__`` (before any ``try`` in it exists) or the instruction after a hook
+# was registered and before its handle was stored. Swapping the SIGINT handler inside ``__enter__``
+# and ``__exit__`` cannot cover those points, so while a region is active in the main thread
+# graphguard's own handler is installed: it looks at the interrupted frames and, when one of them
+# is a function marked :func:`atomic` (entering or leaving a region, registering a hook), it
+# records the interrupt instead of raising it. The outermost atomic function delivers it when the
+# state is consistent again: ``__exit__`` after everything is undone, ``__enter__`` after undoing
+# the entry (as if the interrupt had arrived before the region). Elsewhere (the region's body) the
+# interrupt goes to the handler that was installed before, unchanged.
+_ATOMIC_CODES: set[CodeType] = set()
+#: Interrupts recorded while an atomic function ran (main thread only); read as a plain global,
+#: with no call, so testing it is not itself a point where an interrupt can be raised.
+PENDING: list[int] = []
+_main_ident = threading.main_thread().ident
+_holders = 0
+_previous_handler: Any = None
 
-    A ``KeyboardInterrupt`` between two steps of entering or leaving a region would leave torch
-    half patched or a hook registered. The handler is swapped for one that remembers the
-    signal; the interrupt is delivered once the state is consistent again.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def atomic(fn: F) -> F:
+    """Mark ``fn``: a Ctrl-C arriving while it (or anything it calls) runs is held back."""
+    _ATOMIC_CODES.add(fn.__code__)
+    return fn
+
+
+def _in_atomic(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code in _ATOMIC_CODES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    if _in_atomic(frame):
+        PENDING.append(signum)
         return
-    pending: list[tuple[int, Any]] = []
-    try:
-        previous = signal.signal(
-            signal.SIGINT, lambda signum, frame: pending.append((signum, frame))
-        )
-    except (ValueError, TypeError):  # pragma: no cover - no signal support here
-        yield
+    _call_previous(signum, frame)
+
+
+def _call_previous(signum: int, frame: FrameType | None) -> None:
+    handler = _previous_handler if _holders else signal.getsignal(signal.SIGINT)
+    if handler is _on_sigint or handler is None or handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
+    if callable(handler):
+        handler(signum, frame)
+
+
+def hold_interrupts() -> bool:
+    """Install the frame-aware SIGINT handler for one more region (main thread; else no-op)."""
+    global _holders, _previous_handler
+    if threading.get_ident() != _main_ident:
+        return False
+    if _holders == 0:
+        try:
+            current = signal.getsignal(signal.SIGINT)
+            if current is not _on_sigint:
+                _previous_handler = current
+            if callable(current):
+                signal.signal(signal.SIGINT, _on_sigint)
+        except (ValueError, TypeError):  # pragma: no cover - no signal support here
+            return False
+    _holders += 1
+    return True
+
+
+def release_interrupts(held: bool) -> None:
+    """Undo one :func:`hold_interrupts`; the last one puts the previous handler back."""
+    global _holders
+    if not held:
         return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if pending and callable(previous):
-            previous(*pending[0])
+    _holders -= 1
+    if _holders == 0 and signal.getsignal(signal.SIGINT) is _on_sigint:
+        signal.signal(signal.SIGINT, _previous_handler)
+
+
+def take_interrupt(frame: FrameType | None) -> int | None:
+    """The held-back interrupt, if it is due now: in the main thread, with no atomic caller."""
+    if not PENDING or threading.get_ident() != _main_ident or _in_atomic(frame):
+        return None
+    signum = PENDING[0]
+    PENDING.clear()
+    return signum
+
+
+def deliver(signum: int) -> None:
+    """Raise a held-back interrupt the way the application's handler would have."""
+    _call_previous(signum, sys._getframe(1))
+
+
+def deliver_due_interrupt() -> None:
+    """From the end of an ``__exit__``: deliver a held-back interrupt if no atomic caller waits."""
+    signum = take_interrupt(sys._getframe(2))
+    if signum is not None:
+        _call_previous(signum, sys._getframe(2))
 
 
 class Guarded:
     """One guarded stretch; a context manager used by every region type."""
 
-    __slots__ = ("_paused_gc", "_thread", "_token", "may_capture", "state")
+    __slots__ = (
+        "_acquired",
+        "_counted",
+        "_held",
+        "_paused_gc",
+        "_pushed",
+        "_thread",
+        "_token",
+        "may_capture",
+        "state",
+    )
 
     def __init__(self, state: GuardState) -> None:
         self.state = state
@@ -72,10 +167,16 @@ class Guarded:
         self._token: Any = None
         self._thread: int | None = None
         self._paused_gc = False
+        self._held = False
+        self._acquired = False
+        self._pushed = False
+        self._counted = False
 
+    @atomic
     def __enter__(self) -> GuardState:
         check_log_env()  # a bad GRAPHGUARD_LOG fails here, every time, not at the first hazard
-        with deferred_interrupts():
+        self._held = hold_interrupts()
+        try:
             # Under a capture graphguard does not own, pause cyclic GC as ``Capture`` does for
             # its own: a collection here could run destructors (CUDA events, pinned buffers)
             # that make calls illegal during capture.
@@ -83,32 +184,56 @@ class Guarded:
             if self._paused_gc:
                 gc.disable()
             _patches.acquire()
+            self._acquired = True
             self._token = push_state(self.state)
+            self._pushed = True
             depth = getattr(_local, "depth", 0)
             if depth == 0:
                 mode = HazardMode()
                 mode.__enter__()
                 _local.mode = mode
             _local.depth = depth + 1
+            self._counted = True
             if self.may_capture:
                 _local.mode.capture_states += 1
             self._thread = threading.get_ident()
+        except BaseException:
+            self._leave()
+            raise
+        if PENDING:
+            signum = take_interrupt(sys._getframe(1))
+            if signum is not None:  # Ctrl-C while entering: as if it came before the region
+                self._leave()
+                deliver(signum)
         return self.state
 
+    @atomic
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._thread != threading.get_ident():
+        self.check_thread()
+        self._leave()
+        if PENDING:
+            deliver_due_interrupt()
+
+    def check_thread(self) -> None:
+        """Refuse to leave the region from a thread other than the one that entered it."""
+        if self._thread is not None and self._thread != threading.get_ident():
             raise GraphGuardError(
                 "a graphguard region must be left in the thread that entered it "
                 f"(entered in thread {self._thread}, left in {threading.get_ident()}); "
-                "the region stays active in the entering thread"
+                "nothing was changed: the region is still active in the entering thread, "
+                "which must leave it"
             )
-        with deferred_interrupts():
-            try:
+
+    def _leave(self) -> None:
+        """Undo whatever ``__enter__`` did, in reverse order; safe to call once per entry."""
+        try:
+            if self._counted:
+                self._counted = False
                 if self.may_capture:
                     _local.mode.capture_states -= 1
                 _local.depth -= 1
@@ -116,13 +241,23 @@ class Guarded:
                     mode = _local.mode
                     _local.mode = None
                     mode.__exit__(None, None, None)
+        finally:
+            try:
+                if self._pushed:
+                    self._pushed = False
+                    pop_state(self._token, self.state)
             finally:
                 try:
-                    pop_state(self._token, self.state)
+                    if self._acquired:
+                        self._acquired = False
+                        _patches.release()
                 finally:
-                    _patches.release()
                     if self._paused_gc:
+                        self._paused_gc = False
                         gc.enable()
+                    self._thread = None
+                    held, self._held = self._held, False
+                    release_interrupts(held)
 
 
 def guarded(state: GuardState) -> Guarded:
@@ -155,6 +290,7 @@ def new_state(
     )
     if enclosing is not None:
         state.host_ids = enclosing.host_ids
+        state.stands_for_capture = enclosing.stands_for_capture
     if own_region:
         state.findings = region.hazards
     elif enclosing is not None:
@@ -172,6 +308,14 @@ def _after_fork_in_child() -> None:
             mode.__exit__(None, None, None)
     reset_stack()
     _patches.reset_after_fork()
+    global _holders, _main_ident
+    _main_ident = threading.get_ident()
+    PENDING.clear()
+    if _holders:
+        _holders = 0
+        with contextlib.suppress(Exception):
+            if signal.getsignal(signal.SIGINT) is _on_sigint:
+                signal.signal(signal.SIGINT, _previous_handler)
 
 
 if hasattr(os, "register_at_fork"):

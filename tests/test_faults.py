@@ -1,0 +1,424 @@
+"""Faults and misuse leave nothing behind: interrupts, fork, threads, logging, hostile input."""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import structlog
+import torch
+import torch._dynamo  # imported inside a region, it would rebind torch.manual_seed
+import torch.optim.optimizer as optimizer_module
+
+import graphguard
+from graphguard import (
+    ConfigError,
+    GraphGuardError,
+    HostSyncError,
+    StaleHostScalarError,
+    _log,
+    _patches,
+    _session,
+)
+from graphguard._state import current_state
+
+HAS_FORK = hasattr(os, "fork")
+
+
+def _pristine_snapshot() -> dict[tuple[int, str], object]:
+    return {
+        (id(owner), name): vars(owner).get(name, "<inherited>")
+        for owner, name in _patches.installed_targets()
+    }
+
+
+def _assert_pristine(before: dict[tuple[int, str], object], hooks_before: dict) -> None:
+    hooks = dict(getattr(optimizer_module, "_global_optimizer_pre_hooks", {}))
+    assert hooks == hooks_before, "a global optimizer step hook was left registered"
+    assert not _patches.is_installed(), "graphguard patches are still installed"
+    assert _pristine_snapshot() == before, "a torch attribute was left patched"
+    assert "pin_memory" not in vars(torch.Tensor), "Tensor.pin_memory shadow left behind"
+    assert torch._C._len_torch_function_stack() == 0, "a torch function mode was left active"
+    assert current_state() is None, "this thread is still guarded"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not getattr(_session, "PENDING", []), "an interrupt was held back, never delivered"
+
+
+@contextlib.contextmanager
+def _busy_host(n: int = 2):
+    """Two CPU-bound processes beside the test, so interrupts land at uneven points."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def _step_kinds():
+    model = torch.nn.Linear(8, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 8)
+
+    def body() -> None:
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        loss.item()  # a host sync: a hazard, logged under warn
+
+    def in_capture() -> None:
+        with graphguard.capture(on_hazard="warn", label="interrupted"):
+            body()
+
+    guarded = graphguard.guard(on_hazard="warn", label="interrupted")(body)
+
+    def in_graphed() -> None:
+        step = graphguard.graphed(warmup=0, on_hazard="warn")(body)
+        step()
+
+    def nested() -> None:
+        with graphguard.capture(on_hazard="warn", label="outer"):
+            guarded()
+
+    return [in_capture, guarded, in_graphed, nested]
+
+
+def test_random_interrupts_leave_torch_pristine() -> None:
+    """A Ctrl-C at random points of guarded regions never leaves torch patched or a hook set."""
+    before, hooks_before = _pristine_snapshot(), dict(optimizer_module._global_optimizer_pre_hooks)
+    kinds = _step_kinds()
+    switch = sys.getswitchinterval()
+    # The interrupting thread needs the GIL to fire; a short switch interval lets it land inside
+    # a region rather than after it.
+    sys.setswitchinterval(1e-6)
+    with _busy_host(), contextlib.ExitStack() as restore:
+        restore.callback(sys.setswitchinterval, switch)
+        for seed in range(6):
+            rng = random.Random(seed)
+            for i in range(40):
+                region = kinds[i % len(kinds)]
+                delay = rng.uniform(0.0, 0.001)
+                fired = threading.Event()
+
+                def fire(delay: float = delay, fired: threading.Event = fired) -> None:
+                    time.sleep(delay)
+                    _thread.interrupt_main()
+                    fired.set()
+
+                interrupter = threading.Thread(target=fire)
+                with structlog.testing.capture_logs():
+                    try:
+                        interrupter.start()
+                        region()
+                        fired.wait()
+                        for _ in range(1000):  # the interrupt arrives at the next check point
+                            time.sleep(0.0001)
+                        raise AssertionError("the interrupt was never delivered")
+                    except KeyboardInterrupt:
+                        pass
+                    interrupter.join()
+                    with graphguard.capture(label="clean"):  # the next clean region
+                        torch.ones(2).add_(1)
+                _assert_pristine(before, hooks_before)
+
+
+def test_region_closed_after_its_enclosing_region_is_not_resurrected() -> None:
+    """A region opened in a generator and closed after its enclosing region leaves no state."""
+
+    def inner():
+        with graphguard.capture(on_hazard="warn", label="inner"):
+            yield
+
+    gen = inner()
+    outer = graphguard.capture(on_hazard="warn", label="outer")
+    outer.__enter__()
+    next(gen)
+    outer.__exit__(None, None, None)
+    with contextlib.suppress(StopIteration):
+        next(gen)
+    assert current_state() is None
+
+    holding, release = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        with graphguard.capture(label="other"):
+            holding.set()
+            release.wait()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    holding.wait()
+    try:
+        torch.manual_seed(0)  # unguarded here, while another thread holds a guard
+    finally:
+        release.set()
+        worker.join()
+
+
+@pytest.mark.skipif(not HAS_FORK, reason="needs os.fork")
+def test_child_forked_in_a_region_is_unguarded() -> None:
+    """A child forked inside a region runs unguarded: a host sync there is not a hazard."""
+    read, write = os.pipe()
+    with graphguard.capture(label="parent"):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                torch.arange(3.0).tolist()
+                ok = current_state() is None and not _patches.is_installed()
+                os.write(write, b"ok" if ok else b"guarded")
+            except BaseException as e:
+                os.write(write, type(e).__name__.encode())
+            finally:
+                os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    assert answer == b"ok"
+
+
+def _raising_processor(logger, method_name, event_dict):
+    raise ZeroDivisionError("the logger is broken")
+
+
+def test_broken_logger_does_not_replace_a_warned_hazard() -> None:
+    """A structlog processor that raises does not turn a warn region into that exception."""
+    structlog.configure(processors=[_raising_processor])
+    try:
+        x = torch.ones(2)
+        with graphguard.capture(on_hazard="warn") as cap:
+            x.sum().item()
+    finally:
+        structlog.reset_defaults()
+    assert [d.code for d in cap.hazards] == ["GG101"]
+
+
+def test_broken_logger_does_not_replace_a_raised_hazard() -> None:
+    """Under raise, the user gets the HazardError, not the logger's exception."""
+    structlog.configure(processors=[_raising_processor])
+    try:
+        x = torch.ones(2)
+        with pytest.raises(HostSyncError), graphguard.capture(on_hazard="raise"):
+            x.sum().item()
+    finally:
+        structlog.reset_defaults()
+
+
+@pytest.fixture
+def restore_log_env(monkeypatch):
+    yield monkeypatch
+    monkeypatch.delenv(_log.ENV_VAR, raising=False)
+    _log.check_env()
+
+
+def test_invalid_graphguard_log_fails_every_region(restore_log_env) -> None:
+    """An invalid GRAPHGUARD_LOG is a ConfigError naming the variable at every region start."""
+    restore_log_env.setenv("GRAPHGUARD_LOG", "yaml")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="GRAPHGUARD_LOG='yaml'"), graphguard.capture():
+            pass
+
+
+@pytest.mark.parametrize(
+    ("make_path", "problem"),
+    [
+        (lambda tmp: "/dev/full", "not a regular file"),
+        (lambda tmp: str(tmp), "Is a directory"),
+        (lambda tmp: str(tmp / "missing" / "log.jsonl"), "No such file"),
+    ],
+    ids=["device", "directory", "missing-folder"],
+)
+def test_unusable_log_path_is_a_config_error(restore_log_env, tmp_path, make_path, problem) -> None:
+    """A GRAPHGUARD_LOG path that cannot hold a log is a ConfigError, at every region start."""
+    path = make_path(tmp_path)
+    if not os.path.exists(os.path.dirname(path)) and "missing" not in path:
+        pytest.skip(f"{path} does not exist here")
+    restore_log_env.setenv("GRAPHGUARD_LOG", f"json:{path}")
+    for _ in range(2):
+        with (
+            pytest.raises(ConfigError, match=f"GRAPHGUARD_LOG=.*{problem}"),
+            graphguard.capture(),
+        ):
+            pass
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_log_path_on_a_fifo_fails_without_hanging(tmp_path) -> None:
+    """GRAPHGUARD_LOG=json:<a FIFO> is a ConfigError, not a region that waits for a reader."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    program = textwrap.dedent(
+        """
+        import graphguard
+        for _ in range(2):
+            try:
+                with graphguard.capture():
+                    pass
+            except graphguard.ConfigError as e:
+                print("ConfigError", "GRAPHGUARD_LOG" in str(e))
+        """
+    )
+    env = {**os.environ, "GRAPHGUARD_LOG": f"json:{fifo}"}
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["ConfigError", "True", "ConfigError", "True"]
+
+
+def test_capture_keeps_repeated_hazards() -> None:
+    """Three hazards on one line under warn are three entries of cap.hazards."""
+    x = torch.ones(2)
+    with graphguard.capture(on_hazard="warn") as cap:
+        for _ in range(3):
+            x.sum().item()
+    assert [d.code for d in cap.hazards] == ["GG101"] * 3
+
+
+def test_guard_refuses_a_generator_function() -> None:
+    """@guard on a generator function is refused at decoration time, not silently unchecked."""
+
+    def steps(x):
+        yield x.sum().item()
+
+    with pytest.raises(ConfigError, match="generator function"):
+        graphguard.guard(steps)
+
+
+def test_guard_refuses_an_async_function() -> None:
+    """@guard on an async def is refused at decoration time, not silently unchecked."""
+
+    async def step(x):
+        return x.sum().item()
+
+    with pytest.raises(ConfigError, match="async"):
+        graphguard.guard(on_hazard="warn")(step)
+
+
+def test_buckets_refuse_a_step_that_mixes_rows() -> None:
+    """Padding a step whose result depends on the padding rows is a ConfigError."""
+
+    @graphguard.graphed(buckets=[8], warmup=0)
+    def step(x):
+        return x.mean(0)
+
+    with pytest.raises(ConfigError, match="the output: its values differ"):
+        step(torch.ones(5, 3))
+
+
+def test_buckets_cut_only_outputs_with_one_row_per_input_row() -> None:
+    """A padded step returns 5 rows for 5 input rows and leaves an unrelated 8-row output whole."""
+    table = torch.arange(32.0).view(8, 4)
+
+    @graphguard.graphed(buckets=[8], warmup=0)
+    def step(x):
+        return x * 2, table.clone()
+
+    for _ in range(3):  # the proof, the capturing call, a replay
+        rows, whole = step(torch.ones(5, 4))
+        assert rows.shape == (5, 4)
+        assert whole.shape == (8, 4)
+        torch.testing.assert_close(whole * 1, table)
+
+
+def test_region_left_in_another_thread_is_refused_and_changes_nothing() -> None:
+    """Leaving a region from another thread is refused; the entering thread still leaves it."""
+    cap = graphguard.capture(label="here")
+    cap.__enter__()
+    errors: list[BaseException] = []
+    other_guarded: list[object] = []
+
+    def leave_elsewhere() -> None:
+        try:
+            cap.__exit__(None, None, None)
+        except BaseException as e:
+            errors.append(e)
+        other_guarded.append(current_state())
+        torch.arange(3.0).tolist()  # this thread is not guarded
+
+    worker = threading.Thread(target=leave_elsewhere)
+    worker.start()
+    worker.join()
+    assert current_state() is not None
+    cap.__exit__(None, None, None)
+    assert len(errors) == 1 and isinstance(errors[0], GraphGuardError)
+    assert "thread that entered it" in str(errors[0])
+    assert other_guarded == [None]
+
+
+def test_label_with_control_characters_is_refused() -> None:
+    """A label holding an escape sequence or a newline is a ConfigError, never written raw."""
+    with pytest.raises(ConfigError, match="control characters"):
+        graphguard.capture(label="step\x1b[2J\nGG000 forged")
+
+
+def test_diagnostic_text_escapes_control_characters(tmp_path) -> None:
+    """A file name and source line holding ESC and newlines are escaped in the diagnostic."""
+    path = tmp_path / "evil\x1b[31m\nname.py"
+    path.write_text("def step(x):\n    return x.sum().item()  # '\x1b]0;title\x07'\n")
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    x = torch.ones(2)
+    with graphguard.capture(on_hazard="warn") as cap:
+        namespace["step"](x)
+    text = str(cap.hazards[0])
+    assert "\x1b" not in text and "\x07" not in text
+    assert "evil\\x1b[31m\\nname.py" in text
+    assert len(text.splitlines()) == len(str(cap.hazards[0]).splitlines())
+    assert all(line.startswith((" ", "GG", "1", "2")) for line in text.splitlines())
+
+
+def test_console_log_fields_escape_control_characters(tmp_path) -> None:
+    """The hazard event's fields hold escaped control characters: a console shows none raw."""
+    path = tmp_path / "evil\x1b[31m.py"
+    path.write_text("def step(x):\n    return x.sum().item()\n")
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    stream = io.StringIO()
+    structlog.configure(
+        processors=[structlog.dev.ConsoleRenderer(colors=False)],
+        logger_factory=structlog.PrintLoggerFactory(stream),
+    )
+    x = torch.ones(2)
+    try:
+        with graphguard.capture(on_hazard="warn"):
+            namespace["step"](x)
+    finally:
+        structlog.reset_defaults()
+    assert "graphguard.hazard" in stream.getvalue()
+    assert "\x1b" not in stream.getvalue()
+
+
+def test_stale_tensor_lr_message_shows_no_tensor_value() -> None:
+    """A GG601 for a 0-dim CPU tensor lr shows no tensor value in message, details or log."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.123456))
+    x = torch.ones(4, 2)
+
+    @graphguard.graphed(warmup=0)
+    def step(x):
+        model(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    step(x)
+    opt.param_groups[0]["lr"].fill_(0.654321)
+    with structlog.testing.capture_logs() as logs, pytest.raises(StaleHostScalarError) as info:
+        step(x)
+    diagnostic = info.value.diagnostic
+    assert diagnostic.code == "GG601"
+    text = str(info.value) + repr(diagnostic.to_dict()) + repr(logs)
+    for value in ("0.123", "0.654", "1234", "4321"):
+        assert value not in text
