@@ -21,6 +21,7 @@ while the program runs, which is why it is on only when ``--function`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import json
@@ -28,6 +29,7 @@ import os
 import re
 import runpy
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -36,11 +38,11 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
-from ._diagnostic import Diagnostic
+from ._diagnostic import Diagnostic, TensorInfo, escape_controls
 from ._frames import is_internal
-from ._report import add_sink
+from ._report import add_sink, channel_sink
 from ._session import guarded, new_state
-from ._state import overrides
+from ._state import CHECK_CHANNEL_ENV, CHECK_PID_ENV, overrides
 
 __all__ = [
     "EXIT_CLEAN",
@@ -363,12 +365,21 @@ def run_check(target: Target, *, functions: Sequence[FunctionSpec] = ()) -> Chec
     """
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     saved_overrides = (overrides.force_audit, overrides.collect)
+    saved_env = {name: os.environ.get(name) for name in (CHECK_CHANNEL_ENV, CHECK_PID_ENV)}
     result = CheckResult(target)
     collector = _Collector()
     auditor = FunctionAuditor(functions) if functions else None
+    me = os.getpid()
+    fd, channel = tempfile.mkstemp(prefix="graphguard-check-", suffix=".jsonl")
+    os.close(fd)
     try:
         run = target.prepare()
+        # Child processes of the program (fork, spawn, subprocess running Python) inherit these
+        # and append their hazards to the channel; this process collects its own in memory.
+        os.environ[CHECK_CHANNEL_ENV] = channel
+        os.environ[CHECK_PID_ENV] = str(me)
         remove_sink = add_sink(collector)
+        remove_channel = add_sink(channel_sink)
         overrides.force_audit = overrides.collect = True
         try:
             if auditor is not None:
@@ -381,16 +392,33 @@ def run_check(target: Target, *, functions: Sequence[FunctionSpec] = ()) -> Chec
         except SystemExit as e:
             if e.code not in (None, 0):
                 result.error = f"SystemExit: {e.code}"
-        except (Exception, KeyboardInterrupt) as e:
+        except BaseException as e:  # whatever the program raised, even a custom BaseException
             message = _first_line(e)
             result.error = f"{type(e).__name__}: {message}" if message else type(e).__name__
             result.error_traceback = _user_traceback(e)
         finally:
+            if os.getpid() != me:
+                # A child the program forked with os.fork() returned from the program instead of
+                # exiting: its hazards are in the channel; it must not report a second time.
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(0 if result.error is None else 1)
+            remove_channel()
             remove_sink()
     finally:
         overrides.force_audit, overrides.collect = saved_overrides
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for diagnostic in _read_channel(channel):
+            collector(diagnostic)
+        with contextlib.suppress(OSError):
+            os.unlink(channel)
     result.findings = collector.findings()
     if auditor is not None:
         result.unmatched_functions = [
@@ -398,6 +426,34 @@ def run_check(target: Target, *, functions: Sequence[FunctionSpec] = ()) -> Chec
         ]
         result.hook_failures = auditor.failures
     return result
+
+
+def _read_channel(path: str) -> list[Diagnostic]:
+    """The hazards child processes appended to the channel (a torn last line is skipped)."""
+    found = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            found.append(_diagnostic_from_dict(json.loads(line)["diagnostic"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _diagnostic_from_dict(data: dict[str, Any]) -> Diagnostic:
+    data = dict(data)
+    shape = data.pop("tensor_shape", None)
+    dtype = data.pop("tensor_dtype", None)
+    device = data.pop("tensor_device", None)
+    tensor = (
+        TensorInfo(shape=tuple(shape), dtype=dtype, device=device) if shape is not None else None
+    )
+    data["details"] = tuple((str(k), str(v)) for k, v in data.get("details", {}).items())
+    return Diagnostic(tensor=tensor, **data)
 
 
 def _first_line(error: BaseException) -> str:
@@ -468,7 +524,9 @@ def _counts(entry: dict[str, Any]) -> str:
 
 
 def render_text(result: CheckResult, project_root: str | os.PathLike[str]) -> str:
-    """Every diagnostic as the library renders it, then the run summary."""
+    """Every diagnostic as the library renders it, then the run summary (control characters
+    from paths and messages escaped)."""
+    e = escape_controls
     blocks = []
     for finding in result.findings:
         text = str(finding.diagnostic)
@@ -478,22 +536,23 @@ def render_text(result: CheckResult, project_root: str | os.PathLike[str]) -> st
         blocks.append(text)
     summary = summarize(result, project_root)
     if not result.findings:
-        lines = [f"graphguard check: {summary['target']}: no hazards found"]
+        lines = [f"graphguard check: {e(summary['target'])}: no hazards found"]
     else:
         lines = [
-            f"graphguard check: {summary['target']}: {_plural(summary['hazards'], 'hazard')} "
+            f"graphguard check: {e(summary['target'])}: {_plural(summary['hazards'], 'hazard')} "
             f"({_plural(summary['occurrences'], 'occurrence')}) in "
             f"{_plural(summary['files'], 'file')}",
             "  by code:",
         ]
         for code, c in summary["by_code"].items():
-            lines.append(f"    {code} {c['kind']:<17} {_counts(c)}, first at {c['first']}")
+            lines.append(f"    {code} {c['kind']:<17} {_counts(c)}, first at {e(c['first'])}")
         lines.append("  by file:")
         for path, f in summary["by_file"].items():
-            lines.append(f"    {path}: {_counts(f)}")
+            lines.append(f"    {e(path)}: {_counts(f)}")
     if result.error is not None:
         lines.append(
-            f"  the program stopped early ({result.error}): code after that point was not checked"
+            f"  the program stopped early ({e(result.error)}): code after that point was not "
+            "checked"
         )
     blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"

@@ -314,9 +314,8 @@ def _cmd_check(ns: argparse.Namespace) -> int:
     # A machine-readable report on stdout must stay parseable: the program's own prints go to
     # stderr instead while it runs.
     keep_stdout_clean = ns.format != "text" and ns.output is None
-    redirect = contextlib.redirect_stdout(sys.stderr) if keep_stdout_clean else None
     try:
-        with redirect if redirect is not None else contextlib.nullcontext():
+        with _stdout_to_stderr() if keep_stdout_clean else contextlib.nullcontext():
             result = run_check(target, functions=specs)
     except CheckStartError as e:
         return _error("check", str(e))
@@ -353,6 +352,30 @@ def _cmd_check(ns: argparse.Namespace) -> int:
         found = "no hazards" if n == 0 else f"{n} hazard{'s' if n != 1 else ''}"
         print(f"graphguard check: {found} in {target.display}", file=sys.stderr)
     return result.exit_status
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Any:
+    """While the program runs, its stdout goes to stderr: ``print`` and ``os.write(1, ...)`` alike.
+
+    File descriptor 1 itself is pointed at stderr (children inherit that), so the report written
+    on stdout afterwards is the only thing there.
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            sys.__stdout__.flush() if sys.__stdout__ is not None else None
+            saved = os.dup(1)
+            os.dup2(2, 1)
+        except (OSError, ValueError):  # no real descriptors (an embedded interpreter)
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _isatty(stream: Any) -> bool:

@@ -128,6 +128,28 @@ def add_sink(sink: Callable[[Diagnostic], None]) -> Callable[[], None]:
     return remove
 
 
+def channel_sink(diagnostic: Diagnostic) -> None:
+    """In a child process of a checked program: append the hazard to the check's channel file.
+
+    One ``write`` of one line to a file opened with ``O_APPEND``, so lines from concurrent
+    processes never interleave; a process that ends abruptly (``os._exit``) loses nothing.
+    """
+    import json
+    import os
+
+    from ._state import CHECK_CHANNEL_ENV, CHECK_PID_ENV
+
+    path = os.environ.get(CHECK_CHANNEL_ENV)
+    if not path or os.environ.get(CHECK_PID_ENV) == str(os.getpid()):
+        return  # the checking process collects its own hazards in memory
+    line = json.dumps({"diagnostic": diagnostic.to_dict()}, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def _where(phase: str, emulate: bool) -> str:
     if phase == "capture":
         return "during CUDA-graph capture"
@@ -219,3 +241,13 @@ def report(finding: Finding, scope: Scope, *, can_continue: bool = True) -> Diag
         return diagnostic
     _log(diagnostic, "logged", "warning")
     return diagnostic
+
+
+def _register_channel_sink() -> None:
+    from ._state import _checked_child
+
+    if _checked_child():
+        add_sink(channel_sink)
+
+
+_register_channel_sink()

@@ -49,6 +49,23 @@ class Overrides:
 
 overrides = Overrides()
 
+#: Set by ``graphguard check`` for the program it runs: a file every process of the program
+#: appends its hazards to (JSON lines), and the pid of the checking process.
+CHECK_CHANNEL_ENV = "GRAPHGUARD_CHECK_CHANNEL"
+CHECK_PID_ENV = "GRAPHGUARD_CHECK_PID"
+
+
+def _checked_child() -> bool:
+    """Whether this process is a child (spawned, exec'd) of a program ``graphguard check`` runs."""
+    import os
+
+    pid = os.environ.get(CHECK_PID_ENV, "")
+    return bool(os.environ.get(CHECK_CHANNEL_ENV)) and pid != str(os.getpid())
+
+
+if _checked_child():
+    overrides.force_audit = overrides.collect = True
+
 
 @dataclass
 class GuardState:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import io
+import json
 import os
 import random
 import signal
@@ -422,3 +423,96 @@ def test_stale_tensor_lr_message_shows_no_tensor_value() -> None:
     text = str(info.value) + repr(diagnostic.to_dict()) + repr(logs)
     for value in ("0.123", "0.654", "1234", "4321"):
         assert value not in text
+
+
+def _check(tmp_path, source: str, *options: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, "-m", "graphguard", "check", *options, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+
+_HAZARD = """
+    import os, sys, torch, graphguard
+
+    def step(tag):
+        x = torch.ones(2)
+        with graphguard.capture(label=tag):
+            x.sum().item()
+"""
+
+
+@pytest.mark.skipif(not HAS_FORK, reason="needs os.fork")
+def test_check_reports_a_forked_child_once(tmp_path) -> None:
+    """A hazard in an os.fork() child is in the one report; only one report is written."""
+    done = _check(
+        tmp_path,
+        _HAZARD
+        + """
+    pid = os.fork()
+    if pid == 0:
+        step("child")
+    else:
+        os.waitpid(pid, 0)
+        step("parent")
+    """,
+        "--format",
+        "jsonl",
+    )
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    summaries = [r for r in records if "summary" in r]
+    assert len(summaries) == 1
+    assert summaries[0]["summary"]["occurrences"] == 2  # the child's and the parent's
+
+
+def test_check_reports_a_spawned_child(tmp_path) -> None:
+    """A hazard in a multiprocessing child started with spawn is reported by check."""
+    done = _check(
+        tmp_path,
+        _HAZARD
+        + """
+    if __name__ == "__main__":
+        import multiprocessing as mp
+        proc = mp.get_context("spawn").Process(target=step, args=("spawned",))
+        proc.start()
+        proc.join()
+    """,
+        "--format",
+        "jsonl",
+    )
+    labels = [json.loads(line).get("label") for line in done.stdout.splitlines()]
+    assert "spawned" in labels
+    assert done.returncode == 1
+
+
+def test_check_sarif_on_stdout_survives_raw_writes(tmp_path) -> None:
+    """os.write(1, ...) in the program does not corrupt a SARIF report written on stdout."""
+    done = _check(
+        tmp_path,
+        _HAZARD + '\n    os.write(1, b"raw bytes on fd 1\\n")\n    step("main")\n',
+        "--format",
+        "sarif",
+    )
+    sarif = json.loads(done.stdout)
+    assert len(sarif["runs"][0]["results"]) == 1
+
+
+def test_check_custom_base_exception_is_one_line(tmp_path) -> None:
+    """A program ending in a custom BaseException gets exit status 3 and no graphguard traceback."""
+    done = _check(
+        tmp_path,
+        """
+        class Stop(BaseException):
+            pass
+
+        raise Stop("halt")
+        """,
+    )
+    assert done.returncode == 3
+    assert "Stop: halt" in done.stderr
+    assert "Traceback" not in done.stderr
