@@ -283,13 +283,8 @@ def _check_from_data(
             return None
     elif target_is_host(dev) if state.emulate else _device_type(dev) == "cpu":
         return None
-    name = getattr(torch, "asarray", None)
-    api = "torch.tensor(data, device=...)"
-    if args and name is not None:
-        api = "torch.tensor(data, device=...)"
-    return Finding(
-        "GG401", api, "from-data", tensor=data if isinstance(data, torch.Tensor) else None
-    )
+    tensor = data if isinstance(data, torch.Tensor) else None
+    return Finding("GG401", "torch.tensor(data, device=...)", "from-data", tensor=tensor)
 
 
 @register_check(_attr(T, "new_tensor"))
