@@ -10,8 +10,9 @@ so ``LambdaLR`` with nanoGPT's warm-up-then-cosine ``get_lr`` works unchanged.
 The program trains a tiny GPT (embeddings, one causal self-attention block, an MLP, a tied head)
 with ``AdamW`` and ``clip_grad_norm_`` under ``@graphguard.graphed``, logs the loss outside the
 step, and checks the parameters against an eager twin trained with the same schedule. Then it
-shows what happens without the recipe: the lr changes after the capture and the next call raises
-``StaleHostScalarError`` (GG601) before replaying the old rate.
+shows what happens without the recipe: the first call refuses to capture the non-capturable
+``AdamW`` step with ``StaleHostScalarError`` (GG602) at the line that steps it, in CPU audit and on
+the GPU alike (where torch itself would raise an error that names no line).
 
 Expected output (losses and rates vary by device)::
 
@@ -22,7 +23,7 @@ Expected output (losses and rates vary by device)::
     lr changed at every step: yes (12 distinct values)
     parameters equal the eager twin: yes
     graphed stats: calls=12 graphs=1 eager=False
-    without graph_safe_optimizer: GG601 AdamW.param_groups[0]['lr'] at call 5
+    without graph_safe_optimizer: GG602 AdamW.step() at call 1, line `optimizer.step()`
     OK
 
 Run with ``python examples/06_cosine_lr_graphed.py`` (exit status 0).
@@ -170,8 +171,9 @@ def main() -> None:
         train(recipe=False, graphed=True, lrs=calls)
         refused = "no refusal"
     except graphguard.StaleHostScalarError as err:
-        name = next(iter(dict(err.diagnostic.details)))
-        refused = f"{err.code} {name} at call {len(calls) + 1}"
+        diagnostic = err.diagnostic
+        line = diagnostic.source_line.strip()
+        refused = f"{err.code} {diagnostic.api} at call {len(calls) + 1}, line `{line}`"
     print(f"without graph_safe_optimizer: {refused}")
     if changed and same and stats["graphs"] == 1 and not stats["eager"] and refused != "no refusal":
         print("OK")

@@ -39,6 +39,10 @@ import torch
 from ._frames import find_calling_frame
 from ._state import GuardState
 
+#: Marks a 0-dim tensor as live state a graph reads at every replay (a ``graph_safe_optimizer``
+#: ``lr``): never a baked host scalar, and on CPU it stands for a capturable group's ``lr``.
+LIVE_SCALAR_ATTR = "_graphguard_live_scalar"
+
 __all__ = [
     "call_site_names_host",
     "is_device",
@@ -222,7 +226,10 @@ def optimizer_pre_hook(opt: Any, args: Any, kwargs: Any) -> None:
     from ._state import current_state
 
     state = current_state()
-    if state is None or not state.emulate:
+    if state is None:
+        return
+    check_capturable(opt, state)
+    if not state.emulate:
         return
     for group in opt.param_groups:
         if group.get("capturable", False):
@@ -235,3 +242,38 @@ def optimizer_pre_hook(opt: Any, args: Any, kwargs: Any) -> None:
         for value in values:
             if value.dim() == 0:
                 mark_host(state, value)
+
+
+def check_capturable(optimizer: Any, state: Any) -> None:
+    """GG602: a torch optimizer that refuses capture unless ``capturable`` is stepped in a region.
+
+    torch's ``Adam``, ``AdamW``, ``NAdam``, ``RAdam``, ``Adamax``, ``ASGD``, ``Adadelta``,
+    ``RMSprop`` and ``Rprop`` check at ``step()`` that every group is ``capturable`` when a
+    capture is recording, and raise a ``RuntimeError`` that names no line. Reported in a real
+    capture and in audit (where the region stands for one); not in a graphed step's eager
+    warm-up nor after a region fell back. Without CUDA, a group whose ``lr`` was made live by
+    :func:`graph_safe_optimizer` stands for the ``capturable`` group that call makes on CUDA.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer) or "capturable" not in optimizer.defaults:
+        return
+    if not type(optimizer).__module__.startswith("torch.optim"):
+        return  # third-party optimizers decide for themselves what capture needs
+    phase = state.phase
+    if not (phase == "capture" or (phase == "audit" and state.stands_for_capture)):
+        return
+    missing = [
+        index
+        for index, group in enumerate(optimizer.param_groups)
+        if not group.get("capturable", False)
+        and not (state.emulate and getattr(group.get("lr"), LIVE_SCALAR_ATTR, False))
+    ]
+    if not missing:
+        return
+    from ._report import Finding, report  # _report imports the table this module serves
+
+    name = type(optimizer).__name__
+    groups = ", ".join(str(i) for i in missing)
+    report(
+        Finding("GG602", f"{name}.step()", facts={"optimizer": name, "groups": groups}),
+        state,
+    )

@@ -20,7 +20,7 @@ the same program runnable elsewhere:
   torch requires for a tensor ``lr`` there). The step runs eagerly under graphguard's audit,
   which still checks it.
 
-Either way the ``lr`` tensors are marked as live state (``_scalars.LIVE_SCALAR_ATTR``), so
+Either way the ``lr`` tensors are marked as live state (``_emulation.LIVE_SCALAR_ATTR``), so
 ``graphed`` does not track them as baked host scalars. Other hyperparameters (``betas``,
 ``weight_decay``, ``momentum``, ...) stay Python numbers: they are baked into the graph and a
 change to them is still reported as GG601.
@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from ._emulation import LIVE_SCALAR_ATTR
 from ._errors import ConfigError
-from ._scalars import LIVE_SCALAR_ATTR
 
 __all__ = ["graph_safe_optimizer"]
 

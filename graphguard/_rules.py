@@ -484,6 +484,41 @@ _rule(
     ),
 )
 _rule(
+    code="GG602",
+    kind="stale-host-scalar",
+    messages=(
+        (
+            "default",
+            "{optimizer}.step() runs with capturable=False (param_groups {groups}) {where}: its step count and lr are host scalars",
+        ),
+    ),
+    slug="optimizer-not-capturable",
+    title="an optimizer that is not capturable is stepped inside the region",
+    why=(
+        "A non-capturable `Adam`/`AdamW` (and `NAdam`, `RAdam`, `Adamax`, `ASGD`, `Adadelta`, "
+        "`RMSprop`, `Rprop`) keeps `state['step']` and a tensor `lr` on the host and updates "
+        "them in Python: a graph would bake the step count, so bias correction and the learning "
+        "rate would never change on replay. torch therefore refuses to capture the step."
+    ),
+    fix=(
+        "`graphguard.graph_safe_optimizer(opt)` (on CUDA: `capturable=True` and a live device "
+        "`lr`; without CUDA it keeps the program runnable and audited), or create the optimizer "
+        "with `capturable=True` and a device tensor `lr`."
+    ),
+    example="opt = torch.optim.AdamW(model.parameters(), lr=3e-4)\n"
+    "step = graphguard.graphed(train_step)   # train_step calls opt.step()",
+    use_instead="opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=3e-4))",
+    torch_behaviour=(
+        'torch raises "Attempting CUDA graph capture of step() for an instance of AdamW but '
+        "param_groups' capturable is False\" from `step()`, naming no line of the user's code."
+    ),
+    detected=(
+        "at `optimizer.step()` inside a capture, or in audit where the region stands for one; "
+        "not during a graphed step's eager warm-up. Without CUDA, a group prepared by "
+        "`graph_safe_optimizer` counts as capturable (it is on CUDA)"
+    ),
+)
+_rule(
     code="GG701",
     kind="stale-output",
     messages=(

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from ._diagnostic import describe_tensor
+from ._emulation import LIVE_SCALAR_ATTR
 from ._frames import find_user_frame
 from ._session import (
     PENDING,
@@ -321,10 +322,8 @@ def optimizer_scalars(
     return out
 
 
-#: Set (to True) on a 0-dim tensor that the step reads as live state at every run, never as a
-#: baked number: ``graph_safe_optimizer``'s learning rates (a device tensor on CUDA, its CPU
-#: stand-in without CUDA). Such a tensor is not tracked as a stale host scalar.
-LIVE_SCALAR_ATTR = "_graphguard_live_scalar"
+# ``LIVE_SCALAR_ATTR`` (set by ``graph_safe_optimizer`` on its learning rates): a 0-dim tensor
+# the step reads as live state at every run, never a baked number, so it is not tracked here.
 
 
 def _is_host_scalar_tensor(value: Any) -> bool:

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+import graphguard
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -206,8 +208,8 @@ def lm_forward(model_type: str, **over: Any) -> Callable[[str], Step]:
 def lm_train(model_type: str, **over: Any) -> Callable[[str], Step]:
     def build(device: str) -> Step:
         model = _lm(model_type, device, train=True, **over)
-        capturable = device.startswith("cuda")
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=capturable)
+        # capturable on CUDA; without CUDA a live lr stands for it (GG602 otherwise)
+        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
         ids = _randint(VOCAB, (2, 16)).to(device)
 
         def train_step() -> tuple[torch.Tensor, ...]:
@@ -475,7 +477,7 @@ def timm_train(name: str, **kw: Any) -> Callable[[str], Step]:
         import timm
 
         model = timm.create_model(name, pretrained=False, num_classes=10, **kw).to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=device.startswith("cuda"))
+        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
         before_step, x, y = _image_batches(device, 4)
 
         def train_step() -> tuple[torch.Tensor, ...]:
@@ -567,12 +569,8 @@ class GPT(torch.nn.Module):
 def _nanogpt(device: str) -> tuple[GPT, torch.optim.Optimizer, Callable[[int], None], Any, Any]:
     """Model, AdamW with a fixed lr, and static batch buffers refilled outside the step."""
     model = GPT().to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=6e-4,
-        betas=(0.9, 0.95),
-        weight_decay=0.1,
-        capturable=device == "cuda",
+    optimizer = graphguard.graph_safe_optimizer(
+        torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
     )
     n = WARMUP + REPLAYS + 2
     data = _randint(VOCAB, (n, 4, 17))

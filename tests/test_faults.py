@@ -34,6 +34,9 @@ from graphguard import (
 from graphguard._state import current_state
 
 HAS_FORK = hasattr(os, "fork")
+# Hazards need a device tensor: on a GPU machine a CPU tensor is genuinely on the host (reading
+# it is legal), and without CUDA audit mode lets CPU tensors stand for device tensors.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _pristine_snapshot() -> dict[tuple[int, str], object]:
@@ -203,7 +206,7 @@ def test_broken_logger_does_not_replace_a_warned_hazard() -> None:
     """A structlog processor that raises does not turn a warn region into that exception."""
     structlog.configure(processors=[_raising_processor])
     try:
-        x = torch.ones(2)
+        x = torch.ones(2, device=DEV)
         with graphguard.capture(mode="audit", on_hazard="warn") as cap:
             x.sum().item()
     finally:
@@ -215,7 +218,7 @@ def test_broken_logger_does_not_replace_a_raised_hazard() -> None:
     """Under raise, the user gets the HazardError, not the logger's exception."""
     structlog.configure(processors=[_raising_processor])
     try:
-        x = torch.ones(2)
+        x = torch.ones(2, device=DEV)
         with pytest.raises(HostSyncError), graphguard.capture(mode="audit", on_hazard="raise"):
             x.sum().item()
     finally:
@@ -285,7 +288,7 @@ def test_log_path_on_a_fifo_fails_without_hanging(tmp_path) -> None:
 
 def test_capture_keeps_repeated_hazards() -> None:
     """Three hazards on one line under warn are three entries of cap.hazards."""
-    x = torch.ones(2)
+    x = torch.ones(2, device=DEV)
     with graphguard.capture(mode="audit", on_hazard="warn") as cap:
         for _ in range(3):
             x.sum().item()
@@ -325,14 +328,14 @@ def test_buckets_refuse_a_step_that_mixes_rows() -> None:
 
 def test_buckets_cut_only_outputs_with_one_row_per_input_row() -> None:
     """A padded step returns 5 rows for 5 input rows and leaves an unrelated 8-row output whole."""
-    table = torch.arange(32.0).view(8, 4)
+    table = torch.arange(32.0, device=DEV).view(8, 4)
 
     @graphguard.graphed(buckets=[8], warmup=0)
     def step(x):
         return x * 2, table.clone()
 
     for _ in range(3):  # the proof, the capturing call, a replay
-        rows, whole = step(torch.ones(5, 4))
+        rows, whole = step(torch.ones(5, 4, device=DEV))
         assert rows.shape == (5, 4)
         assert whole.shape == (8, 4)
         torch.testing.assert_close(whole * 1, table)
@@ -375,7 +378,7 @@ def test_diagnostic_text_escapes_control_characters(tmp_path) -> None:
     path.write_text("def step(x):\n    return x.sum().item()  # '\x1b]0;title\x07'\n")
     namespace: dict = {}
     exec(compile(path.read_text(), str(path), "exec"), namespace)
-    x = torch.ones(2)
+    x = torch.ones(2, device=DEV)
     with graphguard.capture(mode="audit", on_hazard="warn") as cap:
         namespace["step"](x)
     text = str(cap.hazards[0])
@@ -396,7 +399,7 @@ def test_console_log_fields_escape_control_characters(tmp_path) -> None:
         processors=[structlog.dev.ConsoleRenderer(colors=False)],
         logger_factory=structlog.PrintLoggerFactory(stream),
     )
-    x = torch.ones(2)
+    x = torch.ones(2, device=DEV)
     try:
         with graphguard.capture(mode="audit", on_hazard="warn"):
             namespace["step"](x)
@@ -408,9 +411,9 @@ def test_console_log_fields_escape_control_characters(tmp_path) -> None:
 
 def test_stale_tensor_lr_message_shows_no_tensor_value() -> None:
     """A GG601 for a 0-dim CPU tensor lr shows no tensor value in message, details or log."""
-    model = torch.nn.Linear(2, 2)
+    model = torch.nn.Linear(2, 2).to(DEV)
     opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.123456))
-    x = torch.ones(4, 2)
+    x = torch.ones(4, 2, device=DEV)
 
     @graphguard.graphed(warmup=0)
     def step(x):
@@ -445,7 +448,7 @@ _HAZARD = """
     import os, sys, torch, graphguard
 
     def step(tag):
-        x = torch.ones(2)
+        x = torch.ones(2, device="cuda" if torch.cuda.is_available() else "cpu")
         with graphguard.capture(mode="audit", label=tag):
             x.sum().item()
 """

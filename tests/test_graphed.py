@@ -107,7 +107,8 @@ def test_changed_optimizer_hyperparameter_is_stale(change, name: str) -> None:
 def test_changed_adam_betas_are_stale() -> None:
     """Adam's betas (a tuple of floats) are tracked like any other hyperparameter."""
     model = _model()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # the recipe: a non-capturable Adam would be refused at its step (GG602) before any replay
+    opt = graphguard.graph_safe_optimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
     step = graphguard.graphed(_train_step(model, opt), warmup=0)
     step(*_batch(0))
     opt.param_groups[0]["betas"] = (0.5, 0.999)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import graphguard
+from graphguard._emulation import LIVE_SCALAR_ATTR
 from graphguard._optim import graph_safe_optimizer
-from graphguard._scalars import LIVE_SCALAR_ATTR, optimizer_scalars
+from graphguard._scalars import optimizer_scalars
 
 HAS_CUDA = torch.cuda.is_available()
 cpu_only = pytest.mark.skipif(HAS_CUDA, reason="the CPU path of the recipe; CUDA tests below")
@@ -185,12 +186,46 @@ def test_cosine_schedule_under_graphed_matches_eager_twin() -> None:
     assert _same(graphed_params, twin_params)
 
 
-@cpu_only
-def test_without_the_recipe_the_changed_lr_is_reported() -> None:
-    """Without the recipe the scheduled lr is baked, and the call after the capture is GG601."""
+def test_without_the_recipe_a_non_capturable_adamw_is_refused_at_its_step() -> None:
+    """Without the recipe, AdamW(capturable=False) is GG602 at the first call, at opt.step()."""
+    device = "cuda" if HAS_CUDA else "cpu"
     with pytest.raises(graphguard.StaleHostScalarError) as info:
-        _train("cpu", _adamw, recipe=False, graphed=True)
-    assert "AdamW.param_groups[0]['lr']" in dict(info.value.diagnostic.details)
+        _train(device, _adamw, recipe=False, graphed=True)
+    diagnostic = info.value.diagnostic
+    assert diagnostic.code == "GG602"
+    assert diagnostic.api == "AdamW.step()"
+    assert diagnostic.source_line.strip() == "opt.step()"
+
+
+def test_explicitly_capturable_adamw_is_not_gg602() -> None:
+    """capturable=True groups pass the check (on CPU torch refuses them itself, so only CUDA)."""
+    if not HAS_CUDA:
+        pytest.skip("torch refuses capturable=True for CPU parameters")
+    model = _model("cuda")
+    lr = torch.tensor(1e-2, device="cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, capturable=True)
+    x, y = _batches("cuda")[0]
+    with graphguard.capture(mode="audit", on_hazard="raise"):
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def test_non_capturable_adamw_in_a_graphed_warm_up_is_silent() -> None:
+    """GG602 is about capture: outside any region the same optimizer steps silently."""
+    model = _model("cpu")
+    opt = _adamw(list(model.parameters()))
+    x, y = _batches("cpu")[0]
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()  # no region: nothing to report, nothing raised
+
+
+@cpu_only
+def test_without_the_recipe_a_changed_sgd_lr_is_reported() -> None:
+    """SGD has no capturable flag: without the recipe its scheduled lr is baked (GG601)."""
+    with pytest.raises(graphguard.StaleHostScalarError) as info:
+        _train("cpu", lambda p: torch.optim.SGD(p, lr=1e-2), recipe=False, graphed=True)
+    assert info.value.diagnostic.code == "GG601"
+    assert "SGD.param_groups[0]['lr']" in dict(info.value.diagnostic.details)
 
 
 @cpu_only

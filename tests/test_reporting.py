@@ -315,6 +315,8 @@ FACTS = {
     "captured": "GG601: safe_value() of the value at capture",
     "current": "GG601: safe_value() of the value now",
     "more": "GG601: more_scalars(), the tail naming how many changed",
+    "optimizer": "GG602: the optimizer's class name",
+    "groups": "GG602: the indices of the param groups that are not capturable",
     "index": "GG701: which output of the step",
     "call": "GG701: the call that returned the output",
     "overwritten_by": "GG701: the call whose replay overwrote it",
