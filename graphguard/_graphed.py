@@ -15,6 +15,7 @@ hazards (stale scalars, stale outputs, graph limits) are reported in CPU-only CI
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
@@ -24,8 +25,8 @@ from typing import Any
 import torch
 
 from ._capture import Capture, validate_label, validate_on_hazard
-from ._diagnostic import Diagnostic, more_scalars, safe_value
-from ._errors import ConfigError, GraphLimitError, StaleHostScalarError
+from ._diagnostic import Diagnostic, escape_controls, more_scalars, safe_value
+from ._errors import ConfigError, GraphLimitError, HazardError
 from ._frames import trim_traceback
 from ._log import get_logger
 from ._outputs import Generation, wrap_output
@@ -127,6 +128,13 @@ class Graphed:
     # -- the call ---------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
+        try:
+            return self._call(args, kwargs)
+        except HazardError as exc:  # the traceback ends at the user's line, then the diagnostic
+            trim_traceback(exc)
+            raise
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         with self._lock:
             self._calls += 1
             if self.eager_reason is not None:
@@ -150,11 +158,7 @@ class Graphed:
                 entry = self._entries[key] = _Entry(key)
             if real_batch is not None and entry.pad_slices is None:
                 return self._prove_padding(entry, args, kwargs, leaves, real_batch)
-            try:
-                return self._call_entry(entry, args, kwargs, leaves, paths, real_batch)
-            except StaleHostScalarError as exc:
-                trim_traceback(exc)
-                raise
+            return self._call_entry(entry, args, kwargs, leaves, paths, real_batch)
 
     def _call_entry(
         self,
@@ -230,7 +234,7 @@ class Graphed:
             )
         if not self._limit_warned:
             self._limit_warned = True
-            get_logger().warning(
+            _warn(
                 "graphguard.graphed.limit",
                 label=self.label,
                 message=message,
@@ -288,7 +292,7 @@ class Graphed:
 
     def _go_eager(self, diagnostic: Diagnostic, out: Any) -> Any:
         self.eager_reason = diagnostic
-        get_logger().warning(
+        _warn(
             "graphguard.graphed.eager",
             label=self.label,
             code=diagnostic.code,
@@ -673,3 +677,11 @@ def graphed(
     if fn is None:
         return decorate
     return decorate(fn)
+
+
+def _warn(event: str, **fields: Any) -> None:
+    """A warning event; a broken logger never replaces the step's result or its hazard."""
+    with contextlib.suppress(Exception):
+        get_logger().warning(
+            event, **{k: escape_controls(v) if isinstance(v, str) else v for k, v in fields.items()}
+        )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import structlog
@@ -295,3 +300,50 @@ def test_bad_log_environment_fails_at_region_start(monkeypatch, ctx) -> None:
     # Every region start re-reads it: the second region is refused too, not run silently.
     with pytest.raises(graphguard.ConfigError, match="GRAPHGUARD_LOG"):
         step(ctx.x)
+
+
+_UNCAUGHT = {
+    "capture": """
+        with graphguard.capture(mode="audit"):
+            x.sum().item()  # HAZARD
+    """,
+    "guard": """
+        @graphguard.guard
+        def step(t):
+            return t.sum().item()  # HAZARD
+
+        step(x)
+    """,
+    "graphed": """
+        @graphguard.graphed
+        def step(t):
+            return t.sum().item()  # HAZARD
+
+        step(x)
+    """,
+}
+
+
+@pytest.mark.parametrize("entry", sorted(_UNCAUGHT))
+def test_uncaught_hazard_traceback_ends_in_user_code(entry, tmp_path) -> None:
+    """Python's own report of an uncaught HazardError: the last frame is the user's hazard line,
+    then the diagnostic; no graphguard frame in between (capture, guard and graphed alike)."""
+    script = tmp_path / "prog.py"
+    body = textwrap.dedent(_UNCAUGHT[entry])
+    script.write_text(
+        "import structlog, logging, torch, graphguard\n"
+        "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))\n"
+        'x = torch.ones(2, device="cuda" if torch.cuda.is_available() else "cpu")\n' + body
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(graphguard.__file__).parent.parent)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    start = lines.index("Traceback (most recent call last):")
+    files = [line for line in lines[start:] if line.startswith('  File "')]
+    assert files and all(str(script) in f for f in files), done.stderr
+    last = max(i for i, line in enumerate(lines) if line.startswith('  File "'))
+    assert "# HAZARD" in lines[last + 1]
+    assert any(line.startswith("graphguard._errors.HostSyncError: GG101") for line in lines[last:])

@@ -225,6 +225,24 @@ def test_broken_logger_does_not_replace_a_raised_hazard() -> None:
         structlog.reset_defaults()
 
 
+def test_broken_logger_does_not_break_a_graphed_step_going_eager() -> None:
+    """A hazard in a graphed step's capturing call under warn makes it eager for good; the
+    event that says so goes through a broken logger without replacing the call's result."""
+    structlog.configure(processors=[_raising_processor])
+    try:
+
+        @graphguard.graphed(warmup=0, on_hazard="warn")
+        def step(x):
+            x.sum().item()
+            return x * 2
+
+        out = step(torch.ones(2, device=DEV))
+    finally:
+        structlog.reset_defaults()
+    torch.testing.assert_close(out, torch.full((2,), 2.0, device=DEV))
+    assert step.stats["eager"]
+
+
 @pytest.fixture
 def restore_log_env(monkeypatch):
     yield monkeypatch
