@@ -245,7 +245,7 @@ def _rule_dict(rule: Rule) -> dict[str, str]:
         "title": rule.title,
         "why": rule.why,
         "fix": rule.fix,
-        "docs": rule.docs,
+        "docs": rule.docs_link,
     }
 
 

@@ -193,7 +193,7 @@ def make_diagnostic(
         lineno=lineno,
         function=function,
         source_line=source_line,
-        docs=rule.docs,
+        docs=rule.docs_link,
         phase=phase,
         label=label,
         thread=threading.current_thread().name,

@@ -10,8 +10,10 @@ hundreds digit groups rules by kind; the kind strings are a public contract.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = ["KINDS", "RULES", "Rule", "get_rule", "iter_rules"]
@@ -64,8 +66,34 @@ class Rule:
         """Path of the rule's page, relative to the project root."""
         return f"docs/rules/{self.code}.md"
 
+    @property
+    def page(self) -> Path | None:
+        """The rule's page on this machine: shipped in the installed package, or in the source
+        checkout this package runs from; ``None`` if neither has it."""
+        return _page(self.code)
+
+    @property
+    def docs_link(self) -> str:
+        """Where a reader finds the page: its absolute path here, else the project path."""
+        page = self.page
+        return str(page) if page is not None else self.docs
+
 
 RULES: dict[str, Rule] = {}
+
+_PACKAGE = Path(__file__).resolve().parent
+#: Where the pages are: a wheel ships ``docs/rules`` as ``graphguard/_pages`` (see
+#: pyproject.toml); a source checkout has them at ``docs/rules`` beside the package.
+_PAGE_DIRS = (_PACKAGE / "_pages", _PACKAGE.parent / "docs" / "rules")
+
+
+@functools.cache
+def _page(code: str) -> Path | None:
+    for folder in _PAGE_DIRS:
+        path = folder / f"{code}.md"
+        if path.is_file():
+            return path
+    return None
 
 
 def _rule(**fields: Any) -> None:

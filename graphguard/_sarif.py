@@ -36,7 +36,7 @@ def _rule_descriptor(rule: Rule) -> dict[str, Any]:
         "shortDescription": {"text": rule.title},
         "fullDescription": {"text": rule.why},
         "help": {"text": rule.fix, "markdown": render_rule(rule)},
-        "helpUri": rule.docs,
+        **({"helpUri": rule.page.as_uri()} if rule.page is not None else {}),
         "defaultConfiguration": {"level": "error"},
         "properties": {"tags": [rule.kind]},
     }

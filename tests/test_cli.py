@@ -132,7 +132,9 @@ def test_check_sarif_is_structurally_valid(in_tmp: Path, capsys) -> None:
     assert [r["id"] for r in driver["rules"]] == sorted(graphguard.RULES)
     rule = driver["rules"][0]
     assert rule["name"] == graphguard.RULES[rule["id"]].slug
-    assert rule["helpUri"] == f"docs/rules/{rule['id']}.md"
+    # an absolute URI of the page on this machine (shipped in the wheel, or the checkout's)
+    assert rule["helpUri"] == graphguard.RULES[rule["id"]].page.as_uri()
+    assert rule["helpUri"].startswith("file:///") and rule["helpUri"].endswith(".md")
     results = run["results"]
     assert [r["ruleId"] for r in results] == ["GG101", "GG105"]
     for result, (_, line) in zip(results, _marked_lines(script), strict=True):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import graphguard
@@ -65,3 +66,48 @@ def test_cli_prints_no_numpy_warning_without_numpy(tmp_path) -> None:
 
 def _doc(name: str) -> str:
     return (ROOT / "docs" / name).read_text(encoding="utf-8")
+
+
+def test_wheel_ships_every_rule_page_where_diagnostics_find_it(tmp_path) -> None:
+    """A pip user's diagnostics link to a page that exists: the wheel carries docs/rules as
+    graphguard/_pages, byte for byte, and an installed copy resolves its links there."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("graphguard-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "site")
+        for code in graphguard.RULES:
+            shipped = zf.read(f"graphguard/_pages/{code}.md")
+            assert shipped == (root / "docs" / "rules" / f"{code}.md").read_bytes()
+    # The installed copy (no source checkout beside it) links to its own shipped pages.
+    probe = (
+        "import graphguard, pathlib; r = graphguard.RULES['GG101']; "
+        "print(r.docs_link); print(pathlib.Path(r.docs_link).is_file())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+        check=True,
+    )
+    link, exists = done.stdout.split()
+    assert link == str(tmp_path / "site" / "graphguard" / "_pages" / "GG101.md")
+    assert exists == "True"
+
+
+def test_diagnostic_docs_link_resolves_in_a_checkout(ctx) -> None:
+    """In a source checkout the diagnostic's docs field is the page's absolute path."""
+    with pytest.raises(graphguard.HazardError) as info, graphguard.capture(mode="audit"):
+        ctx.x.sum().item()
+    page = Path(info.value.diagnostic.docs)
+    assert page.is_absolute() and page.is_file() and page.name == "GG101.md"
