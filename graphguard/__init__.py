@@ -27,6 +27,7 @@ from ._errors import (
     NotCapturedError,
     PageableCopyError,
     PinnedAllocError,
+    ReplayMismatchError,
     RngStateError,
     StaleHostScalarError,
     StaleOutputError,
@@ -38,6 +39,7 @@ from ._log import disable_json_logs, enable_json_logs
 from ._optim import graph_safe_optimizer
 from ._rules import KINDS, RULES, Rule, get_rule
 from ._state import allow
+from ._verify import Verify
 from ._workload import Workload, marked_lines
 
 __version__ = "0.1.0"
@@ -60,12 +62,14 @@ __all__ = [
     "NotCapturedError",
     "PageableCopyError",
     "PinnedAllocError",
+    "ReplayMismatchError",
     "RngStateError",
     "Rule",
     "StaleHostScalarError",
     "StaleOutputError",
     "StreamEscapeError",
     "TensorInfo",
+    "Verify",
     "Workload",
     "__version__",
     "allow",

@@ -36,6 +36,7 @@ __all__ = [
     "NotCapturedError",
     "PageableCopyError",
     "PinnedAllocError",
+    "ReplayMismatchError",
     "RngStateError",
     "StaleHostScalarError",
     "StaleOutputError",
@@ -133,6 +134,12 @@ class StaleOutputError(HazardError):
     kind = "stale-output"
 
 
+class ReplayMismatchError(HazardError):
+    """A verified replay differs from the eager step run from the same state."""
+
+    kind = "replay-mismatch"
+
+
 _BY_KIND: dict[str, type[HazardError]] = {
     cls.kind: cls
     for cls in (
@@ -144,6 +151,7 @@ _BY_KIND: dict[str, type[HazardError]] = {
         RngStateError,
         StaleHostScalarError,
         StaleOutputError,
+        ReplayMismatchError,
     )
 }
 

@@ -35,6 +35,7 @@ from ._scalars import ScalarSnapshot, _same, watch_optimizers
 from ._session import guarded, new_state
 from ._state import overrides
 from ._tree import flatten, rebuild
+from ._verify import StateMap, Verify, collect_state, resolve_verify, step_roots, verify_replay
 
 __all__ = ["Graphed", "GraphedModule", "graphed"]
 
@@ -59,6 +60,10 @@ class _Entry:
         #: With buckets: which outputs hold one row per input row (cut back to the real batch);
         #: ``None`` until the first padded call proved padding leaves the result unchanged.
         self.pad_slices: list[bool] | None = None
+        #: verify=: replays of this shape class checked so far, and the ids of the state
+        #: tensors that existed before the capture (others were allocated by it).
+        self.verified = 0
+        self.state_ids: set[int] = set()
 
 
 class Graphed:
@@ -76,6 +81,7 @@ class Graphed:
         clone_outputs: bool = False,
         label: str | None = None,
         pool: Any = None,
+        verify: Any = 0,
         module: torch.nn.Module | None = None,
     ) -> None:
         if not callable(fn):
@@ -100,6 +106,7 @@ class Graphed:
         self.clone_outputs = bool(clone_outputs)
         self.label: str = label or str(getattr(fn, "__qualname__", type(fn).__qualname__))
         self.pool = pool
+        self.verify: Verify | None = resolve_verify(verify)
         self.eager_reason: Diagnostic | str | None = None
         self._entries: dict[Any, _Entry] = {}
         self._calls = 0
@@ -182,9 +189,15 @@ class Graphed:
             return self._on_stale(stale, args, kwargs)
         entry.calls += 1
         previous = entry.generation
+        verifying = self.verify is not None and entry.verified < self.verify.replays
         if not cuda:
             args, kwargs = self._padded_args(args, kwargs, leaves, real_batch)
-            out = self._run_eager(args, kwargs, guard=True, side_stream=False)
+
+            def emulated() -> tuple[Any, list[Any]]:
+                out = self._run_eager(args, kwargs, guard=True, side_stream=False)
+                return out, flatten(out)[0]
+
+            out = self._verified(entry, args, kwargs, emulated) if verifying else emulated()[0]
             if previous is not None:  # after the call: an output may be this call's input
                 previous.overwritten_by = self._calls
             return self._wrap(entry, out, None, real_batch, template=out)
@@ -193,10 +206,74 @@ class Graphed:
                 _copy_into(static, new)
         if previous is not None:  # inputs are copied; the replay now overwrites the outputs
             previous.overwritten_by = self._calls
-        assert entry.capture is not None
-        entry.capture.replay()
+        capture = entry.capture
+        assert capture is not None
+
+        def replayed() -> tuple[Any, list[Any]]:
+            capture.replay()
+            return None, entry.out_leaves
+
+        if verifying:
+            static_args, static_kwargs = rebuild((args, kwargs), iter(entry.static_leaves))
+            self._verified(entry, static_args, static_kwargs, replayed)
+        else:
+            replayed()
         entry.replays += 1
         return self._wrap(entry, None, entry.out_leaves, real_batch, template=entry.out_template)
+
+    # -- verify= -------------------------------------------------------------------------------
+    def _state(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StateMap:
+        cuda = torch.cuda.is_available() and not overrides.force_audit
+        return collect_state(step_roots(self.fn, self.module, args, kwargs), device_only=cuda)
+
+    def _verified(
+        self,
+        entry: _Entry,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        replay: Callable[[], tuple[Any, list[Any]]],
+    ) -> Any:
+        """One replay checked against an eager run of the step from the same state (GG901)."""
+        assert self.verify is not None
+        entry.verified += 1
+        state = self._state(args, kwargs)
+        allocated = {p for p, t in state.tensors if id(t) not in entry.state_ids}
+        baked = [item.name for item in entry.scalars.items]
+        outcome = verify_replay(
+            state=state,
+            replay=replay,
+            eager=lambda: self.fn(*args, **kwargs),
+            options=self.verify,
+            allocated_in_capture=allocated,
+            baked=baked,
+        )
+        if outcome.mismatches:
+            first = outcome.mismatches[0]
+            finding = Finding(
+                "GG901",
+                f"replay of {self.label!r}",
+                facts={
+                    "replay": entry.verified,
+                    "path": first.path,
+                    "difference": first.describe(),
+                    "more": _more_paths(len(outcome.mismatches)),
+                },
+                details=tuple((m.path, m.describe()) for m in outcome.mismatches[:10])
+                + tuple((f"likely cause {i}", c) for i, c in enumerate(outcome.causes, 1)),
+                location=self._location(),
+            )
+            report(finding, FixedScope(self.on_hazard, self.label, "replay", region=self))
+        return outcome.result
+
+    def _location(self) -> tuple[str, int, str] | None:
+        target = getattr(self.fn, "__func__", self.fn)
+        code = getattr(target, "__code__", None)
+        if code is None:
+            target = getattr(type(self.fn), "forward", None)
+            code = getattr(target, "__code__", None)
+        if code is None:
+            return None
+        return (code.co_filename, code.co_firstlineno, code.co_name)
 
     # -- eager paths --------------------------------------------------------------------------
     def _run_eager(
@@ -256,6 +333,8 @@ class Graphed:
         # Snapshot what the step reads *before* it runs: a value the step itself changes is then
         # reported at the next call, since replays will not change it again.
         self._track_scalars(entry, leaves, paths)
+        if self.verify is not None:
+            entry.state_ids = self._state(args, kwargs).ids()
         if not cuda:
             args, kwargs = self._padded_args(args, kwargs, leaves, real_batch)
             with watch_optimizers() as watch:
@@ -581,6 +660,10 @@ def _same_value(a: Any, b: Any) -> bool:
         return a is b
 
 
+def _more_paths(count: int) -> str:
+    return f" (and {count - 1} more tensors differ)" if count > 1 else ""
+
+
 def _consumed_at(filename: str, lineno: int) -> str:
     return f" (consumed at {filename}:{lineno})" if lineno else ""
 
@@ -648,11 +731,14 @@ def graphed(
     clone_outputs: bool = False,
     label: str | None = None,
     pool: Any = None,
+    verify: Any = 0,
 ) -> Any:
     """Capture ``fn`` (a function or an ``nn.Module``) once per shape class and replay it safely.
 
     Usable bare (``@graphed``), with options (``@graphed(warmup=3)``) or on a module
-    (``graphed(model)`` returns a callable ``nn.Module``). See ``docs/contract.md``.
+    (``graphed(model)`` returns a callable ``nn.Module``). ``verify=N`` (or
+    ``graphguard.Verify(...)``) checks the first ``N`` replays of each shape class against the
+    eager step (``docs/verify.md``). See ``docs/contract.md``.
     """
     options = {
         "warmup": warmup,
@@ -666,6 +752,7 @@ def graphed(
     }
     # Validate eagerly so a bad option fails at decoration time, not at the first call.
     _validate_options(**options)
+    options["verify"] = resolve_verify(verify)
 
     def decorate(target: Any) -> Any:
         if isinstance(target, torch.nn.Module):

@@ -28,6 +28,7 @@ KINDS: tuple[str, ...] = (
     "rng-state",
     "stale-host-scalar",
     "stale-output",
+    "replay-mismatch",
 )
 
 
@@ -571,6 +572,45 @@ _rule(
     detected=(
         "when an output of a `@graphguard.graphed` step is used after a later call replayed "
         "the graph and overwrote it"
+    ),
+)
+
+
+# --- replay verification (graphed(..., verify=N)) ----------------------------------------------
+_rule(
+    code="GG901",
+    kind="replay-mismatch",
+    messages=(
+        (
+            "default",
+            "replay {replay} of {label!r} differs from the eager step at {path}: {difference}{more}",
+        ),
+    ),
+    slug="replay-mismatch",
+    title="a replay differs from the eager step",
+    why=(
+        "The graph captured cleanly but replays something other than what the step computes "
+        "eagerly from the same state: a value the recording baked in lives where no rule can "
+        "see it (a Python int offset inside a cache layer, a length read inside library code), "
+        "or a tensor allocated during the capture is kept by a Python object and rewritten by "
+        "every replay. Every replay after this one is silently wrong too."
+    ),
+    fix=(
+        "Look at the named tensor and the likely causes in the details. Keep state the step "
+        "updates on the device (static caches with a device position tensor, `capturable` "
+        "optimizers), allocate buffers before the capture, or leave the step eager. "
+        "`graphguard.Verify(exclude=...)` leaves out a tensor whose difference is expected "
+        "(for instance one written only by random ops you accept to differ)."
+    ),
+    example="cache = DynamicCache()          # grows by torch.cat during the capture\n"
+    "step = graphguard.graphed(decode, verify=3)",
+    use_instead="cache = StaticCache(config=cfg, max_cache_len=256)   # fixed buffers\n"
+    "step = graphguard.graphed(decode, verify=3)",
+    torch_behaviour="Silent: the replay returns different values from eager, with no error.",
+    detected=(
+        "only with `graphed(..., verify=N)`: each of the first N replays of a shape class is "
+        "followed by an eager run of the step from a snapshot of the state it reads and writes, "
+        "and every output and state tensor is compared (docs/verify.md)"
     ),
 )
 

@@ -318,6 +318,9 @@ FACTS = {
     "optimizer": "GG602: the optimizer's class name",
     "groups": "GG602: the indices of the param groups that are not capturable",
     "index": "GG701: which output of the step",
+    "replay": "GG901: which verified replay of the shape class (1, 2, ...)",
+    "path": "GG901: the first differing tensor's path (output[0], model.fc.weight, ...)",
+    "difference": "GG901: max abs and rel difference (statistics, never values)",
     "call": "GG701: the call that returned the output",
     "overwritten_by": "GG701: the call whose replay overwrote it",
 }
