@@ -152,14 +152,14 @@ class StateMap:
     def ids(self) -> set[int]:
         return {id(t) for _path, t in self.tensors}
 
-    def snapshot_python(self) -> None:
-        """Take the contents of every walked container and object anew (after the replay: on
-        the CPU an emulated replay runs Python, and its changes are the ones to keep)."""
-        self.python = [(obj, _contents(obj)) for obj, _old in self.python]
+    def python_now(self) -> list[tuple[Any, Any]]:
+        """The contents of every walked container and object, now (after the replay: on the
+        CPU an emulated replay runs Python, and its changes are the ones to keep)."""
+        return [(obj, _contents(obj)) for obj, _old in self.python]
 
-    def restore_python(self) -> None:
+    def restore_python(self, snapshot: list[tuple[Any, Any]] | None = None) -> None:
         """Put back the contents of every list, dict and object attribute table walked."""
-        for obj, saved in self.python:
+        for obj, saved in self.python if snapshot is None else snapshot:
             if isinstance(obj, list):
                 obj[:] = saved
             elif isinstance(obj, dict):
@@ -346,7 +346,7 @@ def compare(path: str, replay: Any, eager: Any, options: Verify) -> Mismatch | N
     with torch._C.DisableTorchFunction(), torch.no_grad():
         a = replay.detach()
         b = eager.detach().to(a.device)
-        if a.numel() == 0:
+        if a.numel() == 0 or torch.equal(a, b):
             return None
         if not (a.is_floating_point() or a.is_complex()):
             if torch.equal(a, b):
@@ -425,7 +425,7 @@ def verify_replay(
     rng_before = [get() for _name, get, _set in gens]
 
     result, replay_leaves = replay()
-    state.snapshot_python()
+    python_after = state.python_now()
 
     with torch._C.DisableTorchFunction(), torch.no_grad():
         replay_out = [
@@ -437,6 +437,7 @@ def verify_replay(
             t.copy_(saved)
     for (_name, _get, set_), saved_rng in zip(gens, rng_before, strict=True):
         set_(saved_rng)
+    state.restore_python()  # the shadow run starts where the replay started
     try:
         eager_out = eager()
         mismatches: list[Mismatch] = []
@@ -472,7 +473,7 @@ def verify_replay(
                 t.copy_(replayed)
         for (_name, _get, set_), saved_rng in zip(gens, rng_after, strict=True):
             set_(saved_rng)
-        state.restore_python()
+        state.restore_python(python_after)  # and the program goes on from the replay
     return Outcome(mismatches, _causes(mismatches, allocated_in_capture, baked, used_rng), result)
 
 

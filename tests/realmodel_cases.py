@@ -41,6 +41,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 WARMUP = 3  # eager calls before capture, on a side stream on CUDA (the torch.cuda.graph recipe)
 REPLAYS = 3  # replays, each compared with one eager call of an identical twin
+# Calls a case prepares inputs for after the warm-up: the capture, REPLAYS replays and spares
+# (tests/verify_cases.py verifies 5 replays of the same cases).
+CALLS = 8
 SEED = 1234
 VOCAB = 256
 # Training steps: the parameter change over the compared steps, graph vs eager twin, must agree
@@ -238,7 +241,7 @@ class _Decoder:
 def _static_decoder(model: torch.nn.Module, device: str, batch: int = 2) -> _Decoder:
     from transformers import StaticCache
 
-    prompt, steps = 4, WARMUP + REPLAYS + 2
+    prompt, steps = 4, WARMUP + CALLS
     cache = StaticCache(
         **_accepted(
             StaticCache.__init__,
@@ -442,7 +445,7 @@ def build_logits_processors(device: str) -> Step:
             TopPLogitsWarper(top_p=0.9),
         ]
     )
-    n = WARMUP + REPLAYS + 2
+    n = WARMUP + CALLS
     all_scores = torch.randn(n, 4, VOCAB, generator=_gen()).to(device)
     all_ids = _randint(VOCAB, (n, 4, 12)).to(device)
     scores, ids = all_scores[0].clone(), all_ids[0].clone()
@@ -460,7 +463,7 @@ def build_logits_processors(device: str) -> Step:
 
 # --- timm and torchvision training steps ----------------------------------------------------------
 def _image_batches(device: str, batch: int) -> tuple[Callable[[int], None], torch.Tensor, Any]:
-    n = WARMUP + REPLAYS + 2
+    n = WARMUP + CALLS
     xs = torch.randn(n, batch, 3, 64, 64, generator=_gen()).to(device)
     ys = _randint(10, (n, batch)).to(device)
     x, y = xs[0].clone(), ys[0].clone()
@@ -572,7 +575,7 @@ def _nanogpt(device: str) -> tuple[GPT, torch.optim.Optimizer, Callable[[int], N
     optimizer = graphguard.graph_safe_optimizer(
         torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
     )
-    n = WARMUP + REPLAYS + 2
+    n = WARMUP + CALLS
     data = _randint(VOCAB, (n, 4, 17))
     X = torch.zeros(4, 16, dtype=torch.long, device=device)
     Y = torch.zeros(4, 16, dtype=torch.long, device=device)
