@@ -10,7 +10,7 @@ so ``LambdaLR`` with nanoGPT's warm-up-then-cosine ``get_lr`` works unchanged.
 The program trains a tiny GPT (embeddings, one causal self-attention block, an MLP, a tied head)
 with ``AdamW`` and ``clip_grad_norm_`` under ``@graphguard.graphed``, logs the loss outside the
 step, and checks the parameters against an eager twin trained with the same schedule. Then it
-shows what happens without the recipe: the first call refuses to capture the non-capturable
+shows what happens without the recipe: the capturing call refuses the non-capturable
 ``AdamW`` step with ``StaleHostScalarError`` (GG602) at the line that steps it, in CPU audit and on
 the GPU alike (where torch itself would raise an error that names no line).
 
@@ -23,7 +23,7 @@ Expected output (losses and rates vary by device)::
     lr changed at every step: yes (12 distinct values)
     parameters equal the eager twin: yes
     graphed stats: calls=12 graphs=1 eager=False
-    without graph_safe_optimizer: GG602 AdamW.step() at call 1, line `optimizer.step()`
+    without graph_safe_optimizer: GG602 AdamW.step() at `optimizer.step()`
     OK
 
 Run with ``python examples/06_cosine_lr_graphed.py`` (exit status 0).
@@ -173,7 +173,7 @@ def main() -> None:
     except graphguard.StaleHostScalarError as err:
         diagnostic = err.diagnostic
         line = diagnostic.source_line.strip()
-        refused = f"{err.code} {diagnostic.api} at call {len(calls) + 1}, line `{line}`"
+        refused = f"{err.code} {diagnostic.api} at `{line}`"
     print(f"without graph_safe_optimizer: {refused}")
     if changed and same and stats["graphs"] == 1 and not stats["eager"] and refused != "no refusal":
         print("OK")

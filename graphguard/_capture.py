@@ -12,6 +12,7 @@ import gc
 import inspect
 import sys
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal
 
@@ -35,6 +36,15 @@ from ._session import (
     take_interrupt,
 )
 from ._state import ON_HAZARD, overrides, register_global_capture, unregister_global_capture
+from ._tree import flatten
+from ._verify import (
+    Verify,
+    collect_state,
+    resolve_verify,
+    step_roots,
+    verify_finding,
+    verify_replay,
+)
 
 __all__ = ["MODES", "Capture", "capture", "validate_on_hazard"]
 
@@ -114,6 +124,7 @@ class Capture:
         pool: Any = None,
         stream: Any = None,
         capture_error_mode: str = "global",
+        verify: Any = 0,
     ) -> None:
         if mode not in MODES:
             raise ConfigError.bad_choice("mode", mode, MODES)
@@ -136,6 +147,8 @@ class Capture:
                 f"pool={pool!r} is not valid; allowed values: a handle from "
                 f"torch.cuda.graph_pool_handle() or CUDAGraph.pool(), or None"
             )
+        self.verify: Verify | None = resolve_verify(verify)
+        self._verified = 0
         self.requested_mode = mode
         self.capture_error_mode = capture_error_mode
         self._graph_arg = graph
@@ -348,18 +361,71 @@ class Capture:
         return "fell-back"
 
     # -- after the region -----------------------------------------------------------------------
-    def replay(self) -> None:
+    def replay(self, *, eager: Callable[[], Any] | None = None, outputs: Any = None) -> None:
         """Replay the captured graph.
 
         Raises ``NotCapturedError`` when the region holds no graph: it ran in audit mode, fell
         back to eager, failed, or has not finished yet. It is never a silent no-op.
+
+        With ``capture(verify=N)`` the first ``N`` replays are checked against ``eager``, a
+        callable that runs the region's body again (``lambda: step(x)``): the state it reaches
+        is compared after both runs, and its return value against ``outputs`` (the tensors the
+        region produced) when given. Without ``eager`` those replays are a ``ConfigError``.
         """
         graph = self.graph
         if graph is None or self.capturing:
             raise NotCapturedError(self._why_no_graph())
         if self._scalars:
             self._check_scalars()
-        graph.replay()
+        if self.verify is None or self._verified >= self.verify.replays:
+            if eager is not None or outputs is not None:
+                raise ConfigError(
+                    "replay(eager=..., outputs=...) is for verified replays: create the region "
+                    "with capture(verify=N); its first N replays take them"
+                )
+            graph.replay()
+            return
+        if not callable(eager):
+            raise ConfigError(
+                f"capture(verify={self.verify.replays}): replay {self._verified + 1} is verified "
+                "and needs the region's body as a callable, replay(eager=lambda: step(x), "
+                "outputs=out), to run it eagerly from the same state"
+            )
+        self._verify_replay(graph, eager, outputs)
+
+    def _verify_replay(self, graph: Any, eager: Callable[[], Any], outputs: Any) -> None:
+        assert self.verify is not None
+        self._verified += 1
+        state = collect_state(step_roots(eager, None, (), {}), device_only=True)
+        out_leaves = flatten(outputs, "output")[0] if outputs is not None else None
+
+        def replayed() -> tuple[Any, list[Any]]:
+            graph.replay()
+            return None, out_leaves if out_leaves is not None else []
+
+        outcome = verify_replay(
+            state=state,
+            replay=replayed,
+            eager=eager if outputs is not None else lambda: (eager(), None)[1],
+            options=self.verify,
+            allocated_in_capture=set(),
+            baked=[t.name for t in self._scalars],
+            compare_outputs=outputs is not None,
+        )
+        if outcome.mismatches:
+            code = getattr(getattr(eager, "__func__", eager), "__code__", None)
+            location = (code.co_filename, code.co_firstlineno, code.co_name) if code else None
+            report(
+                verify_finding(
+                    f"Capture.replay() of {self.label!r}",
+                    self.label,
+                    self._verified,
+                    outcome,
+                    location,
+                ),
+                FixedScope(on_hazard="raise", label=self.label, phase="replay", findings=[]),
+                can_continue=False,
+            )
 
     def _check_scalars(self) -> None:
         """Refuse to replay when a captured optimizer's hyperparameter has changed since."""
@@ -421,6 +487,7 @@ def capture(
     pool: Any = None,
     stream: Any = None,
     capture_error_mode: str = "global",
+    verify: Any = 0,
 ) -> Capture:
     """A guarded CUDA-graph capture region (``with graphguard.capture() as cap:``).
 
@@ -428,6 +495,8 @@ def capture(
     CUDA; ``"audit"`` runs the body eagerly on any device and reports what would break or corrupt
     a capture. ``graph``, ``pool``, ``stream`` and ``capture_error_mode`` are torch's own capture
     options. ``on_hazard`` is "raise" (default), "warn" or "fallback"; see ``docs/contract.md``.
+    ``verify=N`` checks the first ``N`` replays against the body run eagerly (pass it to
+    ``cap.replay(eager=...)``; ``docs/verify.md``).
     """
     return Capture(
         mode=mode,
@@ -437,4 +506,5 @@ def capture(
         pool=pool,
         stream=stream,
         capture_error_mode=capture_error_mode,
+        verify=verify,
     )

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ._capture import capture
-from ._errors import ConfigError, HazardError
+from ._errors import ConfigError, HazardError, ReplayMismatchError
 from ._log import quiet_events
 from ._tree import flatten, rebuild
 from ._workload import (
@@ -398,10 +398,13 @@ def _check_replay(
         for _ in range(3):
             step(*static)
     torch.cuda.current_stream().wait_stream(side)
-    with capture(label=f"certify {workload.name}: safe") as cap:
+    later = list(cases)
+    # Every replay is verified (docs/verify.md): run eagerly from the same state, every output
+    # and every tensor the step reaches must match the replay's, on top of ``compare`` below.
+    with capture(label=f"certify {workload.name}: safe", verify=max(1, len(later))) as cap:
         out = step(*static)
     replayed, bad = [], []
-    for case in cases:
+    for case in later:
         leaves, _, case_signature = flatten(case.args, "args")
         mismatch = (
             "its arguments are nested differently from the captured ones"
@@ -413,7 +416,12 @@ def _check_replay(
         for s, n in zip(static_leaves, leaves, strict=True):
             if isinstance(s, torch.Tensor):
                 s.copy_(n)
-        cap.replay()
+        try:
+            cap.replay(eager=lambda: step(*static), outputs=out)
+        except ReplayMismatchError as err:
+            replayed.append(case.name)
+            bad.append(f"{case.name} (GG901: {err.diagnostic.message})")
+            continue
         ref = step(*case.args)
         torch.cuda.synchronize()
         replayed.append(case.name)
@@ -432,7 +440,7 @@ def _check_replay(
         "replay",
         "passed",
         f"captured once at {first.name}; {len(replayed)} replays with new values "
-        f"({', '.join(replayed)}) matched eager",
+        f"({', '.join(replayed)}) matched eager, each verified (GG901 found no difference)",
         data,
     )
 

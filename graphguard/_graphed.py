@@ -35,7 +35,15 @@ from ._scalars import ScalarSnapshot, _same, watch_optimizers
 from ._session import guarded, new_state
 from ._state import overrides
 from ._tree import flatten, rebuild
-from ._verify import StateMap, Verify, collect_state, resolve_verify, step_roots, verify_replay
+from ._verify import (
+    StateMap,
+    Verify,
+    collect_state,
+    resolve_verify,
+    step_roots,
+    verify_finding,
+    verify_replay,
+)
 
 __all__ = ["Graphed", "GraphedModule", "graphed"]
 
@@ -248,19 +256,8 @@ class Graphed:
             baked=baked,
         )
         if outcome.mismatches:
-            first = outcome.mismatches[0]
-            finding = Finding(
-                "GG901",
-                f"replay of {self.label!r}",
-                facts={
-                    "replay": entry.verified,
-                    "path": first.path,
-                    "difference": first.describe(),
-                    "more": _more_paths(len(outcome.mismatches)),
-                },
-                details=tuple((m.path, m.describe()) for m in outcome.mismatches[:10])
-                + tuple((f"likely cause {i}", c) for i, c in enumerate(outcome.causes, 1)),
-                location=self._location(),
+            finding = verify_finding(
+                f"replay of {self.label!r}", self.label, entry.verified, outcome, self._location()
             )
             report(finding, FixedScope(self.on_hazard, self.label, "replay", region=self))
         return outcome.result
@@ -658,10 +655,6 @@ def _same_value(a: Any, b: Any) -> bool:
         return bool(a == b) or (a != a and b != b)
     except Exception:
         return a is b
-
-
-def _more_paths(count: int) -> str:
-    return f" (and {count - 1} more tensors differ)" if count > 1 else ""
 
 
 def _consumed_at(filename: str, lineno: int) -> str:

@@ -47,7 +47,9 @@ __all__ = ["Mismatch", "StateMap", "Verify", "collect_state", "resolve_verify", 
 #: offset, a constant learning rate) does.
 DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-9),
-    torch.float32: (1e-4, 1e-6),
+    # fp32 noise measured on an H200: resnet18 conv weight grads under cuDNN's default
+    # (non-deterministic) algorithms differ by 2e-4 of their scale between two runs of one step.
+    torch.float32: (1e-3, 1e-6),
     torch.float16: (5e-3, 1e-4),
     torch.bfloat16: (2e-2, 1e-3),
 }
@@ -411,6 +413,7 @@ def verify_replay(
     options: Verify,
     allocated_in_capture: set[str],
     baked: list[str],
+    compare_outputs: bool = True,
 ) -> Outcome:
     """Replay, shadow the replay with an eager run from the same state, compare, restore.
 
@@ -442,7 +445,9 @@ def verify_replay(
         eager_out = eager()
         mismatches: list[Mismatch] = []
         eager_leaves, paths, _sig = flatten(eager_out, "output")
-        if len(eager_leaves) != len(replay_out):
+        if not compare_outputs:
+            pass
+        elif len(eager_leaves) != len(replay_out):
             mismatches.append(
                 Mismatch(
                     "output",
@@ -511,3 +516,26 @@ def _causes(
 
 def _related(a: str, b: str) -> bool:
     return a.startswith(b) or b.startswith(a)
+
+
+def verify_finding(
+    api: str, label: str | None, replay: int, outcome: Outcome, location: Any
+) -> Any:
+    """The GG901 finding for a verified replay that differed."""
+    from ._report import Finding  # _report imports the rule table this module reports against
+
+    first = outcome.mismatches[0]
+    more = len(outcome.mismatches) - 1
+    return Finding(
+        "GG901",
+        api,
+        facts={
+            "replay": replay,
+            "path": first.path,
+            "difference": first.describe(),
+            "more": f" (and {more} more tensors differ)" if more else "",
+        },
+        details=tuple((m.path, m.describe()) for m in outcome.mismatches[:10])
+        + tuple((f"likely cause {i}", c) for i, c in enumerate(outcome.causes, 1)),
+        location=location,
+    )

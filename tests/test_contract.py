@@ -335,7 +335,11 @@ def test_uncaught_hazard_traceback_ends_in_user_code(entry, tmp_path) -> None:
         "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))\n"
         'x = torch.ones(2, device="cuda" if torch.cuda.is_available() else "cpu")\n' + body
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(graphguard.__file__).parent.parent)}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(graphguard.__file__).parent.parent)]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
     )

@@ -90,7 +90,10 @@ def test_wheel_ships_every_rule_page_where_diagnostics_find_it(tmp_path) -> None
         "import graphguard, pathlib; r = graphguard.RULES['GG101']; "
         "print(r.docs_link); print(pathlib.Path(r.docs_link).is_file())"
     )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env = dict(os.environ)  # the wheel's copy first; dependencies from wherever they are
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(tmp_path / "site")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,

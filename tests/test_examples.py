@@ -49,7 +49,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "lr changed at every step: yes (12 distinct values)",
         "parameters equal the eager twin: yes",
         "graphed stats: calls=12 graphs=1 eager=False",
-        "without graph_safe_optimizer: GG602 AdamW.step() at call 1, line `optimizer.step()`",
+        "without graph_safe_optimizer: GG602 AdamW.step() at `optimizer.step()`",
     ),
 }
 

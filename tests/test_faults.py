@@ -433,13 +433,14 @@ def test_stale_tensor_lr_message_shows_no_tensor_value() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.123456))
     x = torch.ones(4, 2, device=DEV)
 
-    @graphguard.graphed(warmup=0)
+    @graphguard.graphed(warmup=1)  # on a GPU: a warm-up initialises cuBLAS
     def step(x):
         model(x).sum().backward()
         opt.step()
         opt.zero_grad()
 
     step(x)
+    step(x)  # the capture
     opt.param_groups[0]["lr"].fill_(0.654321)
     with structlog.testing.capture_logs() as logs, pytest.raises(StaleHostScalarError) as info:
         step(x)

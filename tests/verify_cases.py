@@ -154,9 +154,9 @@ CASES: list[VerifyCase] = [
     ),
     VerifyCase(
         "mistral_sliding_static_decode",
-        rc.lm_static_decode("mistral", sliding_window=8),
+        rc.lm_static_decode("mistral", sliding_window=16),
         "GG901",
-        "Mistral sliding-window decode past the window, StaticCache",
+        "Mistral sliding-window decode, StaticCache (a Python int offset in the cache layer)",
         ("transformers",),
     ),
     VerifyCase("helper_module_float", helper_float, "GG901", "a float read in another module"),
