@@ -41,12 +41,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._triton import DISABLE_ENV, _disabled, _import_error
+from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 
 __all__ = [
     "MAX_TOPK",
     "fill_index_mask",
-    "interpreting",
     "topk_mask",
     "topk_unsupported_reason",
 ]
@@ -63,15 +62,8 @@ tl: Any = None
 _ordered_key: Any = None
 
 
-def interpreting() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors, in NumPy."""
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
 def _device_reason(*tensors: Tensor) -> str | None:
-    if all(t.is_cuda for t in tensors):
-        return None
-    if interpreting() and all(t.device.type == "cpu" for t in tensors):
+    if _on_kernel_device(*tensors):
         return None
     devices = ", ".join(str(t.device) for t in tensors)
     return f"the fused kernels need CUDA tensors (got {devices}; CPU needs TRITON_INTERPRET=1)"
