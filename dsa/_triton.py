@@ -110,7 +110,9 @@ def _on_kernel_device(*tensors: Tensor) -> bool:
     return interpreting() and all(t.device.type == "cpu" for t in tensors)
 
 
-def unsupported_reason(q: Tensor, k: Tensor, w: Tensor, k_scale: Tensor | None = None) -> str | None:
+def unsupported_reason(
+    q: Tensor, k: Tensor, w: Tensor, k_scale: Tensor | None = None
+) -> str | None:
     """Why the fused scorer cannot take these inputs, or None when it can.
 
     Needs: triton importable and not disabled by ``DSA_DISABLE_TRITON``; CUDA tensors (or CPU

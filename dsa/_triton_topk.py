@@ -1,4 +1,4 @@
-"""Fused Triton top-k and index-mask kernels for the lightning indexer (CUDA; CPU under the interpreter).
+"""Fused Triton top-k and index-mask kernels for the indexer (CUDA; CPU under the interpreter).
 
 ``topk_mask`` replaces ``select_topk`` followed by the -inf fill and ``update_index_mask`` with one
 kernel launch. One program owns one row of scores [L] (a (b, t) pair) and:
@@ -239,7 +239,9 @@ def _load() -> tuple[Any, Any]:
             index = index.to(tl.int64)
             valid = (slots < k) & (index >= 0) & (index < length)
             zero = tl.zeros([K_BLOCK], tl.float32)
-            tl.store(mask_row + tl.where(valid, index, 0), zero.to(mask_ptr.dtype.element_ty), mask=valid)
+            tl.store(
+                mask_row + tl.where(valid, index, 0), zero.to(mask_ptr.dtype.element_ty), mask=valid
+            )
 
     return _topk_mask_kernel, _fill_index_mask_kernel
 
@@ -356,8 +358,10 @@ def fill_index_mask(mask: Tensor, idx: Tensor) -> Tensor:
     if rows == 0 or length == 0:
         return mask
     mask_rows = _rows_view(mask, rows, length)
-    target = mask_rows if mask_rows is not None else torch.empty(
-        (rows, length), dtype=mask.dtype, device=mask.device
+    target = (
+        mask_rows
+        if mask_rows is not None
+        else torch.empty((rows, length), dtype=mask.dtype, device=mask.device)
     )
     flat_idx = idx.reshape(rows, k) if k else idx.new_full((rows, 1), -1)
     if flat_idx.stride(-1) != 1:
