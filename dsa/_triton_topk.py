@@ -35,6 +35,7 @@ masked out of the store, never used as addresses.
 # No `from __future__ import annotations` here: Triton reads the kernels' annotations
 # (tl.constexpr) as objects.
 import functools
+import math
 import os
 from typing import Any
 
@@ -45,6 +46,7 @@ from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 
 __all__ = [
     "MAX_TOPK",
+    "default_segments",
     "fill_index_mask",
     "topk_mask",
     "topk_unsupported_reason",
@@ -132,25 +134,37 @@ def _load() -> tuple[Any, Any]:
 
     @triton.jit
     def _topk_mask_kernel(
-        scores_ptr,
-        idx_ptr,
+        src_ptr,
+        out_ptr,
         mask_ptr,
         length,
+        seg_len,
         k,
-        stride_scores,
-        stride_idx,
+        stride_src,
+        stride_out,
         stride_mask,
         CHUNK: tl.constexpr,
         K_BLOCK: tl.constexpr,
-        WRITE_MASK: tl.constexpr,
+        PACKED_INPUT: tl.constexpr,
+        CANDIDATES: tl.constexpr,
+        MASK_MODE: tl.constexpr,
     ):
+        # One program selects the top k of one segment [seg_start, seg_end) of one row.
+        # PACKED_INPUT: the row holds packed (key, index) int64 candidates, not float scores.
+        # CANDIDATES: write the segment's picks packed, in index order, into k slots of its own
+        # (the first launch of a two-launch selection); else sort them and write indices.
+        # MASK_MODE 0: no mask; 1: the whole mask row (-inf, 0 at finite picks); 2: -inf over
+        # the segment; 3: 0 at the finite picks (the second launch, after a mode-2 first one).
         row = tl.program_id(0).to(tl.int64)
-        scores_row = scores_ptr + row * stride_scores
-        idx_row = idx_ptr + row * stride_idx
+        seg = tl.program_id(1)
+        seg_start = seg * seg_len
+        seg_end = tl.minimum(seg_start + seg_len, length)
+        src_row = src_ptr + row * stride_src
+        out_row = out_ptr + row * stride_out + seg.to(tl.int64) * k
         mask_row = mask_ptr + row * stride_mask
         offs = tl.arange(0, CHUNK)
         bins = tl.arange(0, 256)
-        take = tl.minimum(k, length)  # picks this row can hold: min(k, L)
+        take = tl.minimum(k, seg_end - seg_start)  # picks this segment can hold
 
         # 1. Radix select: after pass p, `threshold` holds the top p+1 bytes of the k-th largest
         # key and `ties` counts how many keys matching those bytes still belong to the top k.
@@ -159,11 +173,15 @@ def _load() -> tuple[Any, Any]:
         for p in tl.static_range(4):
             shift = 24 - 8 * p  # a constexpr: p is one
             counts = tl.zeros([256], tl.int32)
-            for start in range(0, length, CHUNK):
+            for start in range(seg_start, seg_end, CHUNK):
                 pos = start + offs
-                live = pos < length
-                x = tl.load(scores_row + pos, mask=live, other=0.0).to(tl.float32)
-                key = _ordered_key(x)
+                live = pos < seg_end
+                if PACKED_INPUT:
+                    packed = tl.load(src_row + pos, mask=live, other=-9223372036854775808)
+                    key = ((packed >> 32).to(tl.int32) ^ -2147483648).to(tl.uint32, bitcast=True)
+                else:
+                    x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
+                    key = _ordered_key(x)
                 if p > 0:
                     high = (key >> (shift + 8)) == (threshold >> (shift + 8))
                     live = live & high
@@ -179,40 +197,62 @@ def _load() -> tuple[Any, Any]:
             ties = ties - above
             threshold = threshold | (byte.to(tl.uint32) << shift)
 
-        # 2. Compaction in index order, and the whole mask row in the same pass.
+        # 2. Compaction in index order; the mask in the same pass.
         picked = 0
         ties_seen = 0
-        for start in range(0, length, CHUNK):
+        for start in range(seg_start, seg_end, CHUNK):
             pos = start + offs
-            live = pos < length
-            x = tl.load(scores_row + pos, mask=live, other=0.0).to(tl.float32)
-            key = _ordered_key(x)
+            live = pos < seg_end
+            if PACKED_INPUT:
+                packed = tl.load(src_row + pos, mask=live, other=-9223372036854775808)
+                signed_key = (packed >> 32).to(tl.int32)
+                key = (signed_key ^ -2147483648).to(tl.uint32, bitcast=True)
+                index = 2147483647 - (packed & 2147483647)
+            else:
+                x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
+                key = _ordered_key(x)
+                signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True)
+                index = pos.to(tl.int64)
+                packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
             tie = (live & (key == threshold)).to(tl.int32)
             tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
             sel = (live & (key > threshold)) | ((tie > 0) & (tie_rank < ties))
             sel_i = sel.to(tl.int32)
             slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
-            signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True).to(tl.int64)
-            packed = (signed_key << 32) | (2147483647 - pos).to(tl.int64)
-            tl.store(idx_row + slot, packed, mask=sel)
-            if WRITE_MASK:
-                finite = (x == x) & (tl.abs(x) < float("inf"))
+            tl.store(out_row + slot, packed, mask=sel)
+            # finite scores lie strictly between the keys of -inf and +inf (signed form)
+            finite = (signed_key > -2139095041) & (signed_key < 2139095040)
+            if MASK_MODE == 1:
                 value = tl.where(sel & finite, 0.0, float("-inf"))
                 tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
+            if MASK_MODE == 2:
+                value = tl.full([CHUNK], float("-inf"), tl.float32)
+                tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
+            if MASK_MODE == 3:
+                zero = tl.zeros([CHUNK], tl.float32)
+                tl.store(
+                    mask_row + tl.where(sel & finite, index, 0),
+                    zero.to(mask_ptr.dtype.element_ty),
+                    mask=sel & finite,
+                )
             picked += tl.sum(sel_i, axis=0)
             ties_seen += tl.sum(tie, axis=0)
 
-        # 3. Sort the picks (descending key, then ascending index) and write indices.
-        tl.debug_barrier()  # the compaction stores above are read back by other threads
         slots = tl.arange(0, K_BLOCK)
-        packed = tl.load(idx_row + slots, mask=slots < take, other=-9223372036854775808)
-        packed = tl.sort(packed, descending=True)
-        signed_key = (packed >> 32).to(tl.int32)
-        index = 2147483647 - (packed & 2147483647)
-        # finite keys lie strictly between the keys of -inf and +inf (signed form)
-        real = (slots < take) & (signed_key > -2139095041) & (signed_key < 2139095040)
-        tl.debug_barrier()  # every thread has read its packed picks before any is overwritten
-        tl.store(idx_row + slots, tl.where(real, index, -1), mask=slots < k)
+        if CANDIDATES:
+            # Empty slots get the smallest packed value: a key below -inf's, never a real pick.
+            filler = tl.full([K_BLOCK], -9223372036854775808, tl.int64)
+            tl.store(out_row + slots, filler, mask=(slots >= take) & (slots < k))
+        else:
+            # 3. Sort the picks (descending key, then ascending index) and write indices.
+            tl.debug_barrier()  # the compaction stores above are read back by other threads
+            packed = tl.load(out_row + slots, mask=slots < take, other=-9223372036854775808)
+            packed = tl.sort(packed, descending=True)
+            signed_key = (packed >> 32).to(tl.int32)
+            index = 2147483647 - (packed & 2147483647)
+            real = (slots < take) & (signed_key > -2139095041) & (signed_key < 2139095040)
+            tl.debug_barrier()  # every thread has read its picks before any is overwritten
+            tl.store(out_row + slots, tl.where(real, index, -1), mask=slots < k)
 
     @triton.jit
     def _fill_index_mask_kernel(
@@ -264,20 +304,54 @@ def _rows_view(t: Tensor, rows: int, width: int) -> Tensor | None:
         return None
 
 
-def topk_mask(scores: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
-    """``select_topk(scores, k)`` in one fused kernel; when ``mask`` is given, also write it.
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def default_segments(rows: int, length: int, k: int, device: torch.device) -> int:
+    """How many programs share one row in the first of two launches (1: a single launch).
+
+    A program selects from its row alone, so with few rows most SMs would idle while each
+    program streams a long row four times. Splitting a row into S segments, each reduced to
+    its own top k by one program, and then selecting the top k of those S * k candidates costs
+    about L / S + S * k scores per program on the critical path: least near S = sqrt(L / k).
+    S is that, rounded down to a power of two, and at most the SMs per row (one wave), so it
+    is 1 for rows shorter than 4 k and for batches as large as the SM count. A shape-only
+    choice (the SM count is read once per device), never a measurement at run time.
+    """
+    if length < 4 * k:
+        return 1
+    by_length = 1 << (math.isqrt(length // k).bit_length() - 1)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        by_sms = max(1, _sm_count(index) // max(rows, 1))
+    else:  # the interpreter: any count is right; keep it small
+        by_sms = 4
+    return max(1, min(by_length, 1 << (by_sms.bit_length() - 1)))
+
+
+def topk_mask(
+    scores: Tensor, k: int, mask: Tensor | None = None, *, segments: int | None = None
+) -> Tensor:
+    """``select_topk(scores, k)`` in fused kernels; when ``mask`` is given, also write it.
 
     Args:
         scores: float32, bf16 or fp16 [..., L].
         k: number of picks per row, 1 <= k <= MAX_TOPK; the result is [..., k] even when k > L.
-        mask: optional floating tensor [..., L] (scores' shape) overwritten in the same pass:
-            0 where a finite score was picked, -inf everywhere else, i.e. the result of
-            ``mask.fill_(-inf)`` then ``update_index_mask(mask, indices)``.
+        mask: optional floating tensor [..., L] (scores' shape), overwritten: 0 where a finite
+            score was picked, -inf everywhere else, i.e. the result of ``mask.fill_(-inf)``
+            then ``update_index_mask(mask, indices)``, without a separate fill or scatter.
+        segments: programs per row in a first launch (``default_segments`` when None; 1 means
+            one launch). With S > 1 each of S segments of a row is reduced to its top k
+            (packed, in index order; the mask row is filled with -inf in the same pass), then a
+            second launch selects the top k of the S * k candidates, sorts them, writes the
+            indices and the zeros of the mask. The result does not depend on S.
 
     Returns int64 indices [..., k] equal to ``select_topk(scores, k)`` (see the module
     docstring for the tie rule). Raises ValueError when ``topk_unsupported_reason`` names a
-    reason. One launch, no host reads: safe to capture in a CUDA graph after one eager call
-    (the first call compiles the kernel).
+    reason. No host reads, launches that depend only on shapes: safe to capture in a CUDA
+    graph after one eager call (the first call compiles the kernels).
     """
     reason = topk_unsupported_reason(scores, k)
     if reason is not None:
@@ -290,6 +364,8 @@ def topk_mask(scores: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
             )
         if not mask.is_floating_point():
             raise TypeError(f"mask must be a floating tensor; got {mask.dtype}")
+    if segments is not None and segments < 1:
+        raise ValueError(f"segments must be >= 1; got {segments}")
     length = scores.shape[-1]
     lead = scores.shape[:-1]
     rows = 1
@@ -308,23 +384,71 @@ def topk_mask(scores: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
     if mask is not None and mask_rows is None:
         # A mask the kernel cannot address row by row: write a contiguous one, then copy.
         mask_rows = torch.empty((rows, length), dtype=mask.dtype, device=mask.device)
+    if segments is None:
+        segments = default_segments(rows, length, k, scores.device)
+    segments = min(segments, length)
+    seg_len = -(-length // segments)
+    segments = -(-length // seg_len)  # no empty segment
     k_block = _next_power_of_two(k)
     kernel, _ = _load()
+    mask_arg = mask_rows if mask_rows is not None else flat_scores
+    mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
     with _launch_context(scores):
-        kernel[(rows,)](
-            flat_scores,
-            flat_out,
-            mask_rows if mask_rows is not None else flat_scores,
-            length,
-            k,
-            flat_scores.stride(0),
-            flat_out.stride(0),
-            mask_rows.stride(0) if mask_rows is not None else 0,
-            CHUNK=_chunk(length),
-            K_BLOCK=k_block,
-            WRITE_MASK=mask_rows is not None,
-            num_warps=_warps(_chunk(length), k_block),
-        )
+        if segments == 1:
+            kernel[(rows, 1)](
+                flat_scores,
+                flat_out,
+                mask_arg,
+                length,
+                length,
+                k,
+                flat_scores.stride(0),
+                flat_out.stride(0),
+                mask_stride,
+                CHUNK=_chunk(length),
+                K_BLOCK=k_block,
+                PACKED_INPUT=False,
+                CANDIDATES=False,
+                MASK_MODE=0 if mask_rows is None else 1,
+                num_warps=_warps(_chunk(length), k_block),
+            )
+        else:
+            candidates = torch.empty((rows, segments * k), dtype=torch.long, device=out.device)
+            kernel[(rows, segments)](
+                flat_scores,
+                candidates,
+                mask_arg,
+                length,
+                seg_len,
+                k,
+                flat_scores.stride(0),
+                candidates.stride(0),
+                mask_stride,
+                CHUNK=_chunk(seg_len),
+                K_BLOCK=k_block,
+                PACKED_INPUT=False,
+                CANDIDATES=True,
+                MASK_MODE=0 if mask_rows is None else 2,
+                num_warps=_warps(_chunk(seg_len), k_block),
+            )
+            width = segments * k
+            kernel[(rows, 1)](
+                candidates,
+                flat_out,
+                mask_arg,
+                width,
+                width,
+                k,
+                candidates.stride(0),
+                flat_out.stride(0),
+                mask_stride,
+                CHUNK=_chunk(width),
+                K_BLOCK=k_block,
+                PACKED_INPUT=True,
+                CANDIDATES=False,
+                MASK_MODE=0 if mask_rows is None else 3,
+                num_warps=_warps(_chunk(width), k_block),
+            )
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
         mask.copy_(mask_rows.view(mask.shape))
     return out

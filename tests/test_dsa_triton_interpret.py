@@ -250,3 +250,52 @@ def test_indexer_step_triton_equals_torch(fp8_keys: bool) -> None:
     assert torch.equal(fused.indices, reference.indices)
     assert torch.equal(fused.mask, reference.mask)
     assert fused.row_has_keys.flatten().tolist() == [True, True, False, True]
+
+
+# --------------------------------------------------------------------------- two-launch selection
+
+
+@pytest.mark.parametrize("segments", [2, 3, 8])
+def test_segmented_selection_equals_the_single_launch(segments: int) -> None:
+    """Rows split into segments (first launch) then merged (second): the reference picks, in
+    order, and the reference mask, for tie-free rows of several visible lengths."""
+    scores = distinct_scores((4, 1000), seed=40 + segments)
+    for r, visible in enumerate([1000, 0, 15, 333]):
+        scores[r, visible:] = NEG_INF
+    mask = torch.full((4, 1000), 2.0)
+    got = _triton_topk.topk_mask(scores, 16, mask, segments=segments)
+    assert torch.equal(got, select_topk(scores, 16))
+    assert torch.equal(mask, reference_mask(scores, 16))
+
+
+def test_segmented_selection_keeps_the_tie_rule_and_nonfinite_slots() -> None:
+    """With ties, NaN and +inf, any segment count gives the single launch's result exactly."""
+    gen = torch.Generator().manual_seed(41)
+    scores = torch.randint(-3, 4, (3, 500), generator=gen).float()
+    scores[1, 100:] = NEG_INF
+    scores[2, 7], scores[2, 9], scores[2, 400] = NAN, POS_INF, NAN
+    single_mask, split_mask = torch.empty(3, 500), torch.empty(3, 500)
+    single = _triton_topk.topk_mask(scores, 40, single_mask, segments=1)
+    assert_valid_tie_resolution(single, scores, 40)
+    for segments in (2, 5, 7):
+        assert torch.equal(
+            _triton_topk.topk_mask(scores, 40, split_mask, segments=segments), single
+        )
+        assert torch.equal(split_mask, single_mask)
+
+
+def test_segments_that_hold_fewer_keys_than_k() -> None:
+    """Segments shorter than k pad their candidates; the merge still returns every key."""
+    scores = distinct_scores((2, 50), seed=42)
+    scores[1, 20:] = NEG_INF
+    got = _triton_topk.topk_mask(scores, 64, segments=4)
+    assert torch.equal(got, select_topk(scores, 64))
+
+
+def test_default_segments_depend_on_shape_only() -> None:
+    """One launch for rows shorter than 4k; a power of two near sqrt(L / k) otherwise."""
+    cpu = torch.device("cpu")
+    assert _triton_topk.default_segments(1, 4096, 2048, cpu) == 1
+    assert _triton_topk.default_segments(1, 65536, 2048, cpu) == 4
+    assert _triton_topk.default_segments(1, 131072, 2048, cpu) == 4  # at most 4 off-GPU
+    assert _triton_topk.default_segments(1, 65536, 64, cpu) == 4
