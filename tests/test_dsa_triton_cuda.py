@@ -364,6 +364,24 @@ def test_fused_topk_equals_select_topk_bit_for_bit(rows: int, length: int, k: in
     assert torch.equal(mask, reference_mask(scores, k))
 
 
+@pytest.mark.parametrize("segments", [1, 2, 4, 16])
+def test_segment_count_does_not_change_the_result(segments: int) -> None:
+    """One launch or two (S segments per row, then a merge): identical indices and mask, equal
+    to the reference, on tie-free rows and on rows of repeated values."""
+    rows, length, k = 3, 65536, 2048
+    gen = torch.Generator().manual_seed(30 + segments)
+    scores = distinct_scores(rows, length, gen)
+    scores[1, 3000:] = NEG_INF
+    scores[2] = torch.randint(-50, 50, (length,), generator=gen).float().cuda()
+    mask = torch.empty(rows, length, device="cuda")
+    got = _triton_topk.topk_mask(scores, k, mask, segments=segments)
+    single_mask = torch.empty(rows, length, device="cuda")
+    single = _triton_topk.topk_mask(scores, k, single_mask, segments=1)
+    assert torch.equal(got, single) and torch.equal(mask, single_mask)
+    assert torch.equal(got[:2], select_topk(scores[:2], k))
+    assert torch.equal(mask[:2], reference_mask(scores[:2], k))
+
+
 def test_fused_topk_nonfinite_scores_and_signed_zero() -> None:
     """NaN and +inf take leading -1 slots, -inf trails, -0.0 ties +0.0 (lower index first)."""
     scores = torch.tensor(
