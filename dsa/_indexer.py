@@ -155,16 +155,18 @@ class DSAIndexer(nn.Module):
             )
         fused = use_fused_topk(self.backend, scores, self.topk)
         if fused and self.patched:
-            # One kernel: top-k, and the whole mask row (-inf fill and selected zeros).
-            indices = _triton_topk.topk_mask(scores, self.topk, mask)
+            # The fused kernel(s) write the picks, the whole mask row (-inf fill and selected
+            # zeros) and row_has_keys; nothing else is launched.
+            has_keys = torch.empty(scores.shape[:-1], dtype=torch.uint8, device=scores.device)
+            indices = _triton_topk.topk_mask(scores, self.topk, mask, has_keys=has_keys)
+            return IndexerOutput(indices, mask, has_keys.view(torch.bool))
+        if fused:
+            indices = _triton_topk.topk_mask(scores, self.topk)
         else:
-            if fused:
-                indices = _triton_topk.topk_mask(scores, self.topk)
-            else:
-                indices = select_topk(scores, self.topk)
-            mask.fill_(float("-inf"))
-            update = update_index_mask if self.patched else update_index_mask_unpatched
-            update(mask, indices)
-        # With sorted picks, slot 0 alone would do; any() stays right for unsorted variants.
+            indices = select_topk(scores, self.topk)
+        mask.fill_(float("-inf"))
+        update = update_index_mask if self.patched else update_index_mask_unpatched
+        update(mask, indices)
+        # Not slot 0 alone: NaN or +inf scores put their -1 before the real picks.
         row_has_keys = (indices >= 0).any(dim=-1)
         return IndexerOutput(indices, mask, row_has_keys)

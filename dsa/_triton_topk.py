@@ -137,6 +137,7 @@ def _load() -> tuple[Any, Any]:
         src_ptr,
         out_ptr,
         mask_ptr,
+        has_keys_ptr,
         length,
         seg_len,
         k,
@@ -148,6 +149,7 @@ def _load() -> tuple[Any, Any]:
         PACKED_INPUT: tl.constexpr,
         CANDIDATES: tl.constexpr,
         MASK_MODE: tl.constexpr,
+        WRITE_HAS_KEYS: tl.constexpr,
     ):
         # One program selects the top k of one segment [seg_start, seg_end) of one row.
         # PACKED_INPUT: the row holds packed (key, index) int64 candidates, not float scores.
@@ -253,6 +255,8 @@ def _load() -> tuple[Any, Any]:
             real = (slots < take) & (signed_key > -2139095041) & (signed_key < 2139095040)
             tl.debug_barrier()  # every thread has read its picks before any is overwritten
             tl.store(out_row + slots, tl.where(real, index, -1), mask=slots < k)
+            if WRITE_HAS_KEYS:
+                tl.store(has_keys_ptr + row, (tl.sum(real.to(tl.int32), axis=0) > 0).to(tl.uint8))
 
     @triton.jit
     def _fill_index_mask_kernel(
@@ -332,7 +336,12 @@ def default_segments(rows: int, length: int, k: int, device: torch.device) -> in
 
 
 def topk_mask(
-    scores: Tensor, k: int, mask: Tensor | None = None, *, segments: int | None = None
+    scores: Tensor,
+    k: int,
+    mask: Tensor | None = None,
+    *,
+    segments: int | None = None,
+    has_keys: Tensor | None = None,
 ) -> Tensor:
     """``select_topk(scores, k)`` in fused kernels; when ``mask`` is given, also write it.
 
@@ -368,6 +377,16 @@ def topk_mask(
         raise ValueError(f"segments must be >= 1; got {segments}")
     length = scores.shape[-1]
     lead = scores.shape[:-1]
+    if has_keys is not None and (
+        has_keys.shape != lead
+        or has_keys.dtype not in (torch.uint8, torch.bool)
+        or not has_keys.is_contiguous()
+        or has_keys.device != scores.device
+    ):
+        raise ValueError(
+            f"has_keys must be a contiguous uint8 or bool tensor {tuple(lead)} on "
+            f"{scores.device}; got {has_keys.dtype} {tuple(has_keys.shape)} on {has_keys.device}"
+        )
     rows = 1
     for size in lead:
         rows *= size
@@ -375,7 +394,10 @@ def topk_mask(
     if rows == 0:
         return out
     if length == 0:
+        if has_keys is not None:
+            has_keys.zero_()
         return out.fill_(-1)
+    has_keys_arg = out if has_keys is None else has_keys.view(torch.uint8)
     flat_scores = scores.reshape(rows, length)
     if flat_scores.stride(-1) != 1:
         flat_scores = flat_scores.contiguous()
@@ -399,6 +421,7 @@ def topk_mask(
                 flat_scores,
                 flat_out,
                 mask_arg,
+                has_keys_arg,
                 length,
                 length,
                 k,
@@ -410,6 +433,7 @@ def topk_mask(
                 PACKED_INPUT=False,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 1,
+                WRITE_HAS_KEYS=has_keys is not None,
                 num_warps=_warps(_chunk(length), k_block),
             )
         else:
@@ -418,6 +442,7 @@ def topk_mask(
                 flat_scores,
                 candidates,
                 mask_arg,
+                has_keys_arg,
                 length,
                 seg_len,
                 k,
@@ -429,6 +454,7 @@ def topk_mask(
                 PACKED_INPUT=False,
                 CANDIDATES=True,
                 MASK_MODE=0 if mask_rows is None else 2,
+                WRITE_HAS_KEYS=False,
                 num_warps=_warps(_chunk(seg_len), k_block),
             )
             width = segments * k
@@ -436,6 +462,7 @@ def topk_mask(
                 candidates,
                 flat_out,
                 mask_arg,
+                has_keys_arg,
                 width,
                 width,
                 k,
@@ -447,6 +474,7 @@ def topk_mask(
                 PACKED_INPUT=True,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 3,
+                WRITE_HAS_KEYS=has_keys is not None,
                 num_warps=_warps(_chunk(width), k_block),
             )
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():

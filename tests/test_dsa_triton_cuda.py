@@ -4,6 +4,7 @@ fused top-k + mask against ``select_topk`` bit for bit, capture and replay, and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -520,15 +521,20 @@ def test_auto_indexer_takes_the_fused_topk_on_cuda(monkeypatch: pytest.MonkeyPat
     calls: list[bool] = []
     original = _triton_topk.topk_mask
 
-    def counting(scores: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
+    def counting(scores: Tensor, k: int, mask: Tensor | None = None, **kwargs: Any) -> Tensor:
         calls.append(mask is not None)
-        return original(scores, k, mask)
+        return original(scores, k, mask, **kwargs)
 
     monkeypatch.setattr(dsa._indexer._triton_topk, "topk_mask", counting)
     gen = torch.Generator(device="cuda").manual_seed(26)
-    q, k, w = random_qkw(2, 1, 4096, gen)
-    DSAIndexer(HEADS, DIM, TOPK)(q, k, w, torch.tensor([4096, 5], device="cuda"))
+    q, k, w = random_qkw(3, 1, 4096, gen)
+    seq_lens = torch.tensor([4096, 5, 0], device="cuda")
+    out = DSAIndexer(HEADS, DIM, TOPK)(q, k, w, seq_lens)
     assert calls == [True]
+    assert out.row_has_keys.dtype == torch.bool
+    assert out.row_has_keys.flatten().tolist() == [True, True, False]
+    reference = DSAIndexer(HEADS, DIM, TOPK, backend="torch")(q, k, w, seq_lens)
+    assert torch.equal(torch.isfinite(out.mask)[1], torch.isfinite(reference.mask)[1])
 
 
 def test_certify_passes_with_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -538,9 +544,9 @@ def test_certify_passes_with_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> 
     calls: list[int] = []
     original = _triton_topk.topk_mask
 
-    def counting(scores: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
+    def counting(scores: Tensor, k: int, mask: Tensor | None = None, **kwargs: Any) -> Tensor:
         calls.append(k)
-        return original(scores, k, mask)
+        return original(scores, k, mask, **kwargs)
 
     monkeypatch.setattr(dsa._indexer._triton_topk, "topk_mask", counting)
     cert = _certify.certify("dsa", quick=True)

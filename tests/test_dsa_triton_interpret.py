@@ -299,3 +299,19 @@ def test_default_segments_depend_on_shape_only() -> None:
     assert _triton_topk.default_segments(1, 65536, 2048, cpu) == 4
     assert _triton_topk.default_segments(1, 131072, 2048, cpu) == 4  # at most 4 off-GPU
     assert _triton_topk.default_segments(1, 65536, 64, cpu) == 4
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+def test_has_keys_output_equals_any_real_pick(segments: int) -> None:
+    """The kernel's row flag equals (indices >= 0).any(-1): false for all -inf and all-NaN
+    rows, true for a row whose only finite score follows NaN and +inf."""
+    scores = distinct_scores((4, 200), seed=43)
+    scores[1] = NEG_INF
+    scores[2] = NAN
+    scores[3, :] = NEG_INF
+    scores[3, 0], scores[3, 1], scores[3, 2] = NAN, POS_INF, 1.5
+    has_keys = torch.empty(4, dtype=torch.bool)
+    got = _triton_topk.topk_mask(scores, 8, segments=segments, has_keys=has_keys)
+    assert has_keys.tolist() == [True, False, False, True]
+    assert torch.equal(has_keys, (got >= 0).any(-1))
+    assert got[3].tolist() == [-1, -1, 2, -1, -1, -1, -1, -1]
