@@ -20,12 +20,13 @@ the bf16 Triton selection on these random inputs.
 Default: B in {1, 64} x L in {4096, 65536} (about a minute on an H200). ``--full`` adds B in
 {8, 32} and L=16384. ``--eager`` adds eager timings of the PyTorch step (branchy seed form and
 branchless), which sync with the host or are bound by dispatch. ``--triton-sweep`` adds the
-scorer alone for every launch configuration in ``dsa._triton.CONFIGS``.
+scorer alone for every launch configuration in ``dsa._triton.CONFIGS``; ``--topk-sweep`` the
+fused top-k + mask alone for 4, 8 and 16 warps and 1, 2, 4 and 8 segments per row.
 
 Usage::
 
     python benchmarks/dsa_speed.py [--full] [--eager] [--reps N] [--out table.md]
-                                   [--json raw.json] [--triton-sweep]
+                                   [--json raw.json] [--triton-sweep] [--topk-sweep]
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._timing import median_time, warm_up
 from dsa import DSAIndexer, indexer_scores, quantize_keys_fp8
 from dsa import _triton as dsa_triton
+from dsa import _triton_topk as dsa_topk
 
 HEADS, DIM, TOPK = 64, 128, 2048
 BATCHES_FULL, LENGTHS_FULL = (1, 8, 32, 64), (4096, 16384, 65536)
@@ -202,6 +204,74 @@ def bench_scorer_sweep(batch: int, length: int, timer: Timer) -> dict[str, Any]:
     return sweep
 
 
+TOPK_WARPS = (4, 8, 16)
+TOPK_SEGMENTS = (1, 2, 4, 8)
+
+
+def bench_topk_sweep(batch: int, length: int, timer: Timer) -> dict[str, Any]:
+    """The fused top-k + mask alone (graph replay) for each warp count and segment count."""
+    gen = torch.Generator(device="cuda").manual_seed(batch * 1_000_003 + length)
+    scores = torch.randn(batch, 1, length, generator=gen, device="cuda")
+    mask = torch.empty_like(scores)
+    has_keys = torch.empty(batch, 1, dtype=torch.uint8, device="cuda")
+    expected = dsa_topk.topk_mask(scores, TOPK, segments=1)
+    sweep: dict[str, Any] = {
+        "B": batch,
+        "L": length,
+        "default_segments": dsa_topk.default_segments(batch, length, TOPK, scores.device),
+        "us": {},
+    }
+    for warps in TOPK_WARPS:
+        for segments in TOPK_SEGMENTS:
+            if segments > 1 and length < 2 * segments * TOPK:
+                continue
+            name = f"w{warps}-s{segments}"
+
+            def step(warps: int = warps, segments: int = segments) -> torch.Tensor:
+                return dsa_topk.topk_mask(
+                    scores, TOPK, mask, segments=segments, has_keys=has_keys, num_warps=warps
+                )
+
+            try:
+                if not torch.equal(step(), expected):
+                    sweep["us"][name] = "wrong picks"
+                    continue
+                graph = capture_graph(step)
+                sweep["us"][name] = 1e3 * timer(graph.replay)
+                del graph
+            except Exception as exc:  # report and go on
+                sweep["us"][name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:60]
+    return sweep
+
+
+def render_topk_sweep(sweeps: list[dict[str, Any]]) -> str:
+    names = [f"w{w}-s{s}" for w in TOPK_WARPS for s in TOPK_SEGMENTS]
+    lines = [
+        "",
+        "## Fused top-k + mask alone (graph replay, float32 scores, k=2048), µs",
+        "",
+        "Columns: warps per program, segments per row (s1: one launch); * marks the default.",
+        "",
+        "| B | L | " + " | ".join(names) + " |",
+        "|---:|---:|" + "---:|" * len(names),
+    ]
+    for sw in sweeps:
+        cells = []
+        for name in names:
+            value = sw["us"].get(name, "-")
+            cell = f"{value:.1f}" if isinstance(value, float) else str(value)
+            segments = int(name.split("-s")[1])
+            default_warps = dsa_topk._warps(
+                dsa_topk._chunk(-(-sw["L"] // sw["default_segments"])),
+                dsa_topk._next_power_of_two(TOPK),
+            )
+            if segments == sw["default_segments"] and name.startswith(f"w{default_warps}-"):
+                cell += "*"
+            cells.append(cell)
+        lines.append(f"| {sw['B']} | {sw['L']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_sweep(sweeps: list[dict[str, Any]]) -> str:
     names = [cfg.name for cfg in dsa_triton.CONFIGS]
     lines = [
@@ -318,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the scorer alone: PyTorch and every Triton launch configuration",
     )
+    parser.add_argument(
+        "--topk-sweep",
+        action="store_true",
+        help="also time the fused top-k alone for each warp count and segment count",
+    )
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args(argv)
@@ -374,15 +449,25 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
                 print(f"sweep {sweeps[-1]}", file=sys.stderr, flush=True)
 
+    topk_sweeps: list[dict[str, Any]] = []
+    if args.topk_sweep and dsa_triton.triton_available():
+        for batch in batches:
+            for length in lengths:
+                topk_sweeps.append(bench_topk_sweep(batch, length, timer))
+                torch.cuda.empty_cache()
+                print(f"topk sweep {topk_sweeps[-1]}", file=sys.stderr, flush=True)
+
     table = render(rows, meta)
     if sweeps:
         table += render_sweep(sweeps)
+    if topk_sweeps:
+        table += render_topk_sweep(topk_sweeps)
     print(table)
     if args.out:
         args.out.write_text(table, encoding="utf-8")
     if args.json:
         meta["wall_s"] = time.perf_counter() - began
-        payload = {"meta": meta, "rows": rows, "scorer_sweep": sweeps}
+        payload = {"meta": meta, "rows": rows, "scorer_sweep": sweeps, "topk_sweep": topk_sweeps}
         args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return 0
 

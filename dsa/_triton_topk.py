@@ -342,6 +342,7 @@ def topk_mask(
     *,
     segments: int | None = None,
     has_keys: Tensor | None = None,
+    num_warps: int | None = None,
 ) -> Tensor:
     """``select_topk(scores, k)`` in fused kernels; when ``mask`` is given, also write it.
 
@@ -375,6 +376,8 @@ def topk_mask(
             raise TypeError(f"mask must be a floating tensor; got {mask.dtype}")
     if segments is not None and segments < 1:
         raise ValueError(f"segments must be >= 1; got {segments}")
+    if num_warps is not None and num_warps not in (4, 8, 16):
+        raise ValueError(f"num_warps must be 4, 8 or 16; got {num_warps}")
     length = scores.shape[-1]
     lead = scores.shape[:-1]
     if has_keys is not None and (
@@ -434,7 +437,7 @@ def topk_mask(
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 1,
                 WRITE_HAS_KEYS=has_keys is not None,
-                num_warps=_warps(_chunk(length), k_block),
+                num_warps=num_warps or _warps(_chunk(length), k_block),
             )
         else:
             candidates = torch.empty((rows, segments * k), dtype=torch.long, device=out.device)
@@ -455,7 +458,7 @@ def topk_mask(
                 CANDIDATES=True,
                 MASK_MODE=0 if mask_rows is None else 2,
                 WRITE_HAS_KEYS=False,
-                num_warps=_warps(_chunk(seg_len), k_block),
+                num_warps=num_warps or _warps(_chunk(seg_len), k_block),
             )
             width = segments * k
             kernel[(rows, 1)](
@@ -475,7 +478,7 @@ def topk_mask(
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 3,
                 WRITE_HAS_KEYS=has_keys is not None,
-                num_warps=_warps(_chunk(width), k_block),
+                num_warps=num_warps or _warps(_chunk(width), k_block),
             )
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
         mask.copy_(mask_rows.view(mask.shape))
