@@ -1,7 +1,8 @@
 """Fused Triton top-k and index-mask kernels for the indexer (CUDA; CPU under the interpreter).
 
-``topk_mask`` replaces ``select_topk`` followed by the -inf fill and ``update_index_mask`` with one
-kernel launch. One program owns one row of scores [L] (a (b, t) pair) and:
+``topk_mask`` replaces ``select_topk`` followed by the -inf fill and ``update_index_mask`` (and the
+``row_has_keys`` reduction of ``DSAIndexer``). One program owns one row of scores [L] (a (b, t)
+pair) and:
 
 1. finds the exact k-th largest score by a radix select over order-preserving 32-bit keys: four
    passes over the row, each a 256-bin histogram of one byte of the keys (most significant first)
@@ -13,7 +14,15 @@ kernel launch. One program owns one row of scores [L] (a (b, t) pair) and:
    row: 0 at picked positions with a finite score, -inf everywhere else (the fused mask update:
    no separate fill, no scatter, nothing addressed by an index);
 3. sorts the k packed picks in registers (a bitonic sort, ``tl.sort``), descending, and writes
-   the indices, with -1 for non-finite picks and for the slots past min(k, L).
+   the indices, with -1 for non-finite picks and for the slots past min(k, L), and optionally
+   whether the row picked anything.
+
+Rows much longer than k take two launches, so that more than one SM works on a row: the first
+splits each row into S segments and reduces each to its own top k (steps 1 and 2, the picks kept
+packed in index order, the mask row filled with -inf); the second runs steps 1 to 3 on the S * k
+packed candidates of each row and writes the zeros of the mask at its picks. Ordering by the
+packed value (key, then lower index) is a total order, so the top k of the union of the
+segments' top k is the top k of the row, ties included: the result does not depend on S.
 
 The order-preserving key of a float32 x is its bit pattern with the sign bit flipped for x >= 0
 and every bit flipped for x < 0, so unsigned key order is float order; -0.0 is first folded into
@@ -24,8 +33,10 @@ as -1, -inf and missing positions (k > L) as trailing -1. Where ``select_topk`` 
 choice open (equal scores at the k-th place, the order among equal scores), this kernel is
 deterministic: lower indices first.
 
-Everything is capture-safe: the launch depends only on shapes; lengths, thresholds and counts
-live on the device; the kernel runs on the current stream and allocates nothing.
+Everything is capture-safe: launches depend only on shapes; lengths, thresholds and counts live
+on the device; the kernels run on the current stream. The wrappers allocate their outputs (and
+the candidate buffer of the two-launch form) from PyTorch's caching allocator, as graph capture
+expects, and read nothing back.
 
 ``fill_index_mask`` is the mask update alone for indices that come from elsewhere: one kernel
 writes -inf over each row and then 0 at its valid indices (0 <= i < L); invalid indices are
