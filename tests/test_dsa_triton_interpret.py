@@ -315,3 +315,13 @@ def test_has_keys_output_equals_any_real_pick(segments: int) -> None:
     assert has_keys.tolist() == [True, False, False, True]
     assert torch.equal(has_keys, (got >= 0).any(-1))
     assert got[3].tolist() == [-1, -1, 2, -1, -1, -1, -1, -1]
+
+
+def test_fill_index_mask_through_a_transposed_view() -> None:
+    """A mask whose last dim is not unit-stride is written correctly (through a copy)."""
+    storage = torch.zeros(HAND_L, 4)
+    mask = storage.t()  # [4, HAND_L], stride (1, 4)
+    expected = update_index_mask(torch.full((4, HAND_L), NEG_INF), HAND_IDX)
+    _triton_topk.fill_index_mask(mask, HAND_IDX)
+    assert torch.equal(mask, expected)
+    assert torch.equal(storage.t(), expected)
