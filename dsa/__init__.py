@@ -15,7 +15,12 @@ captured at (B_max, L_max) replays for every live length:
   addresses memory with an invalid index.
 - ``update_index_mask_unpatched``: the branchy seed form, kept as a negative reference; its two
   host reads are located by ``unpatched_hazard_lines``.
-- ``DSAIndexer``: the whole step as an ``nn.Module`` (``patched=False`` for the seed form).
+- ``DSAIndexer``: the whole step as an ``nn.Module`` (``patched=False`` for the seed form;
+  ``backend="torch" | "triton" | "auto"`` picks the kernels; ``fp8_keys`` scores e4m3 keys).
+- ``quantize_keys_fp8``: e4m3 keys with one float32 scale per key (132 bytes per key at D=128).
+
+Triton is optional: ``import dsa`` never imports it. The fused kernels live in ``dsa._triton``
+(scorer) and ``dsa._triton_topk`` (top-k + mask); the PyTorch path is the reference.
 
 All-invalid rows: a token with no visible key (a padding row, seq_len 0) keeps an all -inf
 mask row and an all -1 index row; ``DSAIndexer`` also returns ``row_has_keys`` (bool [B, T])
@@ -24,6 +29,7 @@ so the consumer can zero the NaN that softmax gives for such a row, without a ho
 
 from __future__ import annotations
 
+from ._fp8 import quantize_keys_fp8
 from ._indexer import DSAIndexer, IndexerOutput
 from ._mask import (
     HazardLines,
@@ -39,6 +45,7 @@ __all__ = [
     "HazardLines",
     "IndexerOutput",
     "indexer_scores",
+    "quantize_keys_fp8",
     "select_topk",
     "unpatched_hazard_lines",
     "update_index_mask",

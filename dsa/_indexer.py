@@ -7,9 +7,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from . import _triton_topk
+from ._fp8 import FP8_DTYPE, quantize_keys_fp8
 from ._mask import update_index_mask, update_index_mask_unpatched
 from ._scores import BACKENDS, indexer_scores
-from ._topk import select_topk
+from ._topk import select_topk, use_fused_topk
 
 __all__ = ["DSAIndexer", "IndexerOutput"]
 
@@ -50,10 +52,22 @@ class DSAIndexer(nn.Module):
     form that syncs with the host and breaks capture; it exists so a checker can run one module
     in both forms. The module holds no parameters: the caller supplies q, k and w.
 
-    ``backend`` picks the scorer (see ``indexer_scores``): "auto" (default) uses the fused
-    Triton kernel where it can run and PyTorch elsewhere; "torch" and "triton" force one. With
-    "triton" (or "auto" on CUDA), run the step once eagerly before capturing a graph so the
-    kernel is compiled outside the capture.
+    ``backend`` picks the kernels: "torch" runs the pure-PyTorch scorer, ``torch.topk`` and the
+    mask update (the reference, and the only path on CPU); "triton" runs the fused Triton scorer
+    (``indexer_scores``) and the fused top-k + mask kernel (``dsa._triton_topk.topk_mask``:
+    one launch selects, sorts and writes the whole mask row), raising ValueError where they
+    cannot run; "auto" (default) takes each Triton kernel where it can run on the inputs and
+    PyTorch elsewhere. Both paths return the same picks in the same order; where
+    ``select_topk`` leaves ties open the Triton top-k takes lower indices first. With Triton,
+    run the step once eagerly before capturing a graph so the kernels compile outside capture.
+    ``patched=False`` keeps the branchy mask update whatever the backend (its top-k follows the
+    backend, so both forms return identical outputs).
+
+    ``fp8_keys=True`` stores nothing but changes what ``forward`` expects: float keys are
+    quantised per key to e4m3 with a float32 scale (``quantize_keys_fp8``) before scoring, and
+    keys that already are float8_e4m3fn are scored with their ``k_scale`` as given (the fast
+    form: a real fp8 key cache, 132 bytes per key at D=128). fp8 keys with ``k_scale`` are
+    accepted with ``fp8_keys=False`` too; the option only adds the quantisation of float keys.
     """
 
     def __init__(
@@ -65,6 +79,7 @@ class DSAIndexer(nn.Module):
         patched: bool = True,
         mask_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
+        fp8_keys: bool = False,
     ) -> None:
         super().__init__()
         if n_heads < 1 or head_dim < 1 or topk < 1:
@@ -81,11 +96,13 @@ class DSAIndexer(nn.Module):
         self.patched = patched
         self.mask_dtype = mask_dtype
         self.backend = backend
+        self.fp8_keys = fp8_keys
 
     def extra_repr(self) -> str:
         return (
             f"n_heads={self.n_heads}, head_dim={self.head_dim}, topk={self.topk}, "
-            f"patched={self.patched}, mask_dtype={self.mask_dtype}, backend={self.backend!r}"
+            f"patched={self.patched}, mask_dtype={self.mask_dtype}, backend={self.backend!r}, "
+            f"fp8_keys={self.fp8_keys}"
         )
 
     def forward(
@@ -97,38 +114,59 @@ class DSAIndexer(nn.Module):
         mask: Tensor | None = None,
         *,
         causal_positions: Tensor | None = None,
+        k_scale: Tensor | None = None,
     ) -> IndexerOutput:
         """Run one indexer step.
 
         Args:
-            q: [B, T, n_heads, head_dim]. k: [B, L, head_dim]. w: [B, T, n_heads].
+            q: [B, T, n_heads, head_dim]. k: [B, L, head_dim], in q's dtype or float8_e4m3fn
+                (then with ``k_scale``). w: [B, T, n_heads].
             seq_lens: integer device tensor [B] or [B, T]; see ``indexer_scores``.
             mask: optional output buffer [B, T, L]; it is overwritten (filled with -inf, then
                 updated) and returned, so a static buffer works under graph capture. When None,
                 a fresh buffer of ``mask_dtype`` is allocated.
             causal_positions: integer device tensor [T] or [B, T]; see ``indexer_scores``.
+            k_scale: float32 [B, L] per-key scales of float8_e4m3fn keys; see
+                ``indexer_scores`` and ``quantize_keys_fp8``.
         """
         if q.dim() != 4 or q.shape[2] != self.n_heads or q.shape[3] != self.head_dim:
             raise ValueError(
                 f"q must be [B, T, {self.n_heads}, {self.head_dim}]; got {tuple(q.shape)}"
             )
+        if self.fp8_keys and k.dtype != FP8_DTYPE:
+            if k_scale is not None:
+                raise TypeError("k_scale goes with float8_e4m3fn keys; these keys are float")
+            k, k_scale = quantize_keys_fp8(k)
         scores = indexer_scores(
-            q, k, w, seq_lens=seq_lens, causal_positions=causal_positions, backend=self.backend
+            q,
+            k,
+            w,
+            seq_lens=seq_lens,
+            causal_positions=causal_positions,
+            backend=self.backend,
+            k_scale=k_scale,
         )
-        indices = select_topk(scores, self.topk)
         if mask is None:
-            mask = torch.full(
-                scores.shape, float("-inf"), dtype=self.mask_dtype, device=scores.device
+            mask = torch.empty(scores.shape, dtype=self.mask_dtype, device=scores.device)
+        elif mask.shape != scores.shape or mask.device != scores.device:
+            raise ValueError(
+                f"mask must be {tuple(scores.shape)} on {scores.device}; "
+                f"got {tuple(mask.shape)} on {mask.device}"
             )
+        fused = use_fused_topk(self.backend, scores, self.topk)
+        if fused and self.patched:
+            # The fused kernel(s) write the picks, the whole mask row (-inf fill and selected
+            # zeros) and row_has_keys; nothing else is launched.
+            has_keys = torch.empty(scores.shape[:-1], dtype=torch.uint8, device=scores.device)
+            indices = _triton_topk.topk_mask(scores, self.topk, mask, has_keys=has_keys)
+            return IndexerOutput(indices, mask, has_keys.view(torch.bool))
+        if fused:
+            indices = _triton_topk.topk_mask(scores, self.topk)
         else:
-            if mask.shape != scores.shape or mask.device != scores.device:
-                raise ValueError(
-                    f"mask must be {tuple(scores.shape)} on {scores.device}; "
-                    f"got {tuple(mask.shape)} on {mask.device}"
-                )
-            mask.fill_(float("-inf"))
+            indices = select_topk(scores, self.topk)
+        mask.fill_(float("-inf"))
         update = update_index_mask if self.patched else update_index_mask_unpatched
         update(mask, indices)
-        # With sorted picks, slot 0 alone would do; any() stays right for unsorted variants.
+        # Not slot 0 alone: NaN or +inf scores put their -1 before the real picks.
         row_has_keys = (indices >= 0).any(dim=-1)
         return IndexerOutput(indices, mask, row_has_keys)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _triton
+from ._fp8 import FP8_DTYPE
 
 __all__ = ["indexer_scores"]
 
@@ -31,7 +32,7 @@ def _is_integer(t: Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
-def _check_inputs(q: Tensor, k: Tensor, w: Tensor) -> None:
+def _check_inputs(q: Tensor, k: Tensor, w: Tensor, k_scale: Tensor | None) -> None:
     if q.dim() != 4:
         raise ValueError(f"q must be [B, T, H, D]; got shape {tuple(q.shape)}")
     batch, tokens, heads, dim = q.shape
@@ -39,7 +40,21 @@ def _check_inputs(q: Tensor, k: Tensor, w: Tensor) -> None:
         raise ValueError(f"k must be [B={batch}, L, D={dim}]; got shape {tuple(k.shape)}")
     if tuple(w.shape) != (batch, tokens, heads):
         raise ValueError(f"w must be [B={batch}, T={tokens}, H={heads}]; got {tuple(w.shape)}")
-    if q.dtype != k.dtype:
+    if k.dtype == FP8_DTYPE:
+        if k_scale is None:
+            raise TypeError("fp8 keys need their per-key scales: pass k_scale [B, L] (float32)")
+        if tuple(k_scale.shape) != tuple(k.shape[:2]) or k_scale.dtype != torch.float32:
+            raise ValueError(
+                f"k_scale must be float32 [B, L] = {tuple(k.shape[:2])}; "
+                f"got {k_scale.dtype} {tuple(k_scale.shape)}"
+            )
+        if k_scale.device != k.device:
+            raise ValueError(f"k_scale must be on {k.device}; got {k_scale.device}")
+        if not q.is_floating_point() or q.dtype == FP8_DTYPE:
+            raise TypeError(f"q must be float16, bfloat16 or float32 with fp8 keys; got {q.dtype}")
+    elif k_scale is not None:
+        raise TypeError(f"k_scale goes with float8_e4m3fn keys only; k is {k.dtype}")
+    elif q.dtype != k.dtype:
         raise TypeError(f"q and k must share a dtype; got {q.dtype} and {k.dtype}")
     if not (q.device == k.device == w.device):
         raise ValueError(f"q, k, w must share a device; got {q.device}, {k.device}, {w.device}")
@@ -87,7 +102,7 @@ def _visible_limit(
     return limit
 
 
-def _use_triton(backend: str, q: Tensor, k: Tensor, w: Tensor) -> bool:
+def _use_triton(backend: str, q: Tensor, k: Tensor, w: Tensor, k_scale: Tensor | None) -> bool:
     """Resolve ``backend`` for these inputs; raise ValueError for an unknown or impossible one."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
@@ -96,8 +111,8 @@ def _use_triton(backend: str, q: Tensor, k: Tensor, w: Tensor) -> bool:
     if backend == "auto":
         if not q.is_cuda or torch.compiler.is_compiling():
             return False
-        return _triton.unsupported_reason(q, k, w) is None
-    reason = _triton.unsupported_reason(q, k, w)
+        return _triton.unsupported_reason(q, k, w, k_scale) is None
+    reason = _triton.unsupported_reason(q, k, w, k_scale)
     if reason is not None:
         raise ValueError(f'backend="triton" cannot run on these inputs: {reason}')
     return True
@@ -124,13 +139,15 @@ def indexer_scores(
     seq_lens: Tensor | None = None,
     causal_positions: Tensor | None = None,
     backend: str = "auto",
+    k_scale: Tensor | None = None,
 ) -> Tensor:
     """Return the float32 index scores [B, T, L]; keys a token may not see score -inf.
 
     Args:
         q: index queries [B, T, H, D].
         k: index keys [B, L, D], one key head shared by all H index heads. L is the static
-            buffer width (L_max), not the live length.
+            buffer width (L_max), not the live length. Either q's dtype, or float8_e4m3fn
+            with ``k_scale`` (see ``quantize_keys_fp8``).
         w: per-token head weights [B, T, H] (the model's ``weights_proj(x) * H**-0.5 * D**-0.5``).
         seq_lens: integer device tensor, [B] (one length per row; 0 marks a padding row) or
             [B, T] (one length per query token, for multi-token prediction). Key n is visible
@@ -147,22 +164,31 @@ def indexer_scores(
             run on these inputs and "torch" otherwise (always "torch" on CPU and while
             ``torch.compile`` traces). The fused kernel compiles on its first call: make that
             call eagerly (the usual warm-up) before capturing a CUDA graph.
+        k_scale: float32 [B, L], the per-key scales of fp8 keys (required with them, refused
+            without): key n stands for ``k[b, n].float() * k_scale[b, n]``. Both backends cast
+            the e4m3 values to q's dtype (exactly) for q . k and multiply each key's score by
+            its scale after the head-weighted sum (scales are positive, so they commute with
+            relu).
 
     No host reads, no value-dependent shapes, with either backend.
     """
-    _check_inputs(q, k, w)
-    use_triton = _use_triton(backend, q, k, w)
+    _check_inputs(q, k, w, k_scale)
+    use_triton = _use_triton(backend, q, k, w, k_scale)
     batch, tokens, heads, dim = q.shape
     length = k.shape[1]
     limit = _visible_limit(seq_lens, causal_positions, batch, tokens, q.device)
     if use_triton:
-        return _triton.fused_scores(q, k, w, limit)
+        return _triton.fused_scores(q, k, w, limit, k_scale=k_scale)
 
+    if k_scale is not None:
+        k = k.to(q.dtype)  # exact: every e4m3 value is a float16 / bfloat16 / float32 value
     # [B, T*H, D] @ [B, D, L] -> [B, T*H, L]: one GEMM reads the key cache once for all heads.
     logits = torch.bmm(q.reshape(batch, tokens * heads, dim), k.transpose(1, 2))
     logits = torch.relu_(logits).view(batch * tokens, heads, length)
     weights = w.reshape(batch * tokens, 1, heads)
     scores = _weighted_relu_sum(weights, logits).view(batch, tokens, length)
+    if k_scale is not None:
+        scores = scores.mul_(k_scale.view(batch, 1, length))
 
     if limit is not None:
         hidden = torch.arange(length, device=q.device) >= limit.unsqueeze(-1)

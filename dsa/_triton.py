@@ -1,4 +1,4 @@
-"""Optional fused Triton scorer for the lightning indexer (CUDA only).
+"""Optional fused Triton scorer for the lightning indexer (CUDA; CPU under the interpreter).
 
 One kernel computes the whole score step
 
@@ -9,7 +9,9 @@ without materialising the float32 [B*T, H, L] logits of the pure-PyTorch path. T
 bf16) and w[b, t] once, then for each of its ITERS key blocks loads K [BLOCK_L, D], computes
 K @ q^T -> [BLOCK_L, H] in float32 on the tensor cores, applies relu, weights the heads and sums
 them (a reduction inside each warp), writes -inf past the token's visible limit and stores
-[BLOCK_L] float32 scores. Keys at or past the limit are never read from memory.
+[BLOCK_L] float32 scores. Keys at or past the limit are never read from memory. With fp8
+(e4m3) keys the kernel reads D bytes plus one float32 scale per key, casts the values to q's
+dtype in registers (exactly) and multiplies each key's score by its scale.
 
 The launch configuration comes from a fixed heuristic (``default_config``), never from
 benchmarking at run time: the first call compiles the kernel (do it eagerly, as the usual
@@ -21,6 +23,7 @@ the fast path off (``triton_available`` then returns False and the "auto" backen
 
 # No `from __future__ import annotations` here: Triton reads the kernel's annotations
 # (tl.constexpr) as objects.
+import contextlib
 import functools
 import os
 import warnings
@@ -34,6 +37,7 @@ __all__ = [
     "ScorerConfig",
     "default_config",
     "fused_scores",
+    "interpreting",
     "triton_available",
     "unsupported_reason",
 ]
@@ -94,22 +98,46 @@ def _power_of_two_in(value: int, bounds: tuple[int, int]) -> bool:
     return bounds[0] <= value <= bounds[1] and value & (value - 1) == 0
 
 
-def unsupported_reason(q: Tensor, k: Tensor, w: Tensor) -> str | None:
+def interpreting() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors, in NumPy."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _on_kernel_device(*tensors: Tensor) -> bool:
+    """CUDA tensors; or CPU tensors while the Triton interpreter is on (tests of the kernels)."""
+    if all(t.is_cuda for t in tensors):
+        return True
+    return interpreting() and all(t.device.type == "cpu" for t in tensors)
+
+
+def unsupported_reason(
+    q: Tensor, k: Tensor, w: Tensor, k_scale: Tensor | None = None
+) -> str | None:
     """Why the fused scorer cannot take these inputs, or None when it can.
 
-    Needs: triton importable and not disabled by ``DSA_DISABLE_TRITON``; CUDA tensors; q and k
-    in bf16 or fp16 (one dtype); w in fp32, bf16 or fp16; q [B, T, H, D], k [B, L, D],
+    Needs: triton importable and not disabled by ``DSA_DISABLE_TRITON``; CUDA tensors (or CPU
+    ones with ``TRITON_INTERPRET=1``); q in bf16 or fp16; k in q's dtype, or float8_e4m3fn
+    with float32 ``k_scale`` [B, L]; w in fp32, bf16 or fp16; q [B, T, H, D], k [B, L, D],
     w [B, T, H] with H a power of two in [16, 128] and D a power of two in [16, 256];
     L < 2**22; no autograd (no input requires grad while grad mode is on).
     """
     if _disabled():
         return f"disabled by {DISABLE_ENV}={os.environ.get(DISABLE_ENV)!r}"
-    if not (q.is_cuda and k.is_cuda and w.is_cuda):
-        return f"the fused scorer needs CUDA tensors (got {q.device}, {k.device}, {w.device})"
+    tensors = (q, k, w) if k_scale is None else (q, k, w, k_scale)
+    if not _on_kernel_device(*tensors):
+        devices = ", ".join(str(t.device) for t in tensors)
+        return f"the fused scorer needs CUDA tensors (got {devices})"
     if q.dim() != 4 or k.dim() != 3 or w.dim() != 3:
         return "q must be [B, T, H, D], k [B, L, D] and w [B, T, H]"
-    if q.dtype not in _INPUT_DTYPES or k.dtype != q.dtype:
-        return f"q and k must both be bfloat16 or float16 (got {q.dtype} and {k.dtype})"
+    if q.dtype not in _INPUT_DTYPES:
+        return f"q must be bfloat16 or float16 (got {q.dtype})"
+    if k.dtype == torch.float8_e4m3fn:
+        if k_scale is None or k_scale.dtype != torch.float32:
+            return "fp8 keys need float32 per-key scales (k_scale)"
+        if tuple(k_scale.shape) != tuple(k.shape[:2]):
+            return f"k_scale must be [B, L] = {tuple(k.shape[:2])} (got {tuple(k_scale.shape)})"
+    elif k.dtype != q.dtype or k_scale is not None:
+        return f"k must be {q.dtype}, or float8_e4m3fn with k_scale (got {k.dtype})"
     if w.dtype not in _WEIGHT_DTYPES:
         return f"w must be float32, bfloat16 or float16 (got {w.dtype})"
     heads, dim = q.shape[2], q.shape[3]
@@ -119,7 +147,7 @@ def unsupported_reason(q: Tensor, k: Tensor, w: Tensor) -> str | None:
         return f"D must be a power of two in {list(_DIM_RANGE)} (got {dim})"
     if k.shape[1] >= _MAX_LENGTH:
         return f"L must be below {_MAX_LENGTH} (got {k.shape[1]})"
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or w.requires_grad):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "the fused scorer has no autograd formula; inputs require grad"
     error = _import_error()
     if error is not None:
@@ -128,11 +156,14 @@ def unsupported_reason(q: Tensor, k: Tensor, w: Tensor) -> str | None:
 
 
 def triton_available(
-    q: Tensor | None = None, k: Tensor | None = None, w: Tensor | None = None
+    q: Tensor | None = None,
+    k: Tensor | None = None,
+    w: Tensor | None = None,
+    k_scale: Tensor | None = None,
 ) -> bool:
     """True when the fused scorer can run: on these inputs if given, else on this machine."""
     if q is not None and k is not None and w is not None:
-        return unsupported_reason(q, k, w) is None
+        return unsupported_reason(q, k, w, k_scale) is None
     if _disabled() or not torch.cuda.is_available():
         return False
     return _import_error() is None
@@ -153,6 +184,8 @@ def default_config(rows: int, length: int, device: torch.device | None = None) -
     B in {1, 64} x L in {4096, 65536}; at B=64 L=65536 the pipelined one reads the key cache
     at about 96% of the bandwidth of a large device-to-device copy.
     """
+    if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
+        return CONFIGS[0]
     index = torch.cuda.current_device() if device is None or device.index is None else device.index
     blocks_128 = rows * -(-length // 128)
     if blocks_128 < 2 * _sm_count(index):
@@ -176,9 +209,11 @@ def _load() -> Any:
         w_ptr,
         limit_ptr,
         out_ptr,
+        scale_ptr,
         tokens,
         length,
         stride_kb,
+        stride_scale_b,
         stride_limit_b,
         stride_limit_t,
         H: tl.constexpr,
@@ -186,6 +221,7 @@ def _load() -> Any:
         BLOCK_L: tl.constexpr,
         ITERS: tl.constexpr,
         HAS_LIMIT: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
     ):
         row = tl.program_id(0)  # b * T + t
         chunk = tl.program_id(1)
@@ -212,9 +248,16 @@ def _load() -> Any:
             keys = tl.load(
                 k_row + offs_l[:, None] * D + offs_d[None, :], mask=visible[:, None], other=0.0
             )  # [BLOCK_L, D]
+            if HAS_SCALE:
+                keys = keys.to(q.dtype)  # e4m3 -> bf16 / fp16 is exact
             logits = tl.dot(keys, q_t)  # [BLOCK_L, H], float32 accumulation
             logits = tl.maximum(logits, 0.0)
             scores = tl.sum(logits * w[None, :], axis=1)  # [BLOCK_L]
+            if HAS_SCALE:
+                scale = tl.load(
+                    scale_ptr + b.to(tl.int64) * stride_scale_b + offs_l, mask=visible, other=0.0
+                )
+                scores = scores * scale
             scores = tl.where(visible, scores, float("-inf"))
             tl.store(out_row + offs_l, scores, mask=offs_l < length)
 
@@ -228,6 +271,7 @@ def fused_scores(
     limit: Tensor | None = None,
     *,
     config: ScorerConfig | None = None,
+    k_scale: Tensor | None = None,
 ) -> Tensor:
     """Float32 index scores [B, T, L] from one fused Triton kernel.
 
@@ -237,11 +281,13 @@ def fused_scores(
             n is visible to token t of row b iff n < limit[b, t] (values are clamped to
             [0, L] inside the kernel). None: every key is visible.
         config: launch configuration; ``default_config`` when None.
+        k_scale: float32 [B, L] per-key scales, required when k is float8_e4m3fn: the kernel
+            reads D + 4 bytes per key and multiplies each key's score by its scale.
 
     Non-contiguous inputs are copied to contiguous ones first. Raises ValueError when
     ``unsupported_reason`` names a reason.
     """
-    reason = unsupported_reason(q, k, w)
+    reason = unsupported_reason(q, k, w, k_scale)
     if reason is not None:
         raise ValueError(f"fused_scores cannot run on these inputs: {reason}")
     batch, tokens, heads, dim = q.shape
@@ -251,6 +297,7 @@ def fused_scores(
             f"shapes do not agree: q {tuple(q.shape)}, k {tuple(k.shape)}, w {tuple(w.shape)}"
         )
     q, k, w = q.contiguous(), k.contiguous(), w.contiguous()
+    scale_arg = k_scale.contiguous() if k_scale is not None else w
     out = torch.empty(batch, tokens, length, dtype=torch.float32, device=q.device)
     rows = batch * tokens
     if rows == 0 or length == 0:
@@ -273,16 +320,18 @@ def fused_scores(
     cfg = config if config is not None else default_config(rows, length, q.device)
     kernel = _load()
     grid = (rows, -(-length // (cfg.block_l * cfg.iters)))
-    with torch.cuda.device(q.device):
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         kernel[grid](
             q,
             k,
             w,
             limit_arg,
             out,
+            scale_arg,
             tokens,
             length,
             k.stride(0),
+            scale_arg.stride(0) if k_scale is not None else 0,
             stride_b,
             stride_t,
             H=heads,
@@ -290,6 +339,7 @@ def fused_scores(
             BLOCK_L=cfg.block_l,
             ITERS=cfg.iters,
             HAS_LIMIT=has_limit,
+            HAS_SCALE=k_scale is not None,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )

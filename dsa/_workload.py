@@ -8,6 +8,10 @@ inputs and, through an extra pair, the two mask updates alone on the edge cases 
 pre-filled masks, arbitrary mask values, k >= L, two tokens per row) and random draws. Replay
 captures the patched step at B=4, H=64, D=128, k=2048, L_max=16384 (4096 with ``quick``) and
 replays it with ``seq_lens`` 0, 1, k-1, k, k+1 and L_max, each batch with a padding row.
+
+The indexer runs with its default ``backend="auto"``: on a GPU with triton the step is the fast
+path (fused scorer on the bf16 replay inputs, fused top-k + mask kernel), on CPU the PyTorch
+reference. Both forms of the step share the top-k, so they stay comparable bit for bit.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import linecache
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ import dsa
 from dsa import (
     DSAIndexer,
     indexer_scores,
+    quantize_keys_fp8,
     select_topk,
     unpatched_hazard_lines,
     update_index_mask,
@@ -27,6 +29,10 @@ UPDATES: list[Callable[[Tensor, Tensor], Tensor]] = [update_index_mask, update_i
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
 def make_inputs(
@@ -536,6 +542,9 @@ def test_torch_backend_equals_auto_on_cpu() -> None:
     assert torch.equal(out_auto.mask, out_torch.mask)
 
 
+@pytest.mark.skipif(
+    _triton_interpreting(), reason="under TRITON_INTERPRET=1 the Triton kernels accept CPU tensors"
+)
 def test_triton_backend_on_cpu_raises_value_error() -> None:
     """backend="triton" on CPU tensors is refused with a ValueError naming the backend."""
     q, k, w = make_inputs(1, 1, 64, 128, 32, seed=25)
@@ -555,6 +564,9 @@ def test_unknown_backend_is_refused() -> None:
     assert "backend='torch'" in repr(DSAIndexer(4, 16, topk=4, backend="torch"))
 
 
+@pytest.mark.skipif(
+    _triton_interpreting(), reason="under TRITON_INTERPRET=1 the Triton kernels accept CPU tensors"
+)
 def test_triton_feature_detection_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """CPU tensors never take the fused scorer; DSA_DISABLE_TRITON=1 turns detection off."""
     from dsa import _triton
@@ -568,3 +580,116 @@ def test_triton_feature_detection_on_cpu(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("DSA_DISABLE_TRITON", "1")
     assert not _triton.triton_available()
     assert "DSA_DISABLE_TRITON" in (_triton.unsupported_reason(q, k, w) or "")
+
+
+# --------------------------------------------------------------------------- top-k backends
+
+
+def test_select_topk_auto_equals_torch_on_cpu() -> None:
+    """On CPU select_topk(backend="auto") is the torch.topk reference, bit for bit."""
+    scores = torch.randn(3, 2, 50, generator=torch.Generator().manual_seed(28))
+    scores[0, 1, 10:] = NEG_INF
+    assert torch.equal(select_topk(scores, 8, backend="auto"), select_topk(scores, 8))
+
+
+def test_select_topk_refuses_unknown_backend() -> None:
+    """An unknown top-k backend name is refused with the allowed names."""
+    with pytest.raises(ValueError, match="backend must be one of"):
+        select_topk(torch.zeros(1, 4), 2, backend="cuda")
+
+
+@pytest.mark.skipif(
+    _triton_interpreting(), reason="under TRITON_INTERPRET=1 the Triton kernels accept CPU tensors"
+)
+def test_select_topk_triton_on_cpu_raises_value_error() -> None:
+    """select_topk(backend="triton") on CPU scores is refused with a ValueError."""
+    with pytest.raises(ValueError, match='backend="triton"'):
+        select_topk(torch.zeros(1, 4), 2, backend="triton")
+
+
+# --------------------------------------------------------------------------- fp8 keys
+
+
+def test_fp8_keys_take_132_bytes_per_key_at_d128() -> None:
+    """quantize_keys_fp8 gives e4m3 values [B, L, D] and float32 scales [B, L]: D + 4 bytes."""
+    k = torch.randn(2, 10, 128)
+    values, scales = quantize_keys_fp8(k)
+    assert values.dtype == torch.float8_e4m3fn and values.shape == k.shape
+    assert scales.dtype == torch.float32 and scales.shape == (2, 10)
+    per_key = (values.element_size() * values.numel() + scales.element_size() * scales.numel()) / 20
+    assert per_key == 132
+
+
+def test_fp8_round_trip_error_is_within_half_an_e4m3_step() -> None:
+    """values * scales reproduces each key within e4m3 rounding (2**-4 relative to its max)."""
+    gen = torch.Generator().manual_seed(29)
+    k = torch.randn(3, 64, 32, generator=gen) * torch.rand(3, 64, 1, generator=gen) * 100
+    values, scales = quantize_keys_fp8(k)
+    back = values.float() * scales[..., None]
+    amax = k.abs().amax(-1, keepdim=True)
+    assert ((back - k).abs() <= amax * 2**-4 + 1e-30).all()
+    # The largest element of each key maps to +-448 exactly.
+    assert torch.equal(values.float().abs().amax(-1), torch.full((3, 64), 448.0))
+
+
+def test_fp8_zero_key_quantises_to_zero() -> None:
+    """An all-zero key gets all-zero values and a positive scale, never NaN."""
+    values, scales = quantize_keys_fp8(torch.zeros(1, 2, 8))
+    assert (values.float() == 0).all()
+    assert (scales > 0).all() and torch.isfinite(scales).all()
+
+
+def test_fp8_quantiser_rejects_fp8_and_integer_input() -> None:
+    """Integer keys and keys that are already fp8 are refused."""
+    with pytest.raises(TypeError):
+        quantize_keys_fp8(torch.zeros(2, 4, dtype=torch.int32))
+    with pytest.raises(TypeError):
+        quantize_keys_fp8(torch.zeros(2, 4).to(torch.float8_e4m3fn))
+
+
+def test_fp8_scores_match_float64_of_dequantised_keys() -> None:
+    """Scores of fp8 keys equal the float64 reference computed on values * scales."""
+    q, k, w = make_inputs(2, 1, 4, 32, 64, seed=30)
+    values, scales = quantize_keys_fp8(k * 3.0)
+    seq_lens = torch.tensor([64, 5])
+    got = indexer_scores(q, values, w, seq_lens=seq_lens, k_scale=scales)
+    ref = reference_scores(q, values.double() * scales.double()[..., None], w, [[64], [5]])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_keys_need_scales_and_scales_need_fp8_keys() -> None:
+    """fp8 keys without k_scale, k_scale with float keys and a misshapen k_scale are refused."""
+    q, k, w = make_inputs(1, 1, 4, 16, 8, seed=31)
+    values, scales = quantize_keys_fp8(k)
+    with pytest.raises(TypeError, match="k_scale"):
+        indexer_scores(q, values, w)
+    with pytest.raises(TypeError, match="k_scale"):
+        indexer_scores(q, k, w, k_scale=scales)
+    with pytest.raises(ValueError, match="k_scale must be"):
+        indexer_scores(q, values, w, k_scale=scales[:, :4])
+
+
+def test_indexer_fp8_keys_option_quantises_float_keys() -> None:
+    """DSAIndexer(fp8_keys=True) on float keys equals scoring the quantised keys explicitly."""
+    q, k, w = make_inputs(3, 1, 4, 32, 96, seed=32)
+    seq_lens = torch.tensor([96, 40, 0])
+    implicit = DSAIndexer(4, 32, topk=16, fp8_keys=True)(q, k, w, seq_lens)
+    values, scales = quantize_keys_fp8(k)
+    explicit = DSAIndexer(4, 32, topk=16)(q, values, w, seq_lens, k_scale=scales)
+    assert torch.equal(implicit.indices, explicit.indices)
+    assert torch.equal(implicit.mask, explicit.mask)
+    assert "fp8_keys=True" in repr(DSAIndexer(4, 32, topk=16, fp8_keys=True))
+
+
+def test_fp8_selection_overlaps_the_float_selection() -> None:
+    """At H=64 D=128 L=1024 k=128 the fp8 top-k keeps at least 90% of the float32 top-k set."""
+    q, k, w = make_inputs(2, 1, 64, 128, 1024, seed=33)
+    seq_lens = torch.tensor([1024, 700])
+    exact = DSAIndexer(64, 128, topk=128)(q, k, w, seq_lens)
+    fp8 = DSAIndexer(64, 128, topk=128, fp8_keys=True)(q, k, w, seq_lens)
+    for b in range(2):
+        a = set(exact.indices[b, 0].tolist()) - {-1}
+        f = set(fp8.indices[b, 0].tolist()) - {-1}
+        assert len(a) == len(f) == 128
+        assert len(a & f) >= 0.9 * 128

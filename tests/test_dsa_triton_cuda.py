@@ -1,15 +1,27 @@
-"""GPU tests of the fused Triton scorer: float64 accuracy, -inf pattern, capture, selection."""
+"""GPU tests of the fused Triton kernels: the scorer (bf16 and fp8 keys) against float64, the
+fused top-k + mask against ``select_topk`` bit for bit, capture and replay, and certify."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
+import dsa._indexer
 from benchmarks._timing import warm_up
-from dsa import DSAIndexer, IndexerOutput, _triton, indexer_scores
+from dsa import (
+    DSAIndexer,
+    IndexerOutput,
+    _triton,
+    _triton_topk,
+    indexer_scores,
+    quantize_keys_fp8,
+    select_topk,
+    update_index_mask,
+)
 
 pytestmark = pytest.mark.cuda
 pytest.importorskip("triton")
@@ -313,3 +325,230 @@ def test_triton_and_torch_indexers_select_the_same_keys() -> None:
             assert left_out.max().item() <= kth + tol, f"{name} row {b}: a clearly high miss"
         assert len(picks["triton"] - exact) <= 2, f"row {b}: fused picks far from float64"
         assert len(picks["triton"] - picks["torch"]) <= TOPK // 64, f"row {b}: too many swaps"
+
+
+# --------------------------------------------------------------------------- fused top-k + mask
+
+
+def distinct_scores(rows: int, length: int, gen: torch.Generator) -> Tensor:
+    """[rows, L] float32 scores without ties: permutations of distinct values of both signs."""
+    perms = torch.stack([torch.randperm(length, generator=gen) for _ in range(rows)])
+    return ((perms.float() - length / 3) * 0.37).cuda()
+
+
+def reference_mask(scores: Tensor, k: int) -> Tensor:
+    return update_index_mask(
+        torch.full_like(scores, NEG_INF, dtype=torch.float32), select_topk(scores, k)
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "length", "k"),
+    [
+        (4, 65536, 2048),
+        (3, 4097, 2048),
+        (2, 131072, 2048),
+        (5, 1000, 2048),
+        (7, 300, 1),
+        (2, 9000, 4096),
+    ],
+)
+def test_fused_topk_equals_select_topk_bit_for_bit(rows: int, length: int, k: int) -> None:
+    """Tie-free rows with hidden tails of several lengths: same indices, same order, same mask."""
+    gen = torch.Generator().manual_seed(rows * 1_000_003 + length + k)
+    scores = distinct_scores(rows, length, gen)
+    for r, visible in enumerate([length, 0, 1, k - 1, k, k + 1, length // 2][:rows]):
+        scores[r, max(visible, 0) :] = NEG_INF
+    mask = torch.full((rows, length), 3.0, device="cuda")
+    got = _triton_topk.topk_mask(scores, k, mask)
+    assert torch.equal(got, select_topk(scores, k))
+    assert torch.equal(mask, reference_mask(scores, k))
+
+
+@pytest.mark.parametrize("segments", [1, 2, 4, 16])
+def test_segment_count_does_not_change_the_result(segments: int) -> None:
+    """One launch or two (S segments per row, then a merge): identical indices and mask, equal
+    to the reference, on tie-free rows and on rows of repeated values."""
+    rows, length, k = 3, 65536, 2048
+    gen = torch.Generator().manual_seed(30 + segments)
+    scores = distinct_scores(rows, length, gen)
+    scores[1, 3000:] = NEG_INF
+    scores[2] = torch.randint(-50, 50, (length,), generator=gen).float().cuda()
+    mask = torch.empty(rows, length, device="cuda")
+    got = _triton_topk.topk_mask(scores, k, mask, segments=segments)
+    single_mask = torch.empty(rows, length, device="cuda")
+    single = _triton_topk.topk_mask(scores, k, single_mask, segments=1)
+    assert torch.equal(got, single) and torch.equal(mask, single_mask)
+    assert torch.equal(got[:2], select_topk(scores[:2], k))
+    assert torch.equal(mask[:2], reference_mask(scores[:2], k))
+
+
+def test_fused_topk_nonfinite_scores_and_signed_zero() -> None:
+    """NaN and +inf take leading -1 slots, -inf trails, -0.0 ties +0.0 (lower index first)."""
+    scores = torch.tensor(
+        [[1.0, float("nan"), 3.0, float("inf"), NEG_INF, 2.0, -0.0, 0.0]], device="cuda"
+    )
+    got = _triton_topk.topk_mask(scores, 8)
+    assert got.tolist() == [[-1, -1, 2, 5, 0, 6, 7, -1]]
+    assert torch.equal(got >= 0, select_topk(scores, 8) >= 0)
+
+
+def test_fused_topk_ties_take_lower_indices() -> None:
+    """Constant rows pick 0..k-1 in order; rows of few distinct values keep the reference
+    score sequence."""
+    equal = torch.zeros(3, 5000, device="cuda")
+    equal[2, 100:] = NEG_INF
+    got = _triton_topk.topk_mask(equal, 2048)
+    assert got[0].tolist() == list(range(2048))
+    assert got[2].tolist() == list(range(100)) + [-1] * 1948
+    gen = torch.Generator().manual_seed(21)
+    coarse = (torch.randint(-8, 9, (4, 20000), generator=gen).float() / 4).cuda()
+    got = _triton_topk.topk_mask(coarse, 2048)
+    ref = select_topk(coarse, 2048)
+    assert torch.equal(torch.gather(coarse, -1, got), torch.gather(coarse, -1, ref))
+    values = torch.gather(coarse, -1, got)
+    same = values[:, 1:] == values[:, :-1]
+    assert (got[:, 1:][same] > got[:, :-1][same]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_topk_half_precision_scores(dtype: torch.dtype) -> None:
+    """bf16 and fp16 scores: the reference score sequence and sentinels."""
+    gen = torch.Generator(device="cuda").manual_seed(22)
+    scores = torch.randn(3, 2, 10000, generator=gen, device="cuda").to(dtype)
+    scores[1, 0, 1500:] = NEG_INF
+    got = _triton_topk.topk_mask(scores, 2048)
+    ref = select_topk(scores, 2048)
+    assert torch.equal(got >= 0, ref >= 0)
+    assert torch.equal(
+        torch.gather(scores, -1, got.clamp_min(0)), torch.gather(scores, -1, ref.clamp_min(0))
+    )
+
+
+def test_fused_topk_and_mask_under_capture_replay_new_scores() -> None:
+    """Captured once at [4, 65536], k=2048: replays on new scores equal eager and the reference."""
+    rows, length, k = 4, 65536, 2048
+    gen = torch.Generator().manual_seed(23)
+    scores = distinct_scores(rows, length, gen)
+    mask = torch.empty(rows, length, device="cuda")
+    graph, out = capture(lambda: _triton_topk.topk_mask(scores, k, mask))
+    assert isinstance(out, Tensor)
+    for visible in ([length, 0, 1, 3000], [2047, 2048, 2049, 0]):
+        new = distinct_scores(rows, length, gen)
+        for r, n in enumerate(visible):
+            new[r, n:] = NEG_INF
+        scores.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, select_topk(new, k))
+        assert torch.equal(mask, reference_mask(new, k))
+
+
+def test_fill_index_mask_edge_cases_and_capture() -> None:
+    """The one-kernel mask writer ignores -1, -5, L, L+7, keeps duplicates harmless, replays."""
+    width = 64
+    idx = torch.tensor(
+        [[0, -1, -5, width, width + 7, 3], [-1] * 6, [width - 1, width, -5, 0, 0, width + 7]],
+        device="cuda",
+    )
+    mask = torch.randn(3, width, device="cuda")
+    graph, _ = capture(lambda: _triton_topk.fill_index_mask(mask, idx))
+    for rows in (idx.tolist(), [[5, 5, 5, -1, -1, 63], [width + 7] * 6, [0, 1, 2, 3, 4, 5]]):
+        idx.copy_(torch.tensor(rows))
+        mask.normal_()
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = update_index_mask(torch.full((3, width), NEG_INF, device="cuda"), idx)
+        assert torch.equal(mask, expected)
+    assert torch.randn(8, device="cuda").sum().isfinite().item()
+
+
+# --------------------------------------------------------------------------- fp8 keys
+
+
+def test_fp8_fused_scores_match_float64_of_dequantised_keys() -> None:
+    """fp8 keys with scales: the fused scorer matches float64 on values * scales, and equals
+    the PyTorch fp8 path's -inf pattern."""
+    gen = torch.Generator(device="cuda").manual_seed(24)
+    batch, length = 3, 5000
+    q, k, w = random_qkw(batch, 1, length, gen)
+    values, scales = quantize_keys_fp8(k)
+    seq_lens = torch.tensor([length, 0, 1234], device="cuda")
+    fused = indexer_scores(q, values, w, seq_lens=seq_lens, k_scale=scales, backend="triton")
+    dequantised = (values.double() * scales.double()[..., None]).to(torch.float64)
+    ref = reference(q, dequantised, w, seq_lens.view(batch, 1))
+    assert_matches_reference(fused, ref)
+    plain = indexer_scores(q, values, w, seq_lens=seq_lens, k_scale=scales, backend="torch")
+    assert_matches_reference(plain, ref)
+
+
+def test_fp8_indexer_replays_like_eager_and_overlaps_bf16() -> None:
+    """DSAIndexer(backend="triton") on an fp8 key cache, captured at B=4, L=16384, replays like
+    eager; its selection keeps at least 90% of the bf16 selection on random keys."""
+    batch, length = 4, 16384
+    gen = torch.Generator(device="cuda").manual_seed(25)
+    q, k, w = random_qkw(batch, 1, length, gen)
+    values, scales = quantize_keys_fp8(k)
+    seq_lens = torch.full((batch,), length, dtype=torch.int32, device="cuda")
+    mask = torch.empty(batch, 1, length, device="cuda")
+    indexer = DSAIndexer(HEADS, DIM, TOPK, backend="triton")
+    graph, out = capture(lambda: indexer(q, values, w, seq_lens, mask, k_scale=scales))
+    assert isinstance(out, IndexerOutput)
+    for lens in ([0, 1, TOPK + 1, length], [length, TOPK, TOPK - 1, 0]):
+        new_k = random_qkw(batch, 1, length, gen)[1]
+        new_values, new_scales = quantize_keys_fp8(new_k)
+        values.copy_(new_values)
+        scales.copy_(new_scales)
+        seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = indexer(q, new_values, w, seq_lens.clone(), k_scale=new_scales)
+        assert torch.equal(out.indices, eager.indices)
+        assert torch.equal(out.mask, eager.mask)
+        bf16 = DSAIndexer(HEADS, DIM, TOPK, backend="triton")(q, new_k, w, seq_lens.clone())
+        for b, n in enumerate(lens):
+            a = set(out.indices[b, 0].tolist()) - {-1}
+            e = set(bf16.indices[b, 0].tolist()) - {-1}
+            assert len(a) == len(e) == min(n, TOPK)
+            assert len(a & e) >= 0.9 * len(e)
+
+
+# --------------------------------------------------------------------------- auto path and certify
+
+
+def test_auto_indexer_takes_the_fused_topk_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default DSAIndexer on CUDA runs the fused top-k + mask kernel once per step."""
+    calls: list[bool] = []
+    original = _triton_topk.topk_mask
+
+    def counting(scores: Tensor, k: int, mask: Tensor | None = None, **kwargs: Any) -> Tensor:
+        calls.append(mask is not None)
+        return original(scores, k, mask, **kwargs)
+
+    monkeypatch.setattr(dsa._indexer._triton_topk, "topk_mask", counting)
+    gen = torch.Generator(device="cuda").manual_seed(26)
+    q, k, w = random_qkw(3, 1, 4096, gen)
+    seq_lens = torch.tensor([4096, 5, 0], device="cuda")
+    out = DSAIndexer(HEADS, DIM, TOPK)(q, k, w, seq_lens)
+    assert calls == [True]
+    assert out.row_has_keys.dtype == torch.bool
+    assert out.row_has_keys.flatten().tolist() == [True, True, False]
+    reference = DSAIndexer(HEADS, DIM, TOPK, backend="torch")(q, k, w, seq_lens)
+    assert torch.equal(torch.isfinite(out.mask)[1], torch.isfinite(reference.mask)[1])
+
+
+def test_certify_passes_with_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """graphguard certify (quick) is CERTIFIED on this GPU with the fused top-k in the step."""
+    from graphguard import _certify
+
+    calls: list[int] = []
+    original = _triton_topk.topk_mask
+
+    def counting(scores: Tensor, k: int, mask: Tensor | None = None, **kwargs: Any) -> Tensor:
+        calls.append(k)
+        return original(scores, k, mask, **kwargs)
+
+    monkeypatch.setattr(dsa._indexer._triton_topk, "topk_mask", counting)
+    cert = _certify.certify("dsa", quick=True)
+    assert cert.certified, cert.summary()
+    assert TOPK in calls, "the replayed step did not run the fused top-k"

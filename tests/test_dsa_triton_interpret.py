@@ -1,0 +1,327 @@
+"""The fused Triton kernels (top-k + mask, mask writer, fp8 scorer) run on CPU in the interpreter.
+
+These tests run only where triton imports and ``TRITON_INTERPRET=1`` is set; CI has no triton,
+so they skip there. They hold the kernels to the PyTorch reference: ``select_topk`` bit for bit
+(same picks, same order) wherever it defines the result, the mask of ``fill_(-inf)`` followed by
+``update_index_mask``, and the PyTorch fp8 scorer. bf16 is left to the GPU tests: the
+interpreter has no bf16 arithmetic of its own, so fp16 stands in for it here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch import Tensor
+
+from dsa import (
+    DSAIndexer,
+    indexer_scores,
+    quantize_keys_fp8,
+    select_topk,
+    update_index_mask,
+)
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET", "") != "1":
+    pytest.skip("set TRITON_INTERPRET=1 to run the Triton kernels on CPU", allow_module_level=True)
+
+from dsa import _triton_topk
+
+NEG_INF, POS_INF, NAN = float("-inf"), float("inf"), float("nan")
+
+
+def reference_mask(scores: Tensor, k: int) -> Tensor:
+    """The unfused mask: -inf everywhere, then 0 at the reference picks."""
+    mask = torch.full(scores.shape, NEG_INF)
+    return update_index_mask(mask, select_topk(scores, k))
+
+
+def distinct_scores(shape: tuple[int, ...], seed: int) -> Tensor:
+    """Scores without ties: a random permutation of distinct values of both signs."""
+    gen = torch.Generator().manual_seed(seed)
+    n = shape[-1]
+    rows = [
+        torch.randperm(n, generator=gen).float() - n / 3
+        for _ in range(int(torch.tensor(shape[:-1]).prod()))
+    ]
+    return torch.stack(rows).view(shape) * 0.37
+
+
+def assert_valid_tie_resolution(got: Tensor, scores: Tensor, k: int) -> None:
+    """Where ties leave the reference open: same scores in order, same -1s, lower index first."""
+    ref = select_topk(scores, k)
+    real = got >= 0
+    assert torch.equal(real, ref >= 0)
+    taken = torch.gather(scores, -1, got.clamp_min(0))
+    expected = torch.gather(scores, -1, ref.clamp_min(0))
+    assert torch.equal(taken[real], expected[real])
+    # Among equal scores, lower indices come first.
+    for row_got, row_taken, row_real in zip(
+        got.reshape(-1, k), taken.reshape(-1, k), real.reshape(-1, k), strict=True
+    ):
+        picks = row_got[row_real].tolist()
+        values = row_taken[row_real].tolist()
+        for a in range(len(picks) - 1):
+            if values[a] == values[a + 1]:
+                assert picks[a] < picks[a + 1]
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+@pytest.mark.parametrize(
+    ("shape", "k"),
+    [((3, 100), 8), ((2, 1, 5000), 64), ((2, 3, 257), 32), ((1, 1), 1), ((2, 64), 64)],
+)
+def test_topk_equals_reference_bit_for_bit(shape: tuple[int, ...], k: int) -> None:
+    """Tie-free rows (some with hidden tails): same indices in the same order, same mask."""
+    scores = distinct_scores(shape, seed=sum(shape) + k)
+    flat = scores.view(-1, shape[-1])
+    flat[0, shape[-1] // 2 :] = NEG_INF  # a short row: fewer visible keys than k, maybe
+    mask = torch.full(shape, 5.0)
+    got = _triton_topk.topk_mask(scores, k, mask)
+    assert got.dtype == torch.int64 and got.shape == (*shape[:-1], k)
+    assert torch.equal(got, select_topk(scores, k))
+    assert torch.equal(mask, reference_mask(scores, k))
+
+
+def test_nonfinite_scores_take_slots_like_torch_topk() -> None:
+    """NaN and +inf take the first slots as -1, -inf and missing keys trail as -1."""
+    scores = torch.tensor([[1.0, NAN, 3.0, POS_INF, NEG_INF, 2.0, -NAN, -7.5]])
+    mask = torch.empty(1, 8)
+    got = _triton_topk.topk_mask(scores, 7, mask)
+    assert torch.equal(got, select_topk(scores, 7))
+    assert got.tolist() == [[-1, -1, -1, 2, 5, 0, 7]]
+    assert torch.equal(mask, reference_mask(scores, 7))
+
+
+def test_negative_and_positive_zero_are_one_score() -> None:
+    """-0.0 and +0.0 tie; the lower index comes first, as for any tie."""
+    scores = torch.tensor([[-0.0, 1.0, 0.0, -1.0]])
+    assert _triton_topk.topk_mask(scores, 3).tolist() == [[1, 0, 2]]
+    assert _triton_topk.topk_mask(scores, 2).tolist() == [[1, 0]]
+
+
+def test_all_hidden_row_and_k_wider_than_the_row() -> None:
+    """An all -inf row gives all -1 and an all -inf mask; k > L pads every row with -1."""
+    scores = distinct_scores((3, 40), seed=1)
+    scores[1] = NEG_INF
+    scores[2, 7:] = NEG_INF
+    mask = torch.zeros(3, 40)
+    got = _triton_topk.topk_mask(scores, 300, mask)
+    assert torch.equal(got, select_topk(scores, 300))
+    assert (got[1] == -1).all() and (mask[1] == NEG_INF).all()
+    assert (got[0, 40:] == -1).all() and (got[2, 7:] == -1).all()
+    assert torch.equal(mask, reference_mask(scores, 300))
+
+
+def test_default_topk_2048_over_a_short_row() -> None:
+    """k=2048 (the indexer's) over L=100 with 37 visible keys: those keys, sorted, then -1."""
+    scores = distinct_scores((1, 100), seed=2)
+    scores[0, 37:] = NEG_INF
+    got = _triton_topk.topk_mask(scores, 2048)
+    assert got.shape == (1, 2048)
+    assert torch.equal(got, select_topk(scores, 2048))
+
+
+def test_ties_resolve_to_lower_indices() -> None:
+    """All-equal scores pick indices 0..k-1 in order; partial ties keep the reference values."""
+    equal = torch.zeros(2, 64)
+    equal[1, 20:] = NEG_INF
+    got = _triton_topk.topk_mask(equal, 8)
+    assert got.tolist() == [list(range(8)), list(range(8))]
+    gen = torch.Generator().manual_seed(3)
+    coarse = torch.randint(-4, 5, (4, 200), generator=gen).float()
+    coarse[2, 50:] = NEG_INF
+    got = _triton_topk.topk_mask(coarse, 33)
+    assert_valid_tie_resolution(got, coarse, 33)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_scores(dtype: torch.dtype) -> None:
+    """fp16 and bf16 score rows: the picks of the reference, ties resolved to lower indices."""
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randn(3, 500, generator=gen).to(dtype)
+    scores[1, 100:] = NEG_INF
+    assert_valid_tie_resolution(_triton_topk.topk_mask(scores, 48), scores, 48)
+
+
+def test_mask_written_through_a_strided_buffer() -> None:
+    """A mask that is a strided view of a larger buffer is written in place, the rest untouched."""
+    scores = distinct_scores((2, 30), seed=5)
+    storage = torch.full((4, 40), 9.0)
+    view = storage[::2, 5:35]
+    _triton_topk.topk_mask(scores, 6, view)
+    assert torch.equal(view, reference_mask(scores, 6))
+    untouched = storage.clone()
+    untouched[::2, 5:35] = 9.0
+    assert (untouched == 9.0).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_rows_with_repeated_values(seed: int) -> None:
+    """Random rows drawn from few values, hidden tails and NaN: valid picks, the reference mask
+    up to the tie choice, identical counts."""
+    gen = torch.Generator().manual_seed(10 + seed)
+    rows, width, k = 5, 97 + 31 * seed, 1 + 7 * seed
+    scores = torch.randint(-20, 20, (rows, width), generator=gen).float() / 4
+    for r in range(rows):
+        scores[r, int(torch.randint(0, width + 1, (1,), generator=gen)) :] = NEG_INF
+    scores[0, 3] = NAN
+    got = _triton_topk.topk_mask(scores, k)
+    assert_valid_tie_resolution(got, scores, k)
+
+
+def test_select_topk_triton_backend_runs_the_kernel() -> None:
+    """select_topk(backend="triton") is the fused kernel; "auto" stays torch on CPU."""
+    scores = distinct_scores((2, 2, 80), seed=6)
+    assert torch.equal(select_topk(scores, 16, backend="triton"), select_topk(scores, 16))
+
+
+# --------------------------------------------------------------------------- mask writer
+
+HAND_L = 16
+HAND_IDX = torch.tensor(
+    [
+        [0, -1, -5, HAND_L, HAND_L + 7, 3],
+        [-1, -1, -1, -1, -1, -1],
+        [HAND_L - 1, HAND_L, -5, 0, 0, HAND_L + 7],
+        [-5, HAND_L + 7, 9, -1, 9, HAND_L],
+    ]
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_fill_index_mask_ignores_invalid_indices(dtype: torch.dtype) -> None:
+    """Indices 0, -1, -5, L, L+7 and duplicates: equals fill(-inf) + update_index_mask."""
+    mask = torch.randn(4, HAND_L)
+    expected = update_index_mask(torch.full((4, HAND_L), NEG_INF), HAND_IDX)
+    assert _triton_topk.fill_index_mask(mask, HAND_IDX.to(dtype)) is mask
+    assert torch.equal(mask, expected)
+
+
+def test_fill_index_mask_multi_token_rows_and_k_wider_than_l() -> None:
+    """[B, T, k] indices with k > L over a [B, T, L] mask, random valid and invalid values."""
+    gen = torch.Generator().manual_seed(7)
+    mask = torch.zeros(2, 3, 10)
+    idx = torch.randint(-12, 25, (2, 3, 40), generator=gen)
+    expected = update_index_mask(torch.full((2, 3, 10), NEG_INF), idx)
+    assert torch.equal(_triton_topk.fill_index_mask(mask, idx), expected)
+
+
+# --------------------------------------------------------------------------- scorer and step
+
+
+def test_fp8_fused_scores_match_the_torch_fp8_scorer() -> None:
+    """The fused scorer on e4m3 keys with scales equals the PyTorch fp8 path (float32)."""
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 2, 16, 32, generator=gen).half()
+    k = torch.randn(2, 300, 32, generator=gen) * 2
+    w = torch.randn(2, 2, 16, generator=gen) * 0.05
+    values, scales = quantize_keys_fp8(k)
+    seq_lens = torch.tensor([[300, 299], [77, 0]])
+    fused = indexer_scores(q, values, w, seq_lens=seq_lens, k_scale=scales, backend="triton")
+    plain = indexer_scores(q.float(), values, w, seq_lens=seq_lens, k_scale=scales)
+    finite = torch.isfinite(plain)
+    assert torch.equal(torch.isfinite(fused), finite)
+    torch.testing.assert_close(fused[finite], plain[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fp8_keys", [False, True], ids=["fp16", "fp8"])
+def test_indexer_step_triton_equals_torch(fp8_keys: bool) -> None:
+    """DSAIndexer on the Triton path (scorer, top-k + mask) equals the PyTorch path, patched and
+    unpatched forms alike, on ragged lengths with a padding row."""
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(4, 1, 16, 32, generator=gen).half()
+    k = torch.randn(4, 300, 32, generator=gen).half()
+    w = torch.randn(4, 1, 16, generator=gen) * 0.05
+    seq_lens = torch.tensor([300, 77, 0, 1])
+    fused = DSAIndexer(16, 32, 64, backend="triton", fp8_keys=fp8_keys)(q, k, w, seq_lens)
+    branchy = DSAIndexer(16, 32, 64, backend="triton", fp8_keys=fp8_keys, patched=False)
+    seed_form = branchy(q, k, w, seq_lens)
+    plain = DSAIndexer(16, 32, 64, backend="torch", fp8_keys=fp8_keys)
+    reference = plain(q.float(), k if fp8_keys else k.float(), w, seq_lens)
+    assert torch.equal(fused.indices, seed_form.indices)
+    assert torch.equal(fused.mask, seed_form.mask)
+    assert torch.equal(fused.indices, reference.indices)
+    assert torch.equal(fused.mask, reference.mask)
+    assert fused.row_has_keys.flatten().tolist() == [True, True, False, True]
+
+
+# --------------------------------------------------------------------------- two-launch selection
+
+
+@pytest.mark.parametrize("segments", [2, 3, 8])
+def test_segmented_selection_equals_the_single_launch(segments: int) -> None:
+    """Rows split into segments (first launch) then merged (second): the reference picks, in
+    order, and the reference mask, for tie-free rows of several visible lengths."""
+    scores = distinct_scores((4, 1000), seed=40 + segments)
+    for r, visible in enumerate([1000, 0, 15, 333]):
+        scores[r, visible:] = NEG_INF
+    mask = torch.full((4, 1000), 2.0)
+    got = _triton_topk.topk_mask(scores, 16, mask, segments=segments)
+    assert torch.equal(got, select_topk(scores, 16))
+    assert torch.equal(mask, reference_mask(scores, 16))
+
+
+def test_segmented_selection_keeps_the_tie_rule_and_nonfinite_slots() -> None:
+    """With ties, NaN and +inf, any segment count gives the single launch's result exactly."""
+    gen = torch.Generator().manual_seed(41)
+    scores = torch.randint(-3, 4, (3, 500), generator=gen).float()
+    scores[1, 100:] = NEG_INF
+    scores[2, 7], scores[2, 9], scores[2, 400] = NAN, POS_INF, NAN
+    single_mask, split_mask = torch.empty(3, 500), torch.empty(3, 500)
+    single = _triton_topk.topk_mask(scores, 40, single_mask, segments=1)
+    assert_valid_tie_resolution(single, scores, 40)
+    for segments in (2, 5, 7):
+        assert torch.equal(
+            _triton_topk.topk_mask(scores, 40, split_mask, segments=segments), single
+        )
+        assert torch.equal(split_mask, single_mask)
+
+
+def test_segments_that_hold_fewer_keys_than_k() -> None:
+    """Segments shorter than k pad their candidates; the merge still returns every key."""
+    scores = distinct_scores((2, 50), seed=42)
+    scores[1, 20:] = NEG_INF
+    got = _triton_topk.topk_mask(scores, 64, segments=4)
+    assert torch.equal(got, select_topk(scores, 64))
+
+
+def test_default_segments_depend_on_shape_only() -> None:
+    """One launch for rows shorter than 4k; a power of two near sqrt(L / k) otherwise."""
+    cpu = torch.device("cpu")
+    assert _triton_topk.default_segments(1, 4096, 2048, cpu) == 1
+    assert _triton_topk.default_segments(1, 65536, 2048, cpu) == 4
+    assert _triton_topk.default_segments(1, 131072, 2048, cpu) == 4  # at most 4 off-GPU
+    assert _triton_topk.default_segments(1, 65536, 64, cpu) == 4
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+def test_has_keys_output_equals_any_real_pick(segments: int) -> None:
+    """The kernel's row flag equals (indices >= 0).any(-1): false for all -inf and all-NaN
+    rows, true for a row whose only finite score follows NaN and +inf."""
+    scores = distinct_scores((4, 200), seed=43)
+    scores[1] = NEG_INF
+    scores[2] = NAN
+    scores[3, :] = NEG_INF
+    scores[3, 0], scores[3, 1], scores[3, 2] = NAN, POS_INF, 1.5
+    has_keys = torch.empty(4, dtype=torch.bool)
+    got = _triton_topk.topk_mask(scores, 8, segments=segments, has_keys=has_keys)
+    assert has_keys.tolist() == [True, False, False, True]
+    assert torch.equal(has_keys, (got >= 0).any(-1))
+    assert got[3].tolist() == [-1, -1, 2, -1, -1, -1, -1, -1]
+
+
+def test_fill_index_mask_through_a_transposed_view() -> None:
+    """A mask whose last dim is not unit-stride is written correctly (through a copy)."""
+    storage = torch.zeros(HAND_L, 4)
+    mask = storage.t()  # [4, HAND_L], stride (1, 4)
+    expected = update_index_mask(torch.full((4, HAND_L), NEG_INF), HAND_IDX)
+    _triton_topk.fill_index_mask(mask, HAND_IDX)
+    assert torch.equal(mask, expected)
+    assert torch.equal(storage.t(), expected)
