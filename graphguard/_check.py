@@ -356,12 +356,20 @@ class CheckResult:
         return EXIT_PROGRAM_FAILED if self.error is not None else EXIT_CLEAN
 
 
-def run_check(target: Target, *, functions: Sequence[FunctionSpec] = ()) -> CheckResult:
+def run_check(
+    target: Target, *, functions: Sequence[FunctionSpec] = (), supervise: bool = True
+) -> CheckResult:
     """Run ``target`` with every region audited and every hazard collected.
 
     Raises ``CheckStartError`` if the program cannot start. Whatever the program does (returns,
     raises, calls ``sys.exit``), the overrides, ``sys.argv``, ``sys.path`` and any profile hook
     are restored before this returns.
+
+    ``supervise`` (where ``os.fork`` exists): the program runs in a forked child while this
+    process waits. Every hazard reaches the channel file the moment it is reported, and the
+    child's last record says how the program ended, so a program that leaves with
+    ``os._exit()`` or dies of a signal still gets its report (its exit status in place of an
+    exception). Without ``fork`` (or ``supervise=False``) the program runs in this process.
     """
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     saved_overrides = (overrides.force_audit, overrides.collect)
@@ -382,28 +390,12 @@ def run_check(target: Target, *, functions: Sequence[FunctionSpec] = ()) -> Chec
         remove_channel = add_sink(channel_sink)
         overrides.force_audit = overrides.collect = True
         try:
-            if auditor is not None:
-                auditor.install()
-            try:
-                run()
-            finally:
-                if auditor is not None:
-                    auditor.uninstall()
-        except SystemExit as e:
-            if e.code not in (None, 0):
-                result.error = f"SystemExit: {e.code}"
-        except BaseException as e:  # whatever the program raised, even a custom BaseException
-            message = _first_line(e)
-            result.error = f"{type(e).__name__}: {message}" if message else type(e).__name__
-            result.error_traceback = _user_traceback(e)
+            supervise = supervise and hasattr(os, "fork") and _stdio_has_descriptors()
+            if supervise:
+                _supervised(run, result, auditor, channel)
+            else:
+                _run_program(run, result, auditor, me)
         finally:
-            if os.getpid() != me:
-                # A child the program forked with os.fork() returned from the program instead of
-                # exiting: its hazards are in the channel; it must not report a second time.
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(0 if result.error is None else 1)
             remove_channel()
             remove_sink()
     finally:
@@ -420,12 +412,120 @@ def run_check(target: Target, *, functions: Sequence[FunctionSpec] = ()) -> Chec
         with contextlib.suppress(OSError):
             os.unlink(channel)
     result.findings = collector.findings()
-    if auditor is not None:
+    if auditor is not None and not supervise:
         result.unmatched_functions = [
             spec.text for spec in auditor.specs if spec.text not in auditor.matched
         ]
         result.hook_failures = auditor.failures
     return result
+
+
+def _run_program(run: Callable[[], Any], result: CheckResult, auditor: Any, me: int) -> None:
+    """Run the program here, recording how it ended in ``result``."""
+    try:
+        if auditor is not None:
+            auditor.install()
+        try:
+            run()
+        finally:
+            if auditor is not None:
+                auditor.uninstall()
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            result.error = f"SystemExit: {e.code}"
+    except BaseException as e:  # whatever the program raised, even a custom BaseException
+        message = _first_line(e)
+        result.error = f"{type(e).__name__}: {message}" if message else type(e).__name__
+        result.error_traceback = _user_traceback(e)
+    finally:
+        if os.getpid() != me:
+            # A child the program forked with os.fork() returned from the program instead of
+            # exiting: its hazards are in the channel; it must not report a second time.
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(0 if result.error is None else 1)
+
+
+def _supervised(run: Callable[[], Any], result: CheckResult, auditor: Any, channel: str) -> None:
+    """Run the program in a forked child; this process waits and reads how it ended."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the program's process (coverage does not follow forks)
+        code = 0
+        try:
+            program = os.getpid()
+            # Hazards of this process go to the channel, like those of its own children.
+            os.environ[CHECK_PID_ENV] = str(os.getppid())
+            _run_program(run, result, auditor, program)
+            record = {
+                "error": result.error,
+                "error_traceback": result.error_traceback,
+                "unmatched_functions": [
+                    s.text for s in auditor.specs if s.text not in auditor.matched
+                ]
+                if auditor is not None
+                else [],
+                "hook_failures": auditor.failures if auditor is not None else [],
+            }
+            _append(channel, {"end": record})
+        except BaseException:
+            code = 70
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    end = _read_end(channel)
+    if end is not None:
+        result.error = end.get("error")
+        result.error_traceback = end.get("error_traceback")
+        result.unmatched_functions = list(end.get("unmatched_functions") or [])
+        result.hook_failures = list(end.get("hook_failures") or [])
+        return
+    # The program's process ended without reaching the end of the program: os._exit or a signal.
+    if os.WIFSIGNALED(status):
+        result.error = f"killed by signal {os.WTERMSIG(status)}"
+    elif os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
+        result.error = f"os._exit({os.WEXITSTATUS(status)})"
+
+
+def _stdio_has_descriptors() -> bool:
+    """Whether ``sys.stdout``/``sys.stderr`` write to file descriptors a forked child shares.
+
+    In-memory streams (``io.StringIO``, a test's capture) would keep the child's output in the
+    child: then the program runs in this process instead.
+    """
+    try:
+        sys.stdout.fileno()
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _append(path: str, record: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def _read_end(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError, TypeError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("end"), dict):
+                return dict(record["end"])
+    return None
 
 
 def _read_channel(path: str) -> list[Diagnostic]:
@@ -438,7 +538,9 @@ def _read_channel(path: str) -> list[Diagnostic]:
         return []
     for line in lines:
         try:
-            found.append(_diagnostic_from_dict(json.loads(line)["diagnostic"]))
+            record = json.loads(line)
+            if "diagnostic" in record:
+                found.append(_diagnostic_from_dict(record["diagnostic"]))
         except (ValueError, KeyError, TypeError):
             continue
     return found

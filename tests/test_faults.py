@@ -542,3 +542,33 @@ def test_check_custom_base_exception_is_one_line(tmp_path) -> None:
     assert done.returncode == 3
     assert "Stop: halt" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not HAS_FORK, reason="the supervised check needs os.fork")
+@pytest.mark.parametrize("status", [0, 5])
+def test_check_reports_a_program_that_ends_with_os_exit(tmp_path, status) -> None:
+    """A program leaving with os._exit() after a hazard still gets its report and exit status."""
+    done = _check(
+        tmp_path, _HAZARD + f'\n    step("main")\n    os._exit({status})\n', "--format", "jsonl"
+    )
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r.get("code") for r in records if "code" in r] == ["GG101"], done.stdout
+    assert done.returncode == 1  # hazards found
+    summary = next(r["summary"] for r in records if "summary" in r)
+    assert summary["occurrences"] == 1
+    if status:
+        assert f"os._exit({status})" in done.stderr
+
+
+@pytest.mark.skipif(not HAS_FORK, reason="the supervised check needs os.fork")
+def test_check_reports_a_program_killed_by_a_signal(tmp_path) -> None:
+    """A program that dies of SIGKILL after a hazard: the hazard is reported, and the death."""
+    done = _check(
+        tmp_path,
+        _HAZARD + '\n    step("main")\n    os.kill(os.getpid(), 9)\n',
+        "--format",
+        "jsonl",
+    )
+    codes = [json.loads(line).get("code") for line in done.stdout.splitlines()]
+    assert "GG101" in codes
+    assert "killed by signal 9" in done.stderr
