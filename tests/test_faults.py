@@ -572,3 +572,74 @@ def test_check_reports_a_program_killed_by_a_signal(tmp_path) -> None:
     codes = [json.loads(line).get("code") for line in done.stdout.splitlines()]
     assert "GG101" in codes
     assert "killed by signal 9" in done.stderr
+
+
+@pytest.mark.cuda
+def test_random_interrupts_in_real_captures_leave_cuda_usable() -> None:
+    """A Ctrl-C at random points of real capture regions (graphed steps included): afterwards
+    torch is pristine, no capture is left recording, CUDA work runs and a new capture replays."""
+    before, hooks_before = _pristine_snapshot(), dict(optimizer_module._global_optimizer_pre_hooks)
+    model = torch.nn.Linear(64, 64).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(32, 64, device="cuda")
+
+    def body() -> None:
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+
+    side = torch.cuda.Stream()  # the usual warm-up before any capture
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+
+    def in_capture() -> None:
+        with graphguard.capture(mode="capture", label="interrupted"):
+            body()
+
+    def in_graphed() -> None:
+        step = graphguard.graphed(warmup=1)(body)
+        step()
+        step()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for seed in range(3):
+            rng = random.Random(seed)
+            for i in range(20):
+                region = (in_capture, in_graphed)[i % 2]
+                fired = threading.Event()
+
+                def fire(delay: float = rng.uniform(0.0, 0.002), fired=fired) -> None:
+                    time.sleep(delay)
+                    _thread.interrupt_main()
+                    fired.set()
+
+                interrupter = threading.Thread(target=fire)
+                with structlog.testing.capture_logs():
+                    try:
+                        interrupter.start()
+                        region()
+                        fired.wait()
+                        for _ in range(1000):
+                            time.sleep(0.0001)
+                        raise AssertionError("the interrupt was never delivered")
+                    except KeyboardInterrupt:
+                        pass
+                    interrupter.join()
+                assert not torch.cuda.is_current_stream_capturing()
+                torch.cuda.synchronize()
+                _assert_pristine(before, hooks_before)
+    finally:
+        sys.setswitchinterval(switch)
+    g = torch.cuda.CUDAGraph()  # a fresh capture still records and replays
+    y = torch.zeros(4, device="cuda")
+    with torch.cuda.graph(g):
+        y.add_(1)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, torch.full((4,), 2.0, device="cuda"))
