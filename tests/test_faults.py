@@ -642,4 +642,4 @@ def test_random_interrupts_in_real_captures_leave_cuda_usable() -> None:
         y.add_(1)
     g.replay()
     torch.cuda.synchronize()
-    assert torch.equal(y, torch.full((4,), 2.0, device="cuda"))
+    assert torch.equal(y, torch.ones(4, device="cuda"))  # recorded once, replayed once
