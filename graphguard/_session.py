@@ -12,6 +12,7 @@ region must be left in the thread that entered it, and a forked child starts ung
 
 from __future__ import annotations
 
+import _signal as _signal_c
 import contextlib
 import gc
 import os
@@ -64,6 +65,10 @@ PENDING: list[int] = []
 _main_ident = threading.main_thread().ident
 _holders = 0
 _previous_handler: Any = None
+# The C functions behind ``signal.getsignal``/``signal.signal``, without their enum conversions
+# (which cost more than the system call): entering and leaving a region swaps the handler.
+_getsignal = getattr(_signal_c, "getsignal", signal.getsignal)
+_setsignal = getattr(_signal_c, "signal", signal.signal)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,11 +109,11 @@ def hold_interrupts() -> bool:
         return False
     if _holders == 0:
         try:
-            current = signal.getsignal(signal.SIGINT)
+            current = _getsignal(signal.SIGINT)
             if current is not _on_sigint:
                 _previous_handler = current
             if callable(current):
-                signal.signal(signal.SIGINT, _on_sigint)
+                _setsignal(signal.SIGINT, _on_sigint)
         except (ValueError, TypeError):  # pragma: no cover - no signal support here
             return False
     _holders += 1
@@ -121,8 +126,8 @@ def release_interrupts(held: bool) -> None:
     if not held:
         return
     _holders -= 1
-    if _holders == 0 and signal.getsignal(signal.SIGINT) is _on_sigint:
-        signal.signal(signal.SIGINT, _previous_handler)
+    if _holders == 0 and _getsignal(signal.SIGINT) is _on_sigint:
+        _setsignal(signal.SIGINT, _previous_handler)
 
 
 def take_interrupt(frame: FrameType | None) -> int | None:
