@@ -439,11 +439,11 @@ class HazardMode(TorchFunctionMode):
                 return result
             stack = _STACK.get()
             if stack:
-                state = stack[-1]
+                innermost = stack[-1]
                 # An operation on a tensor makes no host tensor while none exists (the common
                 # case): only then is the first argument enough to settle it.
-                if state.host_ids or not args or not isinstance(args[0], torch.Tensor):
-                    track_plain(state, args, kwargs or {}, result)
+                if innermost.host_ids or not args or not isinstance(args[0], torch.Tensor):
+                    track_plain(innermost, args, kwargs or {}, result)
             return result
         if kwargs is None:
             kwargs = {}
