@@ -134,15 +134,21 @@ def _targets() -> list[_Target]:
     cuda = torch.cuda
     out = [
         _Target(cuda, "synchronize", _sync("torch.cuda.synchronize()"), True),
-        _Target(cuda.Stream, "synchronize", _sync("Stream.synchronize()"), True),
-        _Target(cuda.Stream, "query", _sync("Stream.query()", True), True),
-        _Target(cuda.Event, "synchronize", _sync("Event.synchronize()"), True),
-        _Target(cuda.Event, "query", _sync("Event.query()", True), True),
-        _Target(cuda.Event, "elapsed_time", _sync("Event.elapsed_time()", 0.0), True),
         _Target(cuda, "default_stream", _default_stream),
         _Target(torch.Tensor, "pin_memory", _no_check, True),
         _Target(torch, "save", _save),
     ]
+    # Without CUDA no ``torch.cuda.Stream`` or ``torch.cuda.Event`` can exist (constructing one
+    # raises), so their methods cannot be called; wrapping them would only cost every region
+    # two type modifications.
+    if cuda.is_available():
+        out += [
+            _Target(cuda.Stream, "synchronize", _sync("Stream.synchronize()"), True),
+            _Target(cuda.Stream, "query", _sync("Stream.query()", True), True),
+            _Target(cuda.Event, "synchronize", _sync("Event.synchronize()"), True),
+            _Target(cuda.Event, "query", _sync("Event.query()", True), True),
+            _Target(cuda.Event, "elapsed_time", _sync("Event.elapsed_time()", 0.0), True),
+        ]
     # Device-generic APIs (torch >= 2.4): what code written for any accelerator calls.
     accelerator = getattr(torch, "accelerator", None)
     if accelerator is not None and hasattr(accelerator, "synchronize"):
@@ -418,10 +424,11 @@ _MISSING = object()
 class _Group:
     """The slots of one owner, installed and removed together.
 
-    A module's attributes are plain entries of its ``__dict__``: when every one of them still
-    holds the object its wrapper was made for, one ``dict.update`` installs them all and one
-    removes them. Anything else (a type, an attribute someone replaced, an inherited one) takes
-    the per-attribute path, which checks each slot.
+    When every attribute of the owner still holds the object its wrapper was made for, the
+    group is written in one go: one ``dict.update`` of a module's ``__dict__``, or the
+    ``setattr`` calls on a type under one lift of its immutable flag. Anything else (the first
+    install, an attribute someone replaced, an inherited one) takes the per-attribute path,
+    which checks each slot.
     """
 
     __slots__ = ("fast", "names", "originals", "slots", "unwrapped", "wrapped")
@@ -440,24 +447,45 @@ class _Group:
         if self.originals and all(
             map(operator.is_, map(namespace.get, self.names), self.originals)
         ):
-            namespace.update(self.wrapped)
+            if self.fast:
+                namespace.update(self.wrapped)
+            else:
+                self._write(self.wrapped)
             return
         for slot in self.slots:
             slot.install()
-        if self.fast:
+        if all(slot.had_own for slot in self.slots):
             self.originals = tuple(slot.original for slot in self.slots)
             self.wrapped = {slot.name: slot.wrapper for slot in self.slots}
             self.unwrapped = {slot.name: slot.original for slot in self.slots}
+        else:  # an inherited attribute is removed, not overwritten: per-attribute path only
+            self.originals = ()
+            self.wrapped = self.unwrapped = {}
 
     def uninstall(self) -> None:
         namespace = self.slots[0].namespace
         if self.wrapped and all(
             map(operator.is_, map(namespace.get, self.names), self.wrapped.values())
         ):
-            namespace.update(self.unwrapped)
+            if self.fast:
+                namespace.update(self.unwrapped)
+            else:
+                self._write(self.unwrapped)
             return
         for slot in reversed(self.slots):
             slot.uninstall()
+
+    def _write(self, values: dict[str, Any]) -> None:
+        """``setattr`` of each value on a type, lifting its immutable flag once for them all."""
+        owner, flags = self.slots[0].owner, self.slots[0].flags
+        if flags is not None:
+            flags.value &= ~_IMMUTABLETYPE
+        try:
+            for name, value in values.items():
+                setattr(owner, name, value)
+        finally:
+            if flags is not None:
+                flags.value |= _IMMUTABLETYPE
 
 
 def _target_list() -> list[_Target]:
