@@ -134,21 +134,15 @@ def _targets() -> list[_Target]:
     cuda = torch.cuda
     out = [
         _Target(cuda, "synchronize", _sync("torch.cuda.synchronize()"), True),
+        _Target(cuda.Stream, "synchronize", _sync("Stream.synchronize()"), True),
+        _Target(cuda.Stream, "query", _sync("Stream.query()", True), True),
+        _Target(cuda.Event, "synchronize", _sync("Event.synchronize()"), True),
+        _Target(cuda.Event, "query", _sync("Event.query()", True), True),
+        _Target(cuda.Event, "elapsed_time", _sync("Event.elapsed_time()", 0.0), True),
         _Target(cuda, "default_stream", _default_stream),
         _Target(torch.Tensor, "pin_memory", _no_check, True),
         _Target(torch, "save", _save),
     ]
-    # Without CUDA no ``torch.cuda.Stream`` or ``torch.cuda.Event`` can exist (constructing one
-    # raises), so their methods cannot be called; wrapping them would only cost every region
-    # two type modifications.
-    if cuda.is_available():
-        out += [
-            _Target(cuda.Stream, "synchronize", _sync("Stream.synchronize()"), True),
-            _Target(cuda.Stream, "query", _sync("Stream.query()", True), True),
-            _Target(cuda.Event, "synchronize", _sync("Event.synchronize()"), True),
-            _Target(cuda.Event, "query", _sync("Event.query()", True), True),
-            _Target(cuda.Event, "elapsed_time", _sync("Event.elapsed_time()", 0.0), True),
-        ]
     # Device-generic APIs (torch >= 2.4): what code written for any accelerator calls.
     accelerator = getattr(torch, "accelerator", None)
     if accelerator is not None and hasattr(accelerator, "synchronize"):
@@ -508,8 +502,15 @@ _dynamo_loaded_at_install = False
 
 def _install() -> None:
     global _hook_handle, _dynamo_loaded_at_install
+    global _optimizer_hooks, _register_optimizer_hook, _hook_plan_known
     _dynamo_loaded_at_install = "torch._dynamo" in sys.modules
-    if _register_optimizer_hook is not None:
+    if not _hook_plan_known:  # at the first region, not at import: no CUDA query at import
+        _optimizer_hooks, _register_optimizer_hook = _optimizer_hook_registrar()
+        _hook_plan_known = True
+    if _optimizer_hooks is not None:
+        _optimizer_hooks[_HOOK_KEY] = optimizer_pre_hook
+        _hook_handle = _HOOK_KEY
+    elif _register_optimizer_hook is not None:
         _hook_handle = _register_optimizer_hook(optimizer_pre_hook)
     for group in _groups():
         _installed.append(group)
@@ -518,7 +519,11 @@ def _install() -> None:
 
 def _uninstall() -> None:
     global _hook_handle
-    if _hook_handle is not None:
+    if _hook_handle is _HOOK_KEY:
+        assert _optimizer_hooks is not None
+        _optimizer_hooks.pop(_HOOK_KEY, None)
+        _hook_handle = None
+    elif _hook_handle is not None:
         _hook_handle.remove()
         _hook_handle = None
     was_installed = bool(_installed)
@@ -529,12 +534,29 @@ def _uninstall() -> None:
 
 
 def _optimizer_hook_registrar() -> Any:
+    """How to register ``optimizer_pre_hook``, which only matters while emulating.
+
+    With CUDA the hook has nothing to do, so it is not registered. Without CUDA it goes
+    straight into torch's table of global optimizer pre-hooks under a key that torch's own
+    handles (counting up from 0) never use, which costs a dict write instead of a handle;
+    where that table is not there, through ``register_optimizer_step_pre_hook``.
+    """
+    if torch.cuda.is_available():
+        return None, None
     import torch.optim.optimizer as optimizer_module
 
-    return getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
+    hooks = getattr(optimizer_module, "_global_optimizer_pre_hooks", None)
+    register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
+    if isinstance(hooks, dict) and register is not None:
+        return hooks, None
+    return None, register
 
 
-_register_optimizer_hook = _optimizer_hook_registrar()
+_optimizer_hooks: Any = None
+_register_optimizer_hook: Any = None
+_hook_plan_known = False
+#: The key of ``optimizer_pre_hook`` in torch's table: negative, unlike torch's handle ids.
+_HOOK_KEY = -0x6767
 
 
 def _settle_dynamo_rebinding(dynamo_was_loaded: bool) -> None:

@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 _local = threading.local()
+#: ``TorchFunctionMode.__enter__`` without its Python frame (torch >= 2.1 has the C function).
+_push_mode = getattr(torch._C, "_push_on_torch_function_stack", None) or (
+    lambda mode: mode.__enter__()
+)
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------
@@ -194,8 +198,9 @@ class Guarded:
             self._pushed = True
             depth = getattr(_local, "depth", 0)
             if depth == 0:
-                mode = HazardMode()
-                mode.__enter__()
+                mode = getattr(_local, "spare", None) or HazardMode()
+                mode.capture_states = 0
+                _push_mode(mode)
                 _local.mode = mode
             _local.depth = depth + 1
             self._counted = True
@@ -246,6 +251,7 @@ class Guarded:
                     mode = _local.mode
                     _local.mode = None
                     mode.__exit__(None, None, None)
+                    _local.spare = mode  # the thread's next outermost region reuses it
         finally:
             try:
                 if self._pushed:
@@ -308,6 +314,7 @@ def _after_fork_in_child() -> None:
     mode = getattr(_local, "mode", None)
     _local.depth = 0
     _local.mode = None
+    _local.spare = None
     if mode is not None:
         with contextlib.suppress(Exception):
             mode.__exit__(None, None, None)
