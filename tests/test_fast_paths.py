@@ -120,27 +120,28 @@ def test_type_attribute_replaced_between_regions_is_wrapped_and_kept() -> None:
 
 def test_regions_in_turn_in_many_threads_reuse_and_release_their_modes() -> None:
     """Each thread's interceptor is reused from region to region and never left on the stack."""
-    depths: list[int] = []
+    depths: dict[int, list[int]] = {}
     errors: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(i: int) -> None:
+        seen = depths[i] = []
         try:
             for _ in range(5):
                 with graphguard.capture(mode="audit"):
-                    depths.append(torch._C._len_torch_function_stack())
+                    seen.append(torch._C._len_torch_function_stack())
                     with graphguard.capture(mode="audit"):
-                        depths.append(torch._C._len_torch_function_stack())
-                depths.append(torch._C._len_torch_function_stack())
+                        seen.append(torch._C._len_torch_function_stack())
+                seen.append(torch._C._len_torch_function_stack())
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker) for _ in range(3)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
-    assert depths == [1, 1, 0] * 15
+    assert depths == {i: [1, 1, 0] * 5 for i in range(3)}
     assert not _patches.is_installed()
 
 
