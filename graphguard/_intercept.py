@@ -407,11 +407,12 @@ _TRACKED_RESULTS = (torch.Tensor, tuple, list)
 class HazardMode(TorchFunctionMode):
     """Checks each torch call of the guarded thread against the hazard table before it runs.
 
-    The common case is a *plain* call: not in the table, none of the keyword arguments that can
-    make a call a hazard, and no capture recording. It returns after one dict lookup and a few
-    attribute reads; while emulating, its result is looked at only when it is a tensor and the
-    call could have made a genuine host tensor (see ``_emulation.track_plain``). This runs on
-    every torch call of a guarded thread.
+    The common case is a *plain* call: not in the table and none of the keyword arguments that
+    can make a call a hazard. It returns after one dict lookup and a few attribute reads (under
+    a capture, one more: is the current stream recording? Only a call issued outside the
+    recording stream can be a stream hazard); while emulating, its result is looked at only
+    when it is a tensor and the call could have made a genuine host tensor (see
+    ``_emulation.track_plain``). This runs on every torch call of a guarded thread.
     """
 
     def __init__(self) -> None:
@@ -429,11 +430,10 @@ class HazardMode(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         check = _CHECKS.get(func)
-        if (
-            check is None
-            and not self.capture_states
-            and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs))
-        ):
+        if check is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)):
+            if self.capture_states and not _is_capturing():
+                # A kernel issued outside the recording stream: the full check below decides.
+                return self._checked(func, None, args, kwargs or {})
             result = func(*args, **kwargs) if kwargs else func(*args)
             if not self.emulate or not isinstance(result, _TRACKED_RESULTS):
                 return result
@@ -445,8 +445,12 @@ class HazardMode(TorchFunctionMode):
                 if innermost.host_ids or not args or not isinstance(args[0], torch.Tensor):
                     track_plain(innermost, args, kwargs or {}, result)
             return result
-        if kwargs is None:
-            kwargs = {}
+        return self._checked(func, check, args, kwargs or {})
+
+    def _checked(
+        self, func: Any, check: Checker | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The full path: the call's checker, keyword hazards, the stream check, emulation."""
         state = current_state()
         if state is None:  # the guard ended but a caller still holds the mode
             return func(*args, **kwargs)
