@@ -432,12 +432,27 @@ def cpu_table_rows(cpu: dict[str, Any], first: dict[str, float]) -> list[str]:
     return rows
 
 
+def _guarded_run(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or ``{"error": ...}`` if it fails: one failed row must not cost the rest."""
+    try:
+        return fn(*args)
+    except Exception as e:  # reported in the table, with the traceback on stderr
+        import traceback
+
+        traceback.print_exc()
+        last = (str(e).strip().splitlines() or [""])[-1].replace("|", "/")
+        return {"error": f"{type(e).__name__}: {last}"}
+
+
 def gpu_table_rows(
-    card: str, results: list[dict[str, Any]], first: dict[str, float] | None
+    card: str, results: list[dict[str, Any]], first: dict[str, Any] | None
 ) -> list[str]:
     rows = []
     goals = {"capture": (1.3, 1.3), "audit": (1.2, 1.3)}
     for i, r in enumerate(results):
+        if "error" in r:
+            rows.append(f"| {card} | step {i + 1} | — | — | — | — | failed: {r['error']} |")
+            continue
         cap_goal, audit_goal = goals["capture"][i], goals["audit"][i]
         cap = r["capture_gg_us"] / r["capture_raw_us"]
         aud = r["audit_us"] / r["eager_us"]
@@ -456,7 +471,9 @@ def gpu_table_rows(
             f"{r['replay_host_raw_us']:.2f} µs | {r['replay_host_gg_us']:.2f} µs | "
             f"{_ratio(r['replay_host_raw_us'], r['replay_host_gg_us'])} | (info) | |",
         ]
-    if first is not None:
+    if first is not None and "error" in first:
+        rows.append(f"| {card} | first capture region | — | — | — | — | failed: {first['error']} |")
+    elif first is not None:
         extra = first["first_gg_capture_s"] - first["raw_capture_s"]
         rows.append(
             f"| {card}, 1 process | first capture region (MLP+attention; median of 3 processes) | "
@@ -500,8 +517,8 @@ def main() -> int:
         card = torch.cuda.get_device_name()
         lines.append(f"- GPU: {card}")
         _quiet_logs()
-        raw["gpu"] = [measure_gpu(make, args.reps) for make in (mlp_block, dsa_like)]
-        raw["first_capture"] = first_capture(3)
+        raw["gpu"] = [_guarded_run(measure_gpu, make, args.reps) for make in (mlp_block, dsa_like)]
+        raw["first_capture"] = _guarded_run(first_capture, 3)
     lines += [
         f"- torch: {torch.__version__}"
         + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""),
@@ -530,7 +547,7 @@ def main() -> int:
         f"{first['import_graphguard_s']:.2f} s, first region {first['first_region_s'] * 1e3:.1f} "
         f"ms, second region {first['second_region_s'] * 1e6:.0f} µs (medians of 5 processes).",
     ]
-    if gpu:
+    if gpu and "error" not in raw["first_capture"]:
         fc = raw["first_capture"]
         lines.append(
             f"First capture: a raw `torch.cuda.graph` capture of the warmed-up step took "
