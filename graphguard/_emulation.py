@@ -50,6 +50,7 @@ __all__ = [
     "mark_host",
     "resolve_device_args",
     "target_is_host",
+    "track_plain",
     "track_result",
 ]
 
@@ -76,6 +77,8 @@ def call_site_names_host() -> bool:
 def _device_type(dev: Any) -> str | None:
     if dev is None:
         return None
+    if isinstance(dev, torch.device):
+        return dev.type
     if isinstance(dev, int) and not isinstance(dev, bool):
         return "cuda"
     try:
@@ -193,6 +196,38 @@ def track_result(
     if host:
         for out in outs:
             mark_host(state, out)
+
+
+def track_plain(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
+) -> None:
+    """:func:`track_result` for a call with no device argument (not ``Tensor.cpu``/``.to``).
+
+    Such a call makes a genuine host tensor only when it has no tensor input (a factory given
+    no device) or when every tensor input is a genuine host tensor; while no host tensor exists
+    in the region (the common case) the second cannot happen, so an operation on tensors is
+    settled by finding its first tensor input.
+    """
+    if type(result) is torch.Size:
+        return
+    host_ids = state.host_ids
+    if host_ids:
+        tensors = _tensor_inputs(args, kwargs)
+        if tensors and not all(is_host(state, t) for t in tensors):
+            return
+    elif _has_tensor_input(args, kwargs):
+        return
+    for out in _outputs(result):
+        mark_host(state, out)
+
+
+def _has_tensor_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return True
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return True
+    return bool(kwargs) and bool(_tensor_inputs((), kwargs))
 
 
 def to_target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

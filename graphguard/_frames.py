@@ -98,13 +98,21 @@ def find_calling_frame(start: FrameType | None = None) -> FrameType | None:
     frame: FrameType | None = start if start is not None else sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if (
-            not filename.startswith(PACKAGE_DIR)
-            and os.path.abspath(filename) not in _DISPATCH_FILES
-        ):
+        skipped = _plumbing.get(filename)
+        if skipped is None:
+            skipped = filename.startswith(PACKAGE_DIR) or (
+                os.path.abspath(filename) in _DISPATCH_FILES
+            )
+            if len(_plumbing) < 4096:
+                _plumbing[filename] = skipped
+        if not skipped:
             return frame
         frame = frame.f_back
     return None
+
+
+#: filename -> whether ``find_calling_frame`` skips its frames (graphguard, torch dispatch).
+_plumbing: dict[str, bool] = {}
 
 
 def user_tracebacks(tb: TracebackType | None) -> Iterable[TracebackType]:

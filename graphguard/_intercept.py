@@ -28,10 +28,11 @@ from ._emulation import (
     resolve_device_args,
     target_is_host,
     to_target,
+    track_plain,
     track_result,
 )
 from ._report import Finding, report
-from ._state import GuardState, current_state
+from ._state import _STACK, GuardState, current_state
 
 __all__ = ["METADATA_CALLS", "HazardMode", "register_check"]
 
@@ -396,12 +397,22 @@ def _check_stream(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> F
 
 
 # --- the mode ---------------------------------------------------------------------------------
+#: Keyword arguments that can make a call outside the table a hazard (pinned factories, tensor
+#: scalars) or that emulation must rewrite (a device): a call with none of them is plain.
+_SPECIAL_KWARGS = frozenset({"device", "pin_memory", "alpha", "value"})
+#: Results that may hold tensors; anything else (sizes, numbers, dtypes) needs no tracking.
+_TRACKED_RESULTS = (torch.Tensor, tuple, list)
+
+
 class HazardMode(TorchFunctionMode):
     """Checks each torch call of the guarded thread against the hazard table before it runs.
 
-    The common case (a call that is not in the table, no capture recording, real device
-    tensors) returns after one dict lookup and a few attribute reads: this runs on every torch
-    call of a guarded thread.
+    The common case is a *plain* call: not in the table and none of the keyword arguments that
+    can make a call a hazard. It returns after one dict lookup and a few attribute reads (under
+    a capture, one more: is the current stream recording? Only a call issued outside the
+    recording stream can be a stream hazard); while emulating, its result is looked at only
+    when it is a tensor and the call could have made a genuine host tensor (see
+    ``_emulation.track_plain``). This runs on every torch call of a guarded thread.
     """
 
     def __init__(self) -> None:
@@ -418,11 +429,28 @@ class HazardMode(TorchFunctionMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        if kwargs is None:
-            kwargs = {}
         check = _CHECKS.get(func)
-        if check is None and not self.capture_states and not self.emulate and not kwargs:
-            return func(*args, **kwargs)
+        if check is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)):
+            if self.capture_states and not _is_capturing():
+                # A kernel issued outside the recording stream: the full check below decides.
+                return self._checked(func, None, args, kwargs or {})
+            result = func(*args, **kwargs) if kwargs else func(*args)
+            if not self.emulate or not isinstance(result, _TRACKED_RESULTS):
+                return result
+            stack = _STACK.get()
+            if stack:
+                innermost = stack[-1]
+                # An operation on a tensor makes no host tensor while none exists (the common
+                # case): only then is the first argument enough to settle it.
+                if innermost.host_ids or not args or not isinstance(args[0], torch.Tensor):
+                    track_plain(innermost, args, kwargs or {}, result)
+            return result
+        return self._checked(func, check, args, kwargs or {})
+
+    def _checked(
+        self, func: Any, check: Checker | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The full path: the call's checker, keyword hazards, the stream check, emulation."""
         state = current_state()
         if state is None:  # the guard ended but a caller still holds the mode
             return func(*args, **kwargs)
@@ -447,6 +475,7 @@ class HazardMode(TorchFunctionMode):
 
 _TENSOR_CUDA = torch.Tensor.cuda
 _TENSOR_TO = torch.Tensor.to
+_TENSOR_CPU = torch.Tensor.cpu
 
 
 def _emulated_call(
@@ -465,5 +494,9 @@ def _emulated_call(
             track_result(state, func, args, {}, result, False)
             return result
     result = func(*args, **kwargs)
+    if device_arg is None and func is not _TENSOR_TO and func is not _TENSOR_CPU:
+        if isinstance(result, (torch.Tensor, tuple, list)):
+            track_plain(state, args, kwargs, result)
+        return result
     track_result(state, func, args, kwargs, result, device_arg)
     return result

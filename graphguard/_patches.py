@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import operator
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -232,28 +234,37 @@ def _can_patch_type(cls: type) -> bool:
     )
 
 
-@contextlib.contextmanager
-def _mutable(owner: Any) -> Iterator[None]:
+def _flag_word(owner: Any) -> Any:
+    """The ``tp_flags`` word of an immutable type, as a ctypes view; ``None`` for anything else."""
     if not isinstance(owner, type) or not owner.__flags__ & _IMMUTABLETYPE:
-        yield
-        return
+        return None
+    if not _can_patch_type(owner):  # pragma: no cover - _targets() leaves such types out
+        raise TypeError(f"cannot wrap attributes of the immutable type {owner!r}")
     assert isinstance(_flags_offset, int)
-    flags = ctypes.c_ulong.from_address(id(owner) + _flags_offset)
+    return ctypes.c_ulong.from_address(id(owner) + _flags_offset)
+
+
+def _set(owner: Any, name: str, value: Any, flags: Any = None) -> None:
+    """``setattr``, lifting the immutable-type flag of ``owner`` for that one write if needed."""
+    if flags is None:
+        setattr(owner, name, value)
+        return
     flags.value &= ~_IMMUTABLETYPE
     try:
-        yield
+        setattr(owner, name, value)
     finally:
         flags.value |= _IMMUTABLETYPE
 
 
-def _set(owner: Any, name: str, value: Any) -> None:
-    with _mutable(owner):
-        setattr(owner, name, value)
-
-
-def _del(owner: Any, name: str) -> None:
-    with _mutable(owner):
+def _del(owner: Any, name: str, flags: Any = None) -> None:
+    if flags is None:
         delattr(owner, name)
+        return
+    flags.value &= ~_IMMUTABLETYPE
+    try:
+        delattr(owner, name)
+    finally:
+        flags.value |= _IMMUTABLETYPE
 
 
 # --- wrappers ---------------------------------------------------------------------------------
@@ -311,17 +322,49 @@ def _make_wrapper(target: _Target) -> Callable[..., Any]:
     return wrapper
 
 
-@dataclass
-class _Installed:
-    target: _Target
-    original: Any
-    had_own: bool
-    wrapper: Any
+class _Slot:
+    """One torch attribute graphguard wraps: where it lives and what to put back.
+
+    Built once per process (the target list, the owner's namespace, the immutable-type flag
+    word); ``original`` and ``wrapper`` are rebuilt only when the attribute found at install time
+    is no longer the original the wrapper was made for.
+    """
+
+    __slots__ = ("flags", "had_own", "handler", "name", "namespace", "original", "owner", "wrapper")
+
+    def __init__(self, target: _Target) -> None:
+        self.owner = target.owner
+        self.name = target.name
+        #: The owner's own attributes: a module's ``__dict__`` or a type's mapping proxy (live).
+        self.namespace: Any = vars(target.owner)
+        self.flags = _flag_word(target.owner)
+        self.handler = _make_wrapper(target)
+        self.original: Any = None
+        self.wrapper: Any = None
+        self.had_own = False
+
+    def install(self) -> None:
+        name = self.name
+        original = self.namespace.get(name, _MISSING)
+        self.had_own = original is not _MISSING
+        if not self.had_own:
+            original = getattr(self.owner, name)
+        if original is not self.original or self.wrapper is None:
+            self.original = original
+            self.wrapper = wrapt.FunctionWrapper(original, self.handler)
+        _set(self.owner, name, self.wrapper, self.flags)
+
+    def uninstall(self) -> None:
+        if self.namespace.get(self.name) is not self.wrapper:
+            return  # someone patched over us; leave their value in place
+        if self.had_own:
+            _set(self.owner, self.name, self.original, self.flags)
+        else:
+            _del(self.owner, self.name, self.flags)
 
 
 _lock = threading.RLock()
 _refcount = 0
-_installed: list[_Installed] = []
 
 
 def acquire() -> None:
@@ -361,11 +404,82 @@ def installed_targets() -> list[tuple[Any, str]]:
     return [(t.owner, t.name) for t in _target_list()]
 
 
-# Wrappers are built once per original object and reused by later installs: building ~30
-# wrapt wrappers on every region entry dominated the cost of a short guarded region.
-_wrapper_cache: dict[tuple[int, str], tuple[Any, Any]] = {}
+# Everything that does not change between regions (the target list, each owner's namespace and
+# flag word, each wrapper) is computed once: entering the first region of a thread then costs a
+# few dozen plain attribute writes, which is what keeps an empty region cheap.
 _target_cache: list[_Target] = []
+_group_cache: list[_Group] = []
+#: The groups installed now, in installation order (removed in reverse).
+_installed: list[_Group] = []
 _hook_handle: Any = None
+_MISSING = object()
+
+
+class _Group:
+    """The slots of one owner, installed and removed together.
+
+    When every attribute of the owner still holds the object its wrapper was made for, the
+    group is written in one go: one ``dict.update`` of a module's ``__dict__``, or the
+    ``setattr`` calls on a type under one lift of its immutable flag. Anything else (the first
+    install, an attribute someone replaced, an inherited one) takes the per-attribute path,
+    which checks each slot.
+    """
+
+    __slots__ = ("fast", "names", "originals", "slots", "unwrapped", "wrapped")
+
+    def __init__(self, slots: list[_Slot]) -> None:
+        self.slots = slots
+        self.fast = isinstance(slots[0].owner, types.ModuleType)
+        self.names = tuple(slot.name for slot in slots)
+        #: Filled by the first per-attribute install of a module's group; empty for types.
+        self.originals: tuple[Any, ...] = ()
+        self.wrapped: dict[str, Any] = {}
+        self.unwrapped: dict[str, Any] = {}
+
+    def install(self) -> None:
+        namespace = self.slots[0].namespace
+        if self.originals and all(
+            map(operator.is_, map(namespace.get, self.names), self.originals)
+        ):
+            if self.fast:
+                namespace.update(self.wrapped)
+            else:
+                self._write(self.wrapped)
+            return
+        for slot in self.slots:
+            slot.install()
+        if all(slot.had_own for slot in self.slots):
+            self.originals = tuple(slot.original for slot in self.slots)
+            self.wrapped = {slot.name: slot.wrapper for slot in self.slots}
+            self.unwrapped = {slot.name: slot.original for slot in self.slots}
+        else:  # an inherited attribute is removed, not overwritten: per-attribute path only
+            self.originals = ()
+            self.wrapped = self.unwrapped = {}
+
+    def uninstall(self) -> None:
+        namespace = self.slots[0].namespace
+        if self.wrapped and all(
+            map(operator.is_, map(namespace.get, self.names), self.wrapped.values())
+        ):
+            if self.fast:
+                namespace.update(self.unwrapped)
+            else:
+                self._write(self.unwrapped)
+            return
+        for slot in reversed(self.slots):
+            slot.uninstall()
+
+    def _write(self, values: dict[str, Any]) -> None:
+        """``setattr`` of each value on a type, lifting its immutable flag once for them all."""
+        owner, flags = self.slots[0].owner, self.slots[0].flags
+        if flags is not None:
+            flags.value &= ~_IMMUTABLETYPE
+        try:
+            for name, value in values.items():
+                setattr(owner, name, value)
+        finally:
+            if flags is not None:
+                flags.value |= _IMMUTABLETYPE
 
 
 def _target_list() -> list[_Target]:
@@ -374,49 +488,75 @@ def _target_list() -> list[_Target]:
     return _target_cache
 
 
+def _groups() -> list[_Group]:
+    if not _group_cache:
+        by_owner: dict[int, list[_Slot]] = {}
+        for target in _target_list():
+            by_owner.setdefault(id(target.owner), []).append(_Slot(target))
+        _group_cache.extend(_Group(slots) for slots in by_owner.values())
+    return _group_cache
+
+
 _dynamo_loaded_at_install = False
 
 
 def _install() -> None:
     global _hook_handle, _dynamo_loaded_at_install
+    global _optimizer_hooks, _register_optimizer_hook, _hook_plan_known
     _dynamo_loaded_at_install = "torch._dynamo" in sys.modules
-    import torch.optim.optimizer as optimizer_module
-
-    register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
-    if register is not None:
-        _hook_handle = register(optimizer_pre_hook)
-    for target in _target_list():
-        owner_dict = vars(target.owner)
-        had_own = target.name in owner_dict
-        original = owner_dict[target.name] if had_own else getattr(target.owner, target.name)
-        key = (id(target.owner), target.name)
-        cached = _wrapper_cache.get(key)
-        if cached is not None and cached[0] is original:
-            wrapper = cached[1]
-        else:
-            wrapper = wrapt.FunctionWrapper(original, _make_wrapper(target))
-            _wrapper_cache[key] = (original, wrapper)
-        _set(target.owner, target.name, wrapper)
-        _installed.append(_Installed(target, original, had_own, wrapper))
+    if not _hook_plan_known:  # at the first region, not at import: no CUDA query at import
+        _optimizer_hooks, _register_optimizer_hook = _optimizer_hook_registrar()
+        _hook_plan_known = True
+    if _optimizer_hooks is not None:
+        _optimizer_hooks[_HOOK_KEY] = optimizer_pre_hook
+        _hook_handle = _HOOK_KEY
+    elif _register_optimizer_hook is not None:
+        _hook_handle = _register_optimizer_hook(optimizer_pre_hook)
+    for group in _groups():
+        _installed.append(group)
+        group.install()
 
 
 def _uninstall() -> None:
     global _hook_handle
-    if _hook_handle is not None:
+    if _hook_handle is _HOOK_KEY:
+        assert _optimizer_hooks is not None
+        _optimizer_hooks.pop(_HOOK_KEY, None)
+        _hook_handle = None
+    elif _hook_handle is not None:
         _hook_handle.remove()
         _hook_handle = None
     was_installed = bool(_installed)
     while _installed:
-        item = _installed.pop()
-        owner, name = item.target.owner, item.target.name
-        if vars(owner).get(name) is not item.wrapper:
-            continue  # someone patched over us; leave their value in place
-        if item.had_own:
-            _set(owner, name, item.original)
-        else:
-            _del(owner, name)
+        _installed.pop().uninstall()
     if was_installed:
         _settle_dynamo_rebinding(_dynamo_loaded_at_install)
+
+
+def _optimizer_hook_registrar() -> Any:
+    """How to register ``optimizer_pre_hook``, which only matters while emulating.
+
+    With CUDA the hook has nothing to do, so it is not registered. Without CUDA it goes
+    straight into torch's table of global optimizer pre-hooks under a key that torch's own
+    handles (counting up from 0) never use, which costs a dict write instead of a handle;
+    where that table is not there, through ``register_optimizer_step_pre_hook``.
+    """
+    if torch.cuda.is_available():
+        return None, None
+    import torch.optim.optimizer as optimizer_module
+
+    hooks = getattr(optimizer_module, "_global_optimizer_pre_hooks", None)
+    register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
+    if isinstance(hooks, dict) and register is not None:
+        return hooks, None
+    return None, register
+
+
+_optimizer_hooks: Any = None
+_register_optimizer_hook: Any = None
+_hook_plan_known = False
+#: The key of ``optimizer_pre_hook`` in torch's table: negative, unlike torch's handle ids.
+_HOOK_KEY = -0x6767
 
 
 def _settle_dynamo_rebinding(dynamo_was_loaded: bool) -> None:

@@ -12,6 +12,7 @@ region must be left in the thread that entered it, and a forked child starts ung
 
 from __future__ import annotations
 
+import _signal as _signal_c
 import contextlib
 import gc
 import os
@@ -44,6 +45,10 @@ __all__ = [
 ]
 
 _local = threading.local()
+#: ``TorchFunctionMode.__enter__`` without its Python frame (torch >= 2.1 has the C function).
+_push_mode = getattr(torch._C, "_push_on_torch_function_stack", None) or (
+    lambda mode: mode.__enter__()
+)
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------
@@ -64,6 +69,10 @@ PENDING: list[int] = []
 _main_ident = threading.main_thread().ident
 _holders = 0
 _previous_handler: Any = None
+# The C functions behind ``signal.getsignal``/``signal.signal``, without their enum conversions
+# (which cost more than the system call): entering and leaving a region swaps the handler.
+_getsignal = getattr(_signal_c, "getsignal", signal.getsignal)
+_setsignal = getattr(_signal_c, "signal", signal.signal)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,11 +113,11 @@ def hold_interrupts() -> bool:
         return False
     if _holders == 0:
         try:
-            current = signal.getsignal(signal.SIGINT)
+            current = _getsignal(signal.SIGINT)
             if current is not _on_sigint:
                 _previous_handler = current
             if callable(current):
-                signal.signal(signal.SIGINT, _on_sigint)
+                _setsignal(signal.SIGINT, _on_sigint)
         except (ValueError, TypeError):  # pragma: no cover - no signal support here
             return False
     _holders += 1
@@ -121,8 +130,8 @@ def release_interrupts(held: bool) -> None:
     if not held:
         return
     _holders -= 1
-    if _holders == 0 and signal.getsignal(signal.SIGINT) is _on_sigint:
-        signal.signal(signal.SIGINT, _previous_handler)
+    if _holders == 0 and _getsignal(signal.SIGINT) is _on_sigint:
+        _setsignal(signal.SIGINT, _previous_handler)
 
 
 def take_interrupt(frame: FrameType | None) -> int | None:
@@ -189,8 +198,9 @@ class Guarded:
             self._pushed = True
             depth = getattr(_local, "depth", 0)
             if depth == 0:
-                mode = HazardMode()
-                mode.__enter__()
+                mode = getattr(_local, "spare", None) or HazardMode()
+                mode.capture_states = 0
+                _push_mode(mode)
                 _local.mode = mode
             _local.depth = depth + 1
             self._counted = True
@@ -241,6 +251,7 @@ class Guarded:
                     mode = _local.mode
                     _local.mode = None
                     mode.__exit__(None, None, None)
+                    _local.spare = mode  # the thread's next outermost region reuses it
         finally:
             try:
                 if self._pushed:
@@ -303,6 +314,7 @@ def _after_fork_in_child() -> None:
     mode = getattr(_local, "mode", None)
     _local.depth = 0
     _local.mode = None
+    _local.spare = None
     if mode is not None:
         with contextlib.suppress(Exception):
             mode.__exit__(None, None, None)
