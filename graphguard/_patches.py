@@ -534,15 +534,12 @@ def _uninstall() -> None:
 
 
 def _optimizer_hook_registrar() -> Any:
-    """How to register ``optimizer_pre_hook``, which only matters while emulating.
+    """How to register ``optimizer_pre_hook`` (GG602 everywhere; host scalars while emulating).
 
-    With CUDA the hook has nothing to do, so it is not registered. Without CUDA it goes
-    straight into torch's table of global optimizer pre-hooks under a key that torch's own
-    handles (counting up from 0) never use, which costs a dict write instead of a handle;
+    It goes straight into torch's table of global optimizer pre-hooks under a key that torch's
+    own handles (counting up from 0) never use, which costs a dict write instead of a handle;
     where that table is not there, through ``register_optimizer_step_pre_hook``.
     """
-    if torch.cuda.is_available():
-        return None, None
     import torch.optim.optimizer as optimizer_module
 
     hooks = getattr(optimizer_module, "_global_optimizer_pre_hooks", None)

@@ -83,6 +83,20 @@ def atomic(fn: F) -> F:
     return fn
 
 
+def _hold_during_reports() -> None:
+    # Reporting a hazard reads source lines (``linecache`` opens the file), formats and logs: an
+    # interrupt landing there would leave a file for the garbage collector or a torn log line.
+    # It is held until the region ends, like one landing while the region is entered or left.
+    from ._emulation import call_site_names_host
+    from ._report import report
+
+    atomic(report)
+    atomic(call_site_names_host)
+
+
+_hold_during_reports()
+
+
 def _in_atomic(frame: FrameType | None) -> bool:
     while frame is not None:
         if frame.f_code in _ATOMIC_CODES:
