@@ -153,7 +153,9 @@ def region_event(event: str, **fields: Any) -> None:
     """Log a region start/end event at debug level, if debug events are wanted."""
     try:
         if _regions_enabled():
-            get_logger().debug(event, **fields)
+            from ._rank import rank_fields
+
+            get_logger().debug(event, **fields, **rank_fields())
     except Exception:  # logging must never break the user's region
         pass
 

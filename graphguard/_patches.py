@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import wrapt
 
+from . import _dist
 from ._emulation import optimizer_pre_hook
 from ._report import Finding, FixedScope, report
 from ._state import GuardState, active_global_captures, current_state
@@ -55,6 +56,9 @@ class _Target:
     breaks_global_capture: bool = False
     #: Instead of checking, answer the call: ``(state) -> value``, or ``_PASS`` to run it.
     answer: Callable[[GuardState], Any] | None = None
+    #: Instead of checking, make the call: ``(state, original, instance, args, kwargs) ->
+    #: value`` (torch.distributed collectives: check, agree between ranks, then run).
+    call: Callable[..., Any] | None = None
 
 
 _PASS = object()
@@ -293,6 +297,12 @@ def _make_wrapper(target: _Target) -> Callable[..., Any]:
             _cross_thread(target, instance)
         if state is None:
             return wrapped(*args, **kwargs)
+        if target.call is not None:
+            token = _INSIDE.set(True)
+            try:
+                return target.call(state, wrapped, instance, args, kwargs)
+            finally:
+                _INSIDE.reset(token)
         if target.answer is not None:
             value = target.answer(state)
             if value is not _PASS:
@@ -358,7 +368,7 @@ def is_installed() -> bool:
 
 def installed_targets() -> list[tuple[Any, str]]:
     """(owner, attribute name) of every torch attribute graphguard may wrap."""
-    return [(t.owner, t.name) for t in _target_list()]
+    return [(t.owner, t.name) for t in (*_target_list(), *_dist_target_list())]
 
 
 # Wrappers are built once per original object and reused by later installs: building ~30
@@ -374,6 +384,29 @@ def _target_list() -> list[_Target]:
     return _target_cache
 
 
+_dist_target_cache: list[_Target] = []
+
+
+def _dist_target_list() -> list[_Target]:
+    """torch.distributed's collectives and ``Work`` waits (see ``_dist``)."""
+    if not _dist_target_cache:
+        _dist_target_cache.extend(
+            _Target(owner, name, _no_check, call=call)
+            for owner, name, call in _dist.collective_calls()
+        )
+        _dist_target_cache.extend(
+            _Target(owner, name, check) for owner, name, check in _dist.work_checks()
+        )
+    return _dist_target_cache
+
+
+def _active_targets() -> list[_Target]:
+    # Wrapped only in a process with an initialized default group: zero cost otherwise.
+    if _dist.initialized():
+        return [*_target_list(), *_dist_target_list()]
+    return _target_list()
+
+
 _dynamo_loaded_at_install = False
 
 
@@ -385,7 +418,7 @@ def _install() -> None:
     register = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
     if register is not None:
         _hook_handle = register(optimizer_pre_hook)
-    for target in _target_list():
+    for target in _active_targets():
         owner_dict = vars(target.owner)
         had_own = target.name in owner_dict
         original = owner_dict[target.name] if had_own else getattr(target.owner, target.name)
