@@ -49,22 +49,24 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _state
 from ._errors import AgreementTimeoutError, ConfigError, DistributedError, PeerFailedError
 from ._frames import find_user_frame, is_internal
 from ._log import get_logger, region_event
 from ._rank import rank_fields
 from ._report import Finding, report
 from ._rules import KINDS, RULES
-from . import _state
 from ._state import GuardState, allow
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "ENV_TIMEOUT",
+    "agree",
     "collective_calls",
     "current_timeout",
     "dist_timeout",
     "initialized",
+    "post_failure",
     "region_exit",
     "work_checks",
 ]
@@ -150,7 +152,7 @@ def current_timeout() -> float | None:
     """The agreement timeout in seconds, or ``None`` when agreement is switched off."""
     value = _TIMEOUT.get()
     if value is not _UNSET:
-        return value  # type: ignore[no-any-return]
+        return value
     env = os.environ.get(ENV_TIMEOUT)
     if env is None or not env.strip():
         return DEFAULT_TIMEOUT_S
@@ -279,7 +281,11 @@ def _collective_call(name: str) -> Call:
     kind = "barrier" if name in _BARRIERS else "object" if name in _OBJECT_COLLECTIVES else ""
 
     def call(
-        state: GuardState, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        state: GuardState,
+        wrapped: Any,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
         if not initialized():
             return wrapped(*args, **kwargs)  # torch raises its own "not initialized" error
@@ -370,9 +376,14 @@ _regions: dict[int, _Region] = {}
 _lock = threading.Lock()
 #: Per failing rank, the highest failure record number this process has acted on.
 _seen: dict[int, int] = {}
-#: The sequence numbers (per group) at which this rank last ended a region with an error.
-_own_failure: dict[str, int] = {}
+#: Where this rank ended a region with an error: (group name, sequence number, region ordinal).
+_own_failures: set[tuple[str, int, int]] = set()
 _posted = 0
+#: How many outermost regions of this process ended while a default group was initialized:
+#: the ordinal of the region running now. In a program whose ranks run the same regions (SPMD)
+#: it tells two failures at the same sequence number in the same region (both ranks stopped:
+#: nothing to tell each other) from failures in different regions.
+_exits = 0
 
 
 def _guards() -> tuple[GuardState, ...]:
@@ -429,23 +440,57 @@ def _agree(
     pending: list[int] | None = None,
 ) -> None:
     """Wait until every rank of ``group`` reached ``point``; raise if one failed or is late."""
-    store = _store()
-    me = _rank()
-    members = _members(group)
+    agree(
+        _store(),
+        _rank(),
+        _members(group),
+        point,
+        name,
+        window=window,
+        timeout=timeout,
+        where=where,
+        label=label,
+        pending=pending,
+        exit_point=pending is not None,
+    )
+
+
+def agree(
+    store: Any,
+    me: int,
+    members: list[int],
+    point: str,
+    name: str,
+    *,
+    window: tuple[int, int],
+    timeout: float,
+    where: str,
+    label: str | None,
+    pending: list[int] | None = None,
+    exit_point: bool = False,
+) -> None:
+    """The agreement protocol on ``store`` (any ``torch.distributed.Store``), for rank ``me``.
+
+    Raises :class:`PeerFailedError` when a member posted a failure that concerns the point
+    (see :func:`_peer_failure`), :class:`AgreementTimeoutError` after ``timeout`` seconds
+    without every member; returns early, without agreement, when ``pending`` fills (Ctrl-C).
+    """
     base = f"{_PREFIX}/{point}"
     keys = [f"{base}/{r}" for r in members]
     store.set(f"{base}/{me}", "1")
     deadline = time.monotonic() + timeout
     delay = 0.002
     while True:
-        # Failures first: a rank that failed and went on (it caught the error) may already
-        # wait at the same point of its next region.
-        record = _peer_failure(store, members, me, name, window)
-        if record is not None:
-            _withdraw(store, f"{base}/{me}")
-            raise _peer_error(record, me, where, label)
+        # Before a collective, failures come first: a rank that failed before issuing it and
+        # went on (it caught the error) may already wait at the same point of its next region.
+        # At a region's end, keys come first: a rank that passed the end may already have
+        # failed in its next region, at the same sequence number.
+        if not exit_point:
+            _raise_on_failure(store, members, me, name, window, base, where, label)
         if store.check(keys):
             break
+        if exit_point:
+            _raise_on_failure(store, members, me, name, window, base, where, label)
         if pending:  # Ctrl-C while leaving a region: stop waiting, the interrupt goes first
             return
         now = time.monotonic()
@@ -469,6 +514,22 @@ def _agree(
         for key in (*keys, passed):
             with contextlib.suppress(Exception):
                 store.delete_key(key)
+
+
+def _raise_on_failure(
+    store: Any,
+    members: list[int],
+    me: int,
+    name: str,
+    window: tuple[int, int],
+    base: str,
+    where: str,
+    label: str | None,
+) -> None:
+    record = _peer_failure(store, members, me, name, window)
+    if record is not None:
+        _withdraw(store, f"{base}/{me}")
+        raise _peer_error(record, me, where, label)
 
 
 def _withdraw(store: Any, key: str) -> None:
@@ -502,11 +563,10 @@ def _peer_failure(
         at = record.get("seqs", {}).get(name)
         if at is not None and not window[0] <= int(at) <= window[1]:
             continue  # it failed outside this region's span of the group's collectives
-        mine = _own_failure.get(name)
-        if mine is not None and at is not None and mine >= int(at):
-            continue  # this rank already ended a region with an error at or after it
+        if at is not None and (name, int(at), int(record.get("ordinal", -1))) in _own_failures:
+            continue  # this rank ended the same region at the same point with an error too
         _seen[r] = int(record.get("n", 0))
-        return record  # type: ignore[no-any-return]
+        return record
     return None
 
 
@@ -553,12 +613,19 @@ def _known_groups() -> list[Any]:
     return groups
 
 
-def _note_own_failure() -> None:
-    """Remember where this rank ended a region with an error (peers' failures up to here are
-    already answered)."""
+def _current_seqs() -> dict[str, int]:
+    seqs: dict[str, int] = {}
     with contextlib.suppress(Exception):
         for group in _known_groups():
-            _own_failure[_group_name(group)] = _seq(group)
+            seqs[_group_name(group)] = _seq(group)
+    return seqs
+
+
+def _note_own_failure() -> dict[str, int]:
+    """Remember where this rank ends a region with an error; returns the sequence numbers."""
+    seqs = _current_seqs()
+    _own_failures.update((name, seq, _exits) for name, seq in seqs.items())
+    return seqs
 
 
 def _failure_record(exc: BaseException, label: str | None) -> dict[str, Any]:
@@ -598,13 +665,24 @@ def _failure_record(exc: BaseException, label: str | None) -> dict[str, Any]:
 
 
 def _post_failure(exc: BaseException, label: str | None) -> None:
+    seqs = _note_own_failure()
+    post_failure(_store(), _rank(), exc, label, seqs, _exits)
+
+
+def post_failure(
+    store: Any,
+    me: int,
+    exc: BaseException,
+    label: str | None,
+    seqs: dict[str, int],
+    ordinal: int,
+) -> None:
+    """Post rank ``me``'s failure record: ``exc``, the group sequence numbers it had reached
+    and the ordinal of the region it failed in."""
     global _posted
-    store = _store()
-    me = _rank()
-    _note_own_failure()
     _posted += 1
     record = _failure_record(exc, label)
-    record.update(rank=me, n=_posted, seqs=dict(_own_failure))
+    record.update(rank=me, n=_posted, seqs=dict(seqs), ordinal=ordinal)
     store.set(f"{_PREFIX}/fail/{me}", json.dumps(record, sort_keys=True))
     store.add(f"{_PREFIX}/failures", 1)
     region_event(
@@ -618,6 +696,7 @@ def _post_failure(exc: BaseException, label: str | None) -> None:
 def region_exit(state: GuardState, exc: BaseException | None, pending: list[int]) -> None:
     """Called as a guard is left (before it is undone): the outermost guard of a thread posts a
     failure, or agrees with the groups it issued collectives on. Raises ``DistributedError``."""
+    global _exits
     if not _regions and not initialized():
         return  # no distributed job: nothing to do, nothing imported
     guards = _guards()
@@ -627,6 +706,15 @@ def region_exit(state: GuardState, exc: BaseException | None, pending: list[int]
         region = _regions.pop(id(state), None)
     if not initialized():
         return
+    try:
+        _leave_region(state, exc, pending, region)
+    finally:
+        _exits += 1
+
+
+def _leave_region(
+    state: GuardState, exc: BaseException | None, pending: list[int], region: _Region | None
+) -> None:
     timeout = current_timeout()
     if timeout is None:
         return
@@ -651,4 +739,3 @@ def region_exit(state: GuardState, exc: BaseException | None, pending: list[int]
             label=state.label,
             pending=pending,
         )
-

@@ -548,9 +548,7 @@ _rule(
 _rule(
     code="GG802",
     kind="collective",
-    messages=(
-        ("default", "{api} pickles Python objects and moves them through the host {where}"),
-    ),
+    messages=(("default", "{api} pickles Python objects and moves them through the host {where}"),),
     slug="object-collective",
     title="an object collective inside the region",
     why=(

@@ -318,6 +318,8 @@ FACTS = {
     "index": "GG701: which output of the step",
     "call": "GG701: the call that returned the output",
     "overwritten_by": "GG701: the call whose replay overwrote it",
+    "backend": "GG803: the group's backend for CUDA tensors (or its backend string)",
+    "env": "GG804 blocking: the blocking-wait environment variable that is set",
 }
 
 
