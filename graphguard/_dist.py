@@ -67,6 +67,7 @@ __all__ = [
     "dist_timeout",
     "initialized",
     "post_failure",
+    "region_enter",
     "region_exit",
     "work_checks",
 ]
@@ -366,10 +367,12 @@ def work_checks() -> list[tuple[Any, str, Check]]:
 # --- regions and agreement --------------------------------------------------------------------
 @dataclass
 class _Region:
-    """What the outermost guard of a thread did with collectives: group name -> (group, first
-    sequence number it issued a collective at)."""
+    """What the outermost guard of a thread did with collectives: group name -> (group, its
+    sequence number when the region entered or first used it), and the groups it issued a
+    collective on through ``torch.distributed``'s Python functions."""
 
     groups: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    issued: set[str] = field(default_factory=set)
 
 
 _regions: dict[int, _Region] = {}
@@ -403,6 +406,7 @@ def _before_collective(state: GuardState, group: Any, api: str) -> None:
     with _lock:
         region = _regions.setdefault(id(outer), _Region())
         first = region.groups.setdefault(name, (group, seq))[1]
+        region.issued.add(name)
         _own_counts[name] = _own_counts.get(name, 0) + 1
     if state.phase == "capture":
         return  # recorded, not run: the ranks agree when the region ends
@@ -480,17 +484,26 @@ def agree(
     store.set(f"{base}/{me}", "1")
     deadline = time.monotonic() + timeout
     delay = 0.002
+    strikes = 0
     while True:
-        # Before a collective, failures come first: a rank that failed before issuing it and
-        # went on (it caught the error) may already wait at the same point of its next region.
-        # At a region's end, keys come first: a rank that passed the end may already have
-        # failed in its next region, at the same sequence number.
-        if not exit_point:
-            _raise_on_failure(store, members, me, name, window, base, where, label)
+        # Read failures before keys. Before a collective a relevant failure wins: the failing
+        # rank never issued this collective, and if it went on (it caught the error) it may
+        # already wait at the same point of its next region. At a region's end the keys win:
+        # a rank that passed the end may have failed in its next region since, at the same
+        # sequence number, and read before the keys its failure would look like this region's.
+        record = _peer_failure(store, members, me, name, window)
+        if record is not None and not exit_point:
+            _raise_peer_error(store, record, base, me, where, label)
         if store.check(keys):
             break
-        if exit_point:
-            _raise_on_failure(store, members, me, name, window, base, where, label)
+        if record is not None:
+            # At a region's end, a failure counts once it is seen twice with the keys still
+            # incomplete, 10 ms apart: a rank that passed the end before failing has its key
+            # here by then.
+            strikes += 1
+            if strikes >= 2:
+                _raise_peer_error(store, record, base, me, where, label)
+            delay = max(delay, 0.01)
         if pending:  # Ctrl-C while leaving a region: stop waiting, the interrupt goes first
             return
         now = time.monotonic()
@@ -516,20 +529,12 @@ def agree(
                 store.delete_key(key)
 
 
-def _raise_on_failure(
-    store: Any,
-    members: list[int],
-    me: int,
-    name: str,
-    window: tuple[int, int],
-    base: str,
-    where: str,
-    label: str | None,
+def _raise_peer_error(
+    store: Any, record: dict[str, Any], base: str, me: int, where: str, label: str | None
 ) -> None:
-    record = _peer_failure(store, members, me, name, window)
-    if record is not None:
-        _withdraw(store, f"{base}/{me}")
-        raise _peer_error(record, me, where, label)
+    _seen[int(record["rank"])] = int(record.get("n", 0))
+    _withdraw(store, f"{base}/{me}")
+    raise _peer_error(record, me, where, label)
 
 
 def _withdraw(store: Any, key: str) -> None:
@@ -565,7 +570,6 @@ def _peer_failure(
             continue  # it failed outside this region's span of the group's collectives
         if at is not None and (name, int(at), int(record.get("ordinal", -1))) in _own_failures:
             continue  # this rank ended the same region at the same point with an error too
-        _seen[r] = int(record.get("n", 0))
         return record
     return None
 
@@ -693,6 +697,22 @@ def post_failure(
     )
 
 
+def region_enter(state: GuardState) -> None:
+    """Called once a guard is entered: an outermost guard notes the default group's sequence
+    number, so that collectives issued from C++ (DDP's reducer) in the region are agreed on at
+    its end too."""
+    if not initialized():
+        return
+    guards = _guards()
+    if not guards or guards[0] is not state:
+        return
+    with contextlib.suppress(Exception):
+        group = _c10d()._get_default_group()
+        region = _Region(groups={_group_name(group): (group, _seq(group))})
+        with _lock:
+            _regions[id(state)] = region
+
+
 def region_exit(state: GuardState, exc: BaseException | None, pending: list[int]) -> None:
     """Called as a guard is left (before it is undone): the outermost guard of a thread posts a
     failure, or agrees with the groups it issued collectives on. Raises ``DistributedError``."""
@@ -729,6 +749,8 @@ def _leave_region(
         return
     for name, (group, first) in sorted(region.groups.items()):
         seq = _seq(group)
+        if name not in region.issued and seq == first:
+            continue  # no collective on this group in the region
         _agree(
             f"x/{name}/{seq}",
             group,

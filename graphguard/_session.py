@@ -187,6 +187,7 @@ class Guarded:
             self._acquired = True
             self._token = push_state(self.state)
             self._pushed = True
+            _dist.region_enter(self.state)  # torch.distributed jobs only (docs/distributed.md)
             depth = getattr(_local, "depth", 0)
             if depth == 0:
                 mode = HazardMode()
