@@ -486,20 +486,22 @@ def agree(
     delay = 0.002
     strikes = 0
     while True:
-        # Read failures before keys. Before a collective a relevant failure wins: the failing
-        # rank never issued this collective, and if it went on (it caught the error) it may
-        # already wait at the same point of its next region. At a region's end the keys win:
-        # a rank that passed the end may have failed in its next region since, at the same
-        # sequence number, and read before the keys its failure would look like this region's.
+        # Keys first, then failures: a rank posts its failure before it can post a key at any
+        # later point, so a failure read after the keys is never missed. Before a collective a
+        # relevant failure wins even when every key is there: the failing rank never issued
+        # this collective, and if it went on (it caught the error) its key may be its next
+        # region's. At a region's end complete keys win: a rank that passed the end may have
+        # failed in its next region since, at the same sequence number; a failure counts once
+        # it is seen twice, 10 ms apart, with the keys still incomplete.
+        complete = bool(store.check(keys))
+        if exit_point and complete:
+            break
         record = _peer_failure(store, members, me, name, window)
         if record is not None and not exit_point:
             _raise_peer_error(store, record, base, me, where, label)
-        if store.check(keys):
+        if complete:
             break
         if record is not None:
-            # At a region's end, a failure counts once it is seen twice with the keys still
-            # incomplete, 10 ms apart: a rank that passed the end before failing has its key
-            # here by then.
             strikes += 1
             if strikes >= 2:
                 _raise_peer_error(store, record, base, me, where, label)

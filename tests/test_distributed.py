@@ -95,7 +95,7 @@ def _both(job: dict[str, Any], case: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(120)
-def test_the_job_ends_well_inside_glooss_timeout(job: dict[str, Any]) -> None:
+def test_the_job_ends_well_inside_gloos_timeout(job: dict[str, Any]) -> None:
     """The whole job (a one-rank hazard and a 1.5 s agreement timeout included) ends quickly."""
     assert job["seconds"] < JOB_BOUND_S, job["output"][-2000:]
 
