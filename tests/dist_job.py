@@ -130,6 +130,17 @@ def is_completed() -> None:
         work.is_completed()  # at:is_completed
 
 
+def blocking_wait() -> None:
+    t = x.clone()
+    os.environ["TORCH_NCCL_BLOCKING_WAIT"] = "1"
+    try:
+        with graphguard.capture(mode="audit"):
+            work = dist.all_reduce(t, async_op=True)
+            work.wait()  # at:blocking_wait
+    finally:
+        del os.environ["TORCH_NCCL_BLOCKING_WAIT"]
+
+
 @graphguard.guard(label="guarded step")
 def guarded_step(t: torch.Tensor) -> torch.Tensor:
     y = t * 2
@@ -179,6 +190,7 @@ for name, fn in [
     ("all_reduce_async_wait", all_reduce_async_wait),
     ("wait_timeout", wait_with_timeout),
     ("is_completed", is_completed),
+    ("blocking_wait", blocking_wait),
     ("one_rank_hazard", one_rank_hazard),
     ("all_reduce_after_one_rank", all_reduce),
     ("capture_one_rank", capture_one_rank_hazard),

@@ -109,6 +109,7 @@ def test_the_job_ends_well_inside_gloos_timeout(job: dict[str, Any]) -> None:
         ("broadcast_object_list", "GG802"),
         ("wait_timeout", "GG804"),
         ("is_completed", "GG804"),
+        ("blocking_wait", "GG804"),
     ],
 )
 def test_collective_hazards_are_reported_on_every_rank(
@@ -144,10 +145,10 @@ def test_every_diagnostic_says_which_rank(job: dict[str, Any]) -> None:
         assert (row["diag_rank"], row["diag_local_rank"], row["diag_world_size"]) == (rank, rank, 2)
         assert row["text"].splitlines()[0].endswith(f"(rank {rank} of 2, local rank {rank})")
         assert row["sarif"]["rank"] == rank and row["sarif"]["world_size"] == 2, case
-    assert seen >= 14
+    assert seen >= 16
     for rank, events in job["logs"].items():
         hazards = [e for e in events if e.get("event") == "graphguard.hazard"]
-        assert len(hazards) >= 7
+        assert len(hazards) >= 8
         for event in hazards:
             assert (event["rank"], event["local_rank"], event["world_size"]) == (rank, rank, 2)
 
