@@ -202,11 +202,19 @@ def _group_name(group: Any) -> str:
 _own_counts: dict[str, int] = {}
 
 
+#: Per group, collectives recorded by captures that failed and were discarded: they never run,
+#: and the other ranks may not have recorded them, so they do not count (see ``_discard``).
+_discarded: dict[str, int] = {}
+
+
 def _seq(group: Any) -> int:
+    """The group's collective sequence number as the ranks share it."""
+    name = _group_name(group)
     try:
-        return int(group._get_sequence_number_for_group())
+        raw = int(group._get_sequence_number_for_group())
     except Exception:
-        return _own_counts.get(_group_name(group), 0)
+        raw = _own_counts.get(name, 0)
+    return raw - _discarded.get(name, 0)
 
 
 def _members(group: Any) -> list[int]:
@@ -728,10 +736,31 @@ def region_exit(state: GuardState, exc: BaseException | None, pending: list[int]
         region = _regions.pop(id(state), None)
     if not initialized():
         return
+    capturing = state.phase == "capture"
     try:
         _leave_region(state, exc, pending, region)
+    except DistributedError:
+        if capturing and region is not None:
+            _discard(region)
+        raise
+    else:
+        if exc is not None and capturing and region is not None:
+            _discard(region)
     finally:
         _exits += 1
+
+
+def _discard(region: _Region) -> None:
+    """A capture that ends with an error is discarded: the collectives it recorded never run.
+
+    The ranks' sequence numbers are brought back to where the region started, so that they
+    agree again at the next point whatever each rank had recorded before the region failed.
+    """
+    with contextlib.suppress(Exception):
+        for name, (group, first) in region.groups.items():
+            recorded = _seq(group) - first
+            if recorded > 0:
+                _discarded[name] = _discarded.get(name, 0) + recorded
 
 
 def _leave_region(

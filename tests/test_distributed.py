@@ -471,3 +471,14 @@ def test_uncapturable_group_needs_a_cuda_tensor_and_a_non_nccl_backend(
     assert (finding.code if finding else None) == code
     # A CPU tensor (what stands for a device tensor in audit) is never GG803.
     assert _dist._backend_finding("x", {"tensor": torch.zeros(2)}, None) is None
+
+
+def test_collectives_of_a_discarded_capture_do_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture that failed recorded 2 collectives that never run: the shared sequence number
+    goes back to where the region started, so the ranks' points line up again."""
+    monkeypatch.setattr(_dist, "_discarded", {})
+    group = SimpleNamespace(group_name="g", _get_sequence_number_for_group=lambda: 7)
+    _dist._discard(_dist._Region(groups={"g": (group, 5)}))
+    assert _dist._seq(group) == 5
+    _dist._discard(_dist._Region(groups={"g": (group, 5)}))  # nothing recorded since: unchanged
+    assert _dist._seq(group) == 5
