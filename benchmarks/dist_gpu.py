@@ -145,6 +145,10 @@ def _cell(x: dict[str, Any] | None) -> str:
         text += f", names rank {x['failed_rank']} line {x.get('failed_line')}"
     if x.get("seconds") is not None and x["outcome"].startswith(("peer", "hazard")):
         text += f", {x['seconds']:.2f} s"
+    if x.get("replay_ok") is not None:
+        text += ", replays equal expected" if x["replay_ok"] else ", replay NOT equal expected"
+    if x.get("hazards"):
+        text += f", hazards {x['hazards']}"
     if x.get("max_abs_diff") is not None:
         text += f", max abs diff vs eager {x['max_abs_diff']:.2e}"
     if x.get("message") and not x["outcome"].startswith(("hazard", "captured")):
