@@ -358,13 +358,49 @@ def _wait(
 Check = Callable[[GuardState, Any, tuple[Any, ...], dict[str, Any]], "Finding | None"]
 
 
+#: DDP's runtime statistics are collected at the forward of iterations 1..10 (torch's
+#: ``Reducer::should_collect_runtime_stats``): an 11th forward is the first without them.
+DDP_WARM_UP = 11
+
+
+def _ddp_forward(
+    state: GuardState, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    import torch
+
+    if state.phase == "eager" or not initialized():
+        return None
+    if state.phase == "audit" and not state.stands_for_capture:
+        return None  # a graphed step's warm-up: these are the eager iterations DDP needs
+    if not torch.is_grad_enabled() or not getattr(instance, "require_backward_grad_sync", True):
+        return None  # no gradient sync this iteration: DDP collects no statistics
+    if getattr(instance, "_use_python_reducer", False):
+        return None
+    try:
+        data = instance._get_ddp_logging_data()
+    except Exception:
+        return None
+    # "iteration" is the iteration count when statistics were last collected, at the start of
+    # a forward: after k completed iterations (k <= 11) it reads k - 1.
+    completed = int(data["iteration"]) + 1 if "iteration" in data else 0
+    if completed >= DDP_WARM_UP:
+        return None
+    return Finding(
+        "GG805", "DistributedDataParallel.forward()", facts={"iterations": max(completed, 0)}
+    )
+
+
 def work_checks() -> list[tuple[Any, str, Check]]:
-    """(owner, name, check) for the ``Work`` methods that can wait on the host."""
+    """(owner, name, check) for the ``Work`` methods that can wait on the host, and DDP's
+    forward (its warm-up)."""
     dist = sys.modules.get("torch.distributed")
     work = getattr(dist, "Work", None) if dist is not None and dist.is_available() else None
     if work is None:
         return []
     out: list[tuple[Any, str, Check]] = []
+    ddp = getattr(sys.modules.get("torch.nn.parallel"), "DistributedDataParallel", None)
+    if ddp is not None and "forward" in vars(ddp):
+        out.append((ddp, "forward", _ddp_forward))
     if "is_completed" in vars(work):
         out.append((work, "is_completed", _is_completed))
     if "wait" in vars(work):

@@ -656,6 +656,48 @@ _rule(
     ),
     detected=_COLLECTIVE_DETECTED,
 )
+_rule(
+    code="GG805",
+    kind="collective",
+    messages=(
+        (
+            "default",
+            "{api} {where}, after {iterations} completed iteration(s) of the DDP module: DDP "
+            "reads its CUDA timing events on the host during its first 10",
+        ),
+    ),
+    slug="ddp-warm-up",
+    title="a DDP step captured before DDP's warm-up is done",
+    why=(
+        "DDP's logger collects runtime statistics at the start of the forward of iterations 1 "
+        "to 10 (and of every 100th): it reads the CUDA timing events of the previous "
+        "iteration on the host. In a capture that read has nothing to wait for. PyTorch's "
+        "CUDA notes ask for at least 11 eager DDP iterations before capture, DDP constructed "
+        "in a side-stream context and `TORCH_NCCL_ASYNC_ERROR_HANDLING=0`; only the "
+        "iteration count can be checked here."
+    ),
+    fix=(
+        "Run at least 11 eager iterations of the DDP step (forward and backward, on a side "
+        "stream) before capturing it, construct DDP inside `with torch.cuda.stream(s):`, "
+        "and set `TORCH_NCCL_ASYNC_ERROR_HANDLING=0` before `init_process_group`."
+    ),
+    example="model = DDP(net)\nwith graphguard.capture():\n    step(model)   # first iteration",
+    use_instead="with torch.cuda.stream(s):\n    model = DDP(net)\n    for _ in range(11):\n"
+    "        step(model)\nwith graphguard.capture():\n    step(model)",
+    torch_behaviour=(
+        "Measured on 2 GPUs (torch 2.11): a DDP step captured after 3 or 11 side-stream "
+        "warm-ups, with DDP constructed on the default stream, failed the capture on both "
+        "ranks and poisoned the processes, with raw CUDA errors and no line. Which of the "
+        "preconditions each failure came from was not measured separately; the iteration "
+        "rule comes from torch's source (`Reducer::should_collect_runtime_stats`)."
+    ),
+    detected=(
+        "when a `DistributedDataParallel` module's forward is called inside a region that "
+        "captures (or audits for a capture), with gradients enabled and gradient "
+        "synchronization on, and DDP's logging data shows fewer than 11 completed iterations; "
+        "the 100th-iteration sampling is not checked"
+    ),
+)
 
 
 def get_rule(code: str) -> Rule:

@@ -175,6 +175,29 @@ def late_rank() -> None:
             dist.all_reduce(x.clone())
 
 
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+ddp_in = torch.randn(3, 4, generator=torch.Generator().manual_seed(RANK))
+
+
+def ddp_iteration() -> None:
+    ddp(ddp_in).sum().backward()  # at:ddp_forward
+
+
+def ddp_before_warm_up() -> None:
+    for _ in range(3):
+        ddp_iteration()
+    with graphguard.capture(mode="audit"):
+        ddp_iteration()
+
+
+def ddp_after_warm_up() -> int:
+    for _ in range(8):  # 3 + 8 = 11 eager iterations
+        ddp_iteration()
+    with graphguard.capture(mode="audit") as cap:
+        ddp_iteration()
+    return len(cap.hazards)
+
+
 def alive_after() -> list[float]:
     t = torch.ones(2)
     dist.all_reduce(t)
@@ -196,6 +219,8 @@ for name, fn in [
     ("capture_one_rank", capture_one_rank_hazard),
     ("warn_barrier", warn_barrier),
     ("late_rank", late_rank),
+    ("ddp_before_warm_up", ddp_before_warm_up),
+    ("ddp_after_warm_up", ddp_after_warm_up),
     ("alive_after", alive_after),
 ]:
     outcome(name, fn)

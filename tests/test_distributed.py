@@ -30,6 +30,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = Path(__file__).resolve().parent / "dist_job.py"
+#: Cases whose hazard line is marked under another name in dist_job.py.
+_MARKERS = {"ddp_before_warm_up": "ddp_forward"}
 #: The whole 2-rank job must end well inside gloo's own 30 s timeout.
 JOB_BOUND_S = 20.0
 
@@ -110,6 +112,7 @@ def test_the_job_ends_well_inside_gloos_timeout(job: dict[str, Any]) -> None:
         ("wait_timeout", "GG804"),
         ("is_completed", "GG804"),
         ("blocking_wait", "GG804"),
+        ("ddp_before_warm_up", "GG805"),
     ],
 )
 def test_collective_hazards_are_reported_on_every_rank(
@@ -119,7 +122,14 @@ def test_collective_hazards_are_reported_on_every_rank(
     for row in _both(job, case):
         assert row["error"] == "CollectiveError", row
         assert row["code"] == code
-        assert row["lineno"] == _marker(case)
+        assert row["lineno"] == _marker(_MARKERS.get(case, case))
+
+
+def test_ddp_after_its_warm_up_is_silent(job: dict[str, Any]) -> None:
+    """After 11 eager DDP iterations the captured (audited) step reports nothing and its
+    gradient all-reduce (issued from C++) runs on both ranks."""
+    for row in _both(job, "ddp_after_warm_up"):
+        assert (row["error"], row["value"]) == (None, 0), row
 
 
 def test_object_collective_is_not_reported_as_a_pageable_copy(job: dict[str, Any]) -> None:
