@@ -53,7 +53,6 @@ from . import _state
 from ._errors import AgreementTimeoutError, ConfigError, DistributedError, PeerFailedError
 from ._frames import find_user_frame, is_internal
 from ._log import get_logger, region_event
-from ._rank import rank_fields
 from ._report import Finding, report
 from ._rules import KINDS, RULES
 from ._state import GuardState, allow
@@ -652,7 +651,7 @@ def _peer_error(record: dict[str, Any], me: int, where: str, label: str | None) 
 
 def _log_event(event: str, **fields: Any) -> None:
     with contextlib.suppress(Exception):
-        get_logger().warning(event, **fields, **rank_fields())
+        get_logger().warning(event, **fields)
 
 
 def _known_groups() -> list[Any]:
