@@ -225,5 +225,11 @@ for name, fn in [
 ]:
     outcome(name, fn)
 
-dist.destroy_process_group()
 RESULTS.close()
+graphguard.disable_json_logs()
+sys.stdout.flush()
+sys.stderr.flush()
+# Every result is written. Leave without the C++ teardown: destroying the process group while
+# the DDP module and asynchronous works are still referenced aborted a rank at exit about once in
+# twenty runs ("terminate called without an active exception"), after all of its results.
+os._exit(0)
