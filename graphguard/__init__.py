@@ -17,8 +17,12 @@ from ._blocks import BlockReport, validate_blocks
 from ._capture import Capture, capture
 from ._certify import Certificate, certify
 from ._diagnostic import Diagnostic, TensorInfo
+from ._dist import dist_timeout
 from ._errors import (
+    AgreementTimeoutError,
+    CollectiveError,
     ConfigError,
+    DistributedError,
     GraphGuardError,
     GraphLimitError,
     HazardError,
@@ -26,6 +30,7 @@ from ._errors import (
     HostSyncError,
     NotCapturedError,
     PageableCopyError,
+    PeerFailedError,
     PinnedAllocError,
     ReplayMismatchError,
     RngStateError,
@@ -47,11 +52,14 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "RULES",
+    "AgreementTimeoutError",
     "BlockReport",
     "Capture",
     "Certificate",
+    "CollectiveError",
     "ConfigError",
     "Diagnostic",
+    "DistributedError",
     "GraphGuardError",
     "GraphLimitError",
     "Graphed",
@@ -61,6 +69,7 @@ __all__ = [
     "HostSyncError",
     "NotCapturedError",
     "PageableCopyError",
+    "PeerFailedError",
     "PinnedAllocError",
     "ReplayMismatchError",
     "RngStateError",
@@ -76,6 +85,7 @@ __all__ = [
     "capture",
     "certify",
     "disable_json_logs",
+    "dist_timeout",
     "enable_json_logs",
     "get_rule",
     "graph_safe_optimizer",

@@ -298,6 +298,9 @@ class Capture:
         try:
             if session is not None:
                 session.__exit__(*exc_info)
+        except BaseException:
+            failed = True  # another rank failed (graphguard._dist): the graph is discarded
+            raise
         finally:
             try:
                 end_error = self._end_capture(failed=failed)

@@ -40,6 +40,7 @@ from typing import Any
 
 from ._diagnostic import Diagnostic, TensorInfo, escape_controls
 from ._frames import is_internal
+from ._rank import env_rank_info
 from ._report import add_sink, channel_sink
 from ._session import guarded, new_state
 from ._state import CHECK_CHANNEL_ENV, CHECK_PID_ENV, overrides
@@ -603,7 +604,12 @@ def summarize(result: CheckResult, project_root: str | os.PathLike[str]) -> dict
         )
         file["hazards"] += 1
         file["occurrences"] += finding.count
+    ranks = env_rank_info()
+    rank = (
+        {} if ranks is None else {"rank": ranks[0], "local_rank": ranks[1], "world_size": ranks[2]}
+    )
     return {
+        **rank,
         "target": result.target.display,
         "hazards": len(result.findings),
         "occurrences": result.occurrences,
@@ -637,11 +643,14 @@ def render_text(result: CheckResult, project_root: str | os.PathLike[str]) -> st
             text += f"\n{gutter} = seen: {finding.count} times"
         blocks.append(text)
     summary = summarize(result, project_root)
+    head = "graphguard check"
+    if "rank" in summary:  # under torchrun: each rank writes its own report
+        head += f" (rank {summary['rank']} of {summary['world_size']})"
     if not result.findings:
-        lines = [f"graphguard check: {e(summary['target'])}: no hazards found"]
+        lines = [f"{head}: {e(summary['target'])}: no hazards found"]
     else:
         lines = [
-            f"graphguard check: {e(summary['target'])}: {_plural(summary['hazards'], 'hazard')} "
+            f"{head}: {e(summary['target'])}: {_plural(summary['hazards'], 'hazard')} "
             f"({_plural(summary['occurrences'], 'occurrence')}) in "
             f"{_plural(summary['files'], 'file')}",
             "  by code:",

@@ -38,6 +38,7 @@ from ._check import (
 )
 from ._docs import render_rule, write_rule_docs
 from ._log import quiet_events
+from ._rank import env_rank_info
 from ._rules import KINDS, RULES, Rule, get_rule, iter_rules
 from ._sarif import build_sarif
 
@@ -304,6 +305,16 @@ def _cmd_check(ns: argparse.Namespace) -> int:
     if not os.path.isdir(root):
         return _error("check", f"--project-root {ns.project_root!r} is not a folder")
     if ns.output is not None:
+        ranks = env_rank_info()
+        if ranks is not None and "{rank}" not in ns.output:
+            return _error(
+                "check",
+                f"-o {ns.output!r}: this is rank {ranks[0]} of {ranks[2]} (torchrun); put "
+                "{rank} in the file name so that each rank writes its own report "
+                "(docs/distributed.md)",
+            )
+        if ranks is not None:
+            ns.output = ns.output.replace("{rank}", str(ranks[0]))
         folder = os.path.dirname(os.path.abspath(ns.output))
         if not os.path.isdir(folder):
             return _error("check", f"cannot write {ns.output!r}: {folder!r} is not a folder")

@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any
 
 from ._frames import find_user_frame
+from ._rank import rank_info
 from ._rules import Rule
 
 __all__ = [
@@ -95,15 +96,30 @@ class Diagnostic:
     tensor: TensorInfo | None = None
     #: Extra, rule-specific facts (for example the captured and current value of a scalar).
     details: tuple[tuple[str, str], ...] = field(default=())
+    #: In a torch.distributed job (default group initialized): this process's global rank,
+    #: its ``LOCAL_RANK`` and the world size; ``None`` otherwise.
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
 
     @property
     def location(self) -> str:
         return f"{self.filename}:{self.lineno}"
 
+    @property
+    def rank_suffix(self) -> str:
+        """`` (rank 1 of 2, local rank 1)`` in a distributed job, else empty."""
+        if self.rank is None:
+            return ""
+        return f" (rank {self.rank} of {self.world_size}, local rank {self.local_rank})"
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (tensor info flattened)."""
         data = asdict(self)
         tensor = data.pop("tensor")
+        if self.rank is None:  # not a distributed job: no rank fields at all
+            for key in ("rank", "local_rank", "world_size"):
+                data.pop(key)
         data["details"] = dict(self.details)
         if tensor is not None:
             data["tensor_shape"] = list(tensor["shape"])
@@ -116,7 +132,7 @@ class Diagnostic:
         gutter = " " * len(str(self.lineno))
         where = f"{e(self.location)} in {e(self.function)}"
         lines = [
-            f"{self.code} [{self.kind}] {e(self.title)}",
+            f"{self.code} [{self.kind}] {e(self.title)}{self.rank_suffix}",
             f"{gutter}--> {where}",
         ]
         if self.source_line:
@@ -181,6 +197,7 @@ def make_diagnostic(
                 user.f_code.co_name,
             )
     source_line = linecache.getline(filename, lineno).strip() if lineno else ""
+    ranks = rank_info()
     return Diagnostic(
         code=rule.code,
         kind=rule.kind,
@@ -199,4 +216,7 @@ def make_diagnostic(
         thread=threading.current_thread().name,
         tensor=TensorInfo.of(tensor),
         details=details,
+        rank=None if ranks is None else ranks[0],
+        local_rank=None if ranks is None else ranks[1],
+        world_size=None if ranks is None else ranks[2],
     )

@@ -6,6 +6,9 @@
     ├── ConfigError (ValueError)          a bad argument or setting, named with its allowed values
     ├── NotCapturedError (RuntimeError)  replay() of a region that holds no graph
     ├── GraphLimitError (RuntimeError)   a graphed step needs more graphs than max_graphs allows
+    ├── DistributedError (RuntimeError)  a distributed job's region ended for another rank's sake
+    │   ├── PeerFailedError               another rank's region failed; .failed_rank, .code
+    │   └── AgreementTimeoutError         a rank did not arrive within the agreement timeout
     └── HazardError (RuntimeError)       a capture hazard; .kind, .code, .diagnostic
         ├── HostSyncError                 kind "host-sync"
         ├── PinnedAllocError              kind "pinned-alloc"
@@ -14,7 +17,8 @@
         ├── HostBufferReadError           kind "host-buffer-read"
         ├── RngStateError                 kind "rng-state"
         ├── StaleHostScalarError          kind "stale-host-scalar"
-        └── StaleOutputError              kind "stale-output"
+        ├── StaleOutputError              kind "stale-output"
+        └── CollectiveError               kind "collective"
 
 Every ``HazardError`` pickles (its only state is the frozen diagnostic), so it crosses process
 boundaries (pytest-xdist, multiprocessing) intact.
@@ -27,7 +31,10 @@ from typing import Any, ClassVar
 from ._diagnostic import Diagnostic
 
 __all__ = [
+    "AgreementTimeoutError",
+    "CollectiveError",
     "ConfigError",
+    "DistributedError",
     "GraphGuardError",
     "GraphLimitError",
     "HazardError",
@@ -35,6 +42,7 @@ __all__ = [
     "HostSyncError",
     "NotCapturedError",
     "PageableCopyError",
+    "PeerFailedError",
     "PinnedAllocError",
     "ReplayMismatchError",
     "RngStateError",
@@ -134,6 +142,52 @@ class StaleOutputError(HazardError):
     kind = "stale-output"
 
 
+class CollectiveError(HazardError):
+    """A torch.distributed call that breaks a capture (barrier, object collective, ...)."""
+
+    kind = "collective"
+
+
+class DistributedError(GraphGuardError, RuntimeError):
+    """This rank ended a guarded region because of another rank (see docs/distributed.md)."""
+
+
+class PeerFailedError(DistributedError):
+    """Another rank's guarded region failed; this rank ends the matching region instead of waiting.
+
+    ``record`` holds what the failing rank posted: ``rank``, ``code`` (``None`` for an error
+    that is not a hazard), ``kind``, ``filename``, ``lineno``, ``source_line``, ``api``,
+    ``label`` and ``error``.
+    """
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = dict(record)
+
+    @property
+    def failed_rank(self) -> int:
+        return int(self.record["rank"])
+
+    @property
+    def code(self) -> str | None:
+        code = self.record.get("code")
+        return None if code is None else str(code)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.record))
+
+
+class AgreementTimeoutError(DistributedError):
+    """A rank did not reach an agreement point of a guarded region within the timeout."""
+
+    def __init__(self, message: str, missing: list[int]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.missing))
+
+
 class ReplayMismatchError(HazardError):
     """A verified replay differs from the eager step run from the same state."""
 
@@ -151,6 +205,7 @@ _BY_KIND: dict[str, type[HazardError]] = {
         RngStateError,
         StaleHostScalarError,
         StaleOutputError,
+        CollectiveError,
         ReplayMismatchError,
     )
 }

@@ -161,9 +161,11 @@ def region_event(event: str, **fields: Any) -> None:
 def get_logger() -> Any:
     """graphguard's logger: the opt-in JSON logger if enabled, else structlog's ``graphguard``."""
     check_env()
-    if _json_logger is not None:
-        return _json_logger
-    return structlog.get_logger(_LOGGER_NAME)
+    logger = _json_logger if _json_logger is not None else structlog.get_logger(_LOGGER_NAME)
+    from ._rank import rank_fields
+
+    ranks = rank_fields()  # in a torch.distributed job every event says which rank sent it
+    return logger.bind(**ranks) if ranks else logger
 
 
 # --- for applications (the command line), never for the library ---------------------------------

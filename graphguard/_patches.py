@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import wrapt
 
+from . import _dist
 from ._emulation import optimizer_pre_hook
 from ._report import Finding, FixedScope, report
 from ._state import GuardState, active_global_captures, current_state
@@ -57,6 +58,9 @@ class _Target:
     breaks_global_capture: bool = False
     #: Instead of checking, answer the call: ``(state) -> value``, or ``_PASS`` to run it.
     answer: Callable[[GuardState], Any] | None = None
+    #: Instead of checking, make the call: ``(state, original, instance, args, kwargs) ->
+    #: value`` (torch.distributed collectives: check, agree between ranks, then run).
+    call: Callable[..., Any] | None = None
 
 
 _PASS = object()
@@ -304,6 +308,12 @@ def _make_wrapper(target: _Target) -> Callable[..., Any]:
             _cross_thread(target, instance)
         if state is None:
             return wrapped(*args, **kwargs)
+        if target.call is not None:
+            token = _INSIDE.set(True)
+            try:
+                return target.call(state, wrapped, instance, args, kwargs)
+            finally:
+                _INSIDE.reset(token)
         if target.answer is not None:
             value = target.answer(state)
             if value is not _PASS:
@@ -401,7 +411,7 @@ def is_installed() -> bool:
 
 def installed_targets() -> list[tuple[Any, str]]:
     """(owner, attribute name) of every torch attribute graphguard may wrap."""
-    return [(t.owner, t.name) for t in _target_list()]
+    return [(t.owner, t.name) for t in (*_target_list(), *_dist_target_list())]
 
 
 # Everything that does not change between regions (the target list, each owner's namespace and
@@ -490,11 +500,42 @@ def _target_list() -> list[_Target]:
 
 def _groups() -> list[_Group]:
     if not _group_cache:
-        by_owner: dict[int, list[_Slot]] = {}
-        for target in _target_list():
-            by_owner.setdefault(id(target.owner), []).append(_Slot(target))
-        _group_cache.extend(_Group(slots) for slots in by_owner.values())
+        _group_cache.extend(_build_groups(_target_list()))
     return _group_cache
+
+
+def _build_groups(targets: list[_Target]) -> list[_Group]:
+    by_owner: dict[int, list[_Slot]] = {}
+    for target in targets:
+        by_owner.setdefault(id(target.owner), []).append(_Slot(target))
+    return [_Group(slots) for slots in by_owner.values()]
+
+
+_dist_target_cache: list[_Target] = []
+_dist_group_cache: list[_Group] = []
+
+
+def _dist_target_list() -> list[_Target]:
+    """torch.distributed's collectives and ``Work`` waits (see ``_dist``)."""
+    if not _dist_target_cache:
+        _dist_target_cache.extend(
+            _Target(owner, name, _no_check, call=call)
+            for owner, name, call in _dist.collective_calls()
+        )
+        _dist_target_cache.extend(
+            _Target(owner, name, check) for owner, name, check in _dist.work_checks()
+        )
+    return _dist_target_cache
+
+
+def _active_groups() -> list[_Group]:
+    # Collectives are wrapped only in a process with an initialized default group: zero cost
+    # otherwise.
+    if not _dist.initialized():
+        return _groups()
+    if not _dist_group_cache:
+        _dist_group_cache.extend(_build_groups(_dist_target_list()))
+    return [*_groups(), *_dist_group_cache]
 
 
 _dynamo_loaded_at_install = False
@@ -512,7 +553,7 @@ def _install() -> None:
         _hook_handle = _HOOK_KEY
     elif _register_optimizer_hook is not None:
         _hook_handle = _register_optimizer_hook(optimizer_pre_hook)
-    for group in _groups():
+    for group in _active_groups():
         _installed.append(group)
         group.install()
 

@@ -28,6 +28,7 @@ KINDS: tuple[str, ...] = (
     "rng-state",
     "stale-host-scalar",
     "stale-output",
+    "collective",
     "replay-mismatch",
 )
 
@@ -572,6 +573,193 @@ _rule(
     detected=(
         "when an output of a `@graphguard.graphed` step is used after a later call replayed "
         "the graph and overwrote it"
+    ),
+)
+
+
+# --- collective (torch.distributed) ------------------------------------------------------------
+_COLLECTIVE_DETECTED = (
+    "inside a `graphguard.capture()`, `@graphguard.guard` or `@graphguard.graphed` region of a "
+    "process that calls torch.distributed, in audit and capture mode alike, before the call "
+    "reaches the process group"
+)
+_rule(
+    code="GG801",
+    kind="collective",
+    messages=(("default", "{api} waits on the host for every rank of the group {where}"),),
+    slug="barrier",
+    title="a barrier inside the region",
+    why=(
+        "`dist.barrier()` and `dist.monitored_barrier()` block the calling thread until every "
+        "rank arrives: NCCL's barrier synchronizes the device with the host (it waits on the "
+        "barrier's work), and `monitored_barrier` is a host-side gloo exchange. A CUDA graph "
+        "records device work only, so there is nothing to wait for during capture, and a "
+        "replay would not repeat the barrier anyway."
+    ),
+    fix=(
+        "Move the barrier outside the captured step (before capture, or after `replay()`). "
+        "To order device work between ranks inside the graph, rely on the collectives "
+        "themselves: an `all_reduce` already synchronizes the ranks on the device."
+    ),
+    example="loss = step(x)\ndist.barrier()",
+    use_instead="graph.replay()\ndist.barrier()   # outside the captured step",
+    torch_behaviour=(
+        "Measured with NCCL on 2 GPUs (torch 2.11, NCCL 2.28): the capture is invalidated "
+        "and the process is poisoned (later CUDA and NCCL calls fail); torch names no line."
+    ),
+    detected=_COLLECTIVE_DETECTED,
+)
+_rule(
+    code="GG802",
+    kind="collective",
+    messages=(("default", "{api} pickles Python objects and moves them through the host {where}"),),
+    slug="object-collective",
+    title="an object collective inside the region",
+    why=(
+        "The `*_object*` collectives (`all_gather_object`, `gather_object`, "
+        "`broadcast_object_list`, `scatter_object_list`, `send_object_list`, "
+        "`recv_object_list`) pickle Python objects into byte tensors, copy them to the "
+        "device from pageable memory, exchange their sizes and read the results back on the "
+        "host. Every one of those steps needs the device now; none can be recorded."
+    ),
+    fix=(
+        "Exchange Python objects outside the captured step. Inside it, exchange tensors of a "
+        "fixed shape with `all_gather_into_tensor`, `broadcast` or `all_reduce`."
+    ),
+    example="stats = [None] * world\ndist.all_gather_object(stats, {'loss': loss_value})",
+    use_instead=(
+        "out = torch.empty(world, device='cuda')      # before capture\n"
+        "dist.all_gather_into_tensor(out, loss.reshape(1))"
+    ),
+    torch_behaviour=(
+        "Measured with NCCL on 2 GPUs (torch 2.11, NCCL 2.28): `all_gather_object` fails "
+        "with a torch RuntimeError that names no line. On CPU with gloo, "
+        "`broadcast_object_list` ran on one rank while the other stopped on an earlier "
+        "hazard, and both ranks died on gloo's timeout; graphguard now reports it on every "
+        "rank before the exchange starts. The other object collectives were not measured "
+        "under capture: they take the same pickling path."
+    ),
+    detected=_COLLECTIVE_DETECTED,
+)
+_rule(
+    code="GG803",
+    kind="collective",
+    messages=(
+        (
+            "gloo",
+            "{api} of {tensor} on a process group whose CUDA backend is {backend} {where}",
+        ),
+        (
+            "no-cuda-backend",
+            "{api} of {tensor} on a process group with no CUDA backend ({backend}) {where}",
+        ),
+    ),
+    slug="uncapturable-group",
+    title="a collective on a group whose backend cannot be captured",
+    why=(
+        "Only a backend that enqueues its work on a CUDA stream (NCCL) can be recorded into "
+        "a CUDA graph. gloo moves CUDA tensors through the host and waits for them, and a "
+        "group created for the CPU only has no CUDA backend at all."
+    ),
+    fix=(
+        "Run collectives inside the captured step on an NCCL group (`dist.new_group(ranks, "
+        "backend='nccl')`, or `init_process_group('cpu:gloo,cuda:nccl')` for a mixed default "
+        "group), and keep gloo groups for work outside the graph."
+    ),
+    example="cpu_group = dist.new_group(backend='gloo')\ndist.all_reduce(grad, group=cpu_group)",
+    use_instead="nccl_group = dist.new_group(backend='nccl')\n"
+    "dist.all_reduce(grad, group=nccl_group)",
+    torch_behaviour=(
+        "Measured with 2 GPUs (torch 2.11): an `all_reduce` of CUDA tensors on a gloo group "
+        "invalidates the capture and poisons the process; torch names no line. Reported "
+        "only for real CUDA tensors: in CPU audit a CPU tensor stands for a device tensor "
+        "and the gloo default group stands for NCCL, so a gloo `all_reduce` there is silent."
+    ),
+    detected=(
+        "inside a guarded region, in capture mode (or audit on a machine with CUDA), when a "
+        "collective gets CUDA tensors and its group's backend for CUDA is gloo or missing, "
+        "before the call reaches the process group"
+    ),
+)
+_rule(
+    code="GG804",
+    kind="collective",
+    messages=(
+        ("is-completed", "{api} queries the collective's CUDA event from the host {where}"),
+        (
+            "timeout",
+            "{api} with a timeout polls the collective's completion from the host {where}",
+        ),
+        (
+            "blocking",
+            "{api} blocks the host until the collective completes because {env} is set {where}",
+        ),
+    ),
+    slug="work-host-wait",
+    title="waiting for a collective's work on the host",
+    why=(
+        "`Work.is_completed()` asks the device whether the collective has finished (a CUDA "
+        "event query), and `Work.wait()` polls the same event on the host when it is given a "
+        "timeout or when blocking wait is switched on (`TORCH_NCCL_BLOCKING_WAIT=1`). During "
+        "capture the collective has not run, so the host has nothing to wait for. A plain "
+        "`Work.wait()` only makes the current stream wait on the collective and is legal."
+    ),
+    fix=(
+        "Call `work.wait()` without a timeout (it orders the streams on the device), and "
+        "leave blocking wait off for processes that capture; check completion after "
+        "`replay()`, outside the captured step."
+    ),
+    example="work = dist.all_reduce(t, async_op=True)\nwhile not work.is_completed():\n    pass",
+    use_instead="work = dist.all_reduce(t, async_op=True)\nwork.wait()   # a stream wait",
+    torch_behaviour=(
+        "`all_reduce(async_op=True).wait()` was measured legal with NCCL on 2 GPUs (captured, "
+        "replay correct). `is_completed()`, `wait(timeout=...)` and blocking wait were not "
+        "measured under capture: from torch's source, `WorkNCCL::wait` polls "
+        "`isCompleted()` (a CUDA event query, which invalidates a capture as "
+        "`Event.query()` does, GG107) exactly in those cases."
+    ),
+    detected=_COLLECTIVE_DETECTED,
+)
+_rule(
+    code="GG805",
+    kind="collective",
+    messages=(
+        (
+            "default",
+            "{api} {where}, after {iterations} completed iteration(s) of the DDP module: DDP "
+            "reads its CUDA timing events on the host during its first 10",
+        ),
+    ),
+    slug="ddp-warm-up",
+    title="a DDP step captured before DDP's warm-up is done",
+    why=(
+        "DDP's logger collects runtime statistics at the start of the forward of iterations 1 "
+        "to 10 (and of every 100th): it reads the CUDA timing events of the previous "
+        "iteration on the host. In a capture that read has nothing to wait for. PyTorch's "
+        "CUDA notes ask for at least 11 eager DDP iterations before capture, DDP constructed "
+        "in a side-stream context and `TORCH_NCCL_ASYNC_ERROR_HANDLING=0`; only the "
+        "iteration count can be checked here."
+    ),
+    fix=(
+        "Run at least 11 eager iterations of the DDP step (forward and backward, on a side "
+        "stream) before capturing it, construct DDP inside `with torch.cuda.stream(s):`, "
+        "and set `TORCH_NCCL_ASYNC_ERROR_HANDLING=0` before `init_process_group`."
+    ),
+    example="model = DDP(net)\nwith graphguard.capture():\n    step(model)   # first iteration",
+    use_instead="with torch.cuda.stream(s):\n    model = DDP(net)\n    for _ in range(11):\n"
+    "        step(model)\nwith graphguard.capture():\n    step(model)",
+    torch_behaviour=(
+        "Measured on 2 GPUs (torch 2.11): a DDP step captured after 3 or 11 side-stream "
+        "warm-ups, with DDP constructed on the default stream, failed the capture on both "
+        "ranks and poisoned the processes, with raw CUDA errors and no line. Which of the "
+        "preconditions each failure came from was not measured separately; the iteration "
+        "rule comes from torch's source (`Reducer::should_collect_runtime_stats`)."
+    ),
+    detected=(
+        "when a `DistributedDataParallel` module's forward is called inside a region that "
+        "captures (or audits for a capture), with gradients enabled and gradient "
+        "synchronization on, and DDP's logging data shows fewer than 11 completed iterations; "
+        "the 100th-iteration sampling is not checked"
     ),
 )
 

@@ -80,6 +80,12 @@ def _result(diagnostic: Diagnostic, count: int, index: int, root: Path) -> dict[
             "function": diagnostic.function,
         },
     }
+    if diagnostic.rank is not None:
+        result["properties"].update(
+            rank=diagnostic.rank,
+            local_rank=diagnostic.local_rank,
+            world_size=diagnostic.world_size,
+        )
     artifact = artifact_location(diagnostic.filename, root)
     if artifact is not None:
         physical: dict[str, Any] = {"artifactLocation": artifact}

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from . import _patches
+from . import _dist, _patches
 from ._errors import GraphGuardError
 from ._intercept import HazardMode
 from ._log import check_env as check_log_env
@@ -210,6 +210,7 @@ class Guarded:
             self._acquired = True
             self._token = push_state(self.state)
             self._pushed = True
+            _dist.region_enter(self.state)  # torch.distributed jobs only (docs/distributed.md)
             depth = getattr(_local, "depth", 0)
             if depth == 0:
                 mode = getattr(_local, "spare", None) or HazardMode()
@@ -239,9 +240,12 @@ class Guarded:
         tb: TracebackType | None,
     ) -> None:
         self.check_thread()
-        self._leave()
-        if PENDING:
-            deliver_due_interrupt()
+        try:
+            _dist.region_exit(self.state, exc, PENDING)  # ranks agree (docs/distributed.md)
+        finally:
+            self._leave()
+            if PENDING:
+                deliver_due_interrupt()
 
     def check_thread(self) -> None:
         """Refuse to leave the region from a thread other than the one that entered it."""

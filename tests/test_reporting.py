@@ -323,6 +323,9 @@ FACTS = {
     "difference": "GG901: max abs and rel difference (statistics, never values)",
     "call": "GG701: the call that returned the output",
     "overwritten_by": "GG701: the call whose replay overwrote it",
+    "backend": "GG803: the group's backend for CUDA tensors (or its backend string)",
+    "env": "GG804 blocking: the blocking-wait environment variable that is set",
+    "iterations": "GG805: how many iterations the DDP module has completed",
 }
 
 
