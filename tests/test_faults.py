@@ -104,6 +104,36 @@ def _step_kinds():
     return [in_capture, guarded, in_graphed, nested]
 
 
+def _interrupter(delay: float) -> tuple[threading.Thread, list[bool], list[bool]]:
+    """A started thread that sends one Ctrl-C ``delay`` seconds after ``go[0]`` is set.
+
+    The main thread hands over through plain list items, never an Event or a join: an interrupt
+    raised inside ``threading``'s own lock handling (``Event.wait``, ``Thread.start``) breaks
+    that lock ("release unlocked lock"), a CPython limitation, not what these tests examine.
+    """
+    go, fired = [False], [False]
+
+    def fire() -> None:
+        while not go[0]:
+            time.sleep(0.00005)
+        time.sleep(delay)
+        _thread.interrupt_main()
+        fired[0] = True
+
+    thread = threading.Thread(target=fire)
+    thread.start()
+    return thread, go, fired
+
+
+def _await_interrupt(fired: list[bool]) -> None:
+    """The region finished first: wait (in plain sleeps) for the interrupt to arrive."""
+    while not fired[0]:
+        time.sleep(0.0001)
+    for _ in range(1000):  # it is raised at the next check point
+        time.sleep(0.0001)
+    raise AssertionError("the interrupt was never delivered")
+
+
 def test_random_interrupts_leave_torch_pristine() -> None:
     """A Ctrl-C at random points of guarded regions never leaves torch patched or a hook set."""
     before, hooks_before = _pristine_snapshot(), dict(optimizer_module._global_optimizer_pre_hooks)
@@ -118,23 +148,12 @@ def test_random_interrupts_leave_torch_pristine() -> None:
             rng = random.Random(seed)
             for i in range(40):
                 region = kinds[i % len(kinds)]
-                delay = rng.uniform(0.0, 0.001)
-                fired = threading.Event()
-
-                def fire(delay: float = delay, fired: threading.Event = fired) -> None:
-                    time.sleep(delay)
-                    _thread.interrupt_main()
-                    fired.set()
-
-                interrupter = threading.Thread(target=fire)
+                interrupter, go, fired = _interrupter(rng.uniform(0.0, 0.001))
                 with structlog.testing.capture_logs():
                     try:
-                        interrupter.start()
+                        go[0] = True
                         region()
-                        fired.wait()
-                        for _ in range(1000):  # the interrupt arrives at the next check point
-                            time.sleep(0.0001)
-                        raise AssertionError("the interrupt was never delivered")
+                        _await_interrupt(fired)
                     except KeyboardInterrupt:
                         pass
                     interrupter.join()
@@ -612,22 +631,12 @@ def test_random_interrupts_in_real_captures_leave_cuda_usable() -> None:
             rng = random.Random(seed)
             for i in range(20):
                 region = (in_capture, in_graphed)[i % 2]
-                fired = threading.Event()
-
-                def fire(delay: float = rng.uniform(0.0, 0.002), fired=fired) -> None:
-                    time.sleep(delay)
-                    _thread.interrupt_main()
-                    fired.set()
-
-                interrupter = threading.Thread(target=fire)
+                interrupter, go, fired = _interrupter(rng.uniform(0.0, 0.002))
                 with structlog.testing.capture_logs():
                     try:
-                        interrupter.start()
+                        go[0] = True
                         region()
-                        fired.wait()
-                        for _ in range(1000):
-                            time.sleep(0.0001)
-                        raise AssertionError("the interrupt was never delivered")
+                        _await_interrupt(fired)
                     except KeyboardInterrupt:
                         pass
                     interrupter.join()
