@@ -8,6 +8,10 @@ replay (snapshot, replay, eager shadow run, comparison, restore) against a plain
 same graph, measured in the same process.
 
     python benchmarks/verify.py [--out results.md] [CASE ...]
+    python benchmarks/verify.py --records FILE [--out results.md]
+
+``--records`` renders the table from the JSON lines ``tests/test_verify_cuda.py`` writes when
+``GRAPHGUARD_VERIFY_RECORDS=FILE`` is set (the same runs, one record per case).
 """
 
 from __future__ import annotations
@@ -81,10 +85,13 @@ def table(records: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--records", type=Path, help="render these records instead of running")
     parser.add_argument("cases", nargs="*", default=list(vc.BY_NAME))
     ns = parser.parse_args()
     records = []
-    for name in ns.cases:
+    if ns.records is not None:
+        records = [json.loads(line) for line in ns.records.read_text().splitlines() if line]
+    for name in [] if ns.records is not None else ns.cases:
         records.append(run(name))
         print(json.dumps(records[-1])[:300], flush=True)
     text = table(records)

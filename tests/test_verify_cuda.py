@@ -45,6 +45,9 @@ def records() -> dict[str, dict]:
             if lines
             else {"case": name, "error": done.stdout[-2000:] + done.stderr[-2000:]}
         )
+    keep = os.environ.get("GRAPHGUARD_VERIFY_RECORDS")  # for benchmarks/verify.py --records
+    if keep:
+        Path(keep).write_text("".join(json.dumps(r) + "\n" for r in out.values()))
     return out
 
 
