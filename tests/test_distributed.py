@@ -29,6 +29,7 @@ from graphguard._check import _diagnostic_from_dict
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
 ROOT = Path(__file__).resolve().parent.parent
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # a hazard needs a device tensor
 JOB = Path(__file__).resolve().parent / "dist_job.py"
 #: Cases whose hazard line is marked under another name in dist_job.py.
 _MARKERS = {"ddp_before_warm_up": "ddp_forward"}
@@ -41,6 +42,10 @@ def _env(**extra: str) -> dict[str, str]:
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    # The CPU audit contract (gloo, CPU tensors standing for device tensors): on a GPU machine
+    # CPU tensors are genuine host tensors, so the job hides the GPUs. benchmarks/dist_gpu.py
+    # is the NCCL counterpart.
+    env["CUDA_VISIBLE_DEVICES"] = ""
     env.update(extra)
     return env
 
@@ -294,7 +299,7 @@ def test_nothing_is_wrapped_without_a_process_group() -> None:
 
 
 def test_diagnostic_without_a_job_has_no_rank_fields() -> None:
-    x = torch.ones(2)
+    x = torch.ones(2, device=DEV)
     with pytest.raises(graphguard.HazardError) as info, graphguard.capture(mode="audit"):
         x.sum().item()
     d = info.value.diagnostic
@@ -304,7 +309,7 @@ def test_diagnostic_without_a_job_has_no_rank_fields() -> None:
 
 def test_rank_fields_round_trip_through_the_check_channel() -> None:
     """A child rank's diagnostic crosses the check channel (JSON) with its rank fields."""
-    x = torch.ones(2)
+    x = torch.ones(2, device=DEV)
     with pytest.raises(graphguard.HazardError) as info, graphguard.capture(mode="audit"):
         x.sum().item()
     import dataclasses

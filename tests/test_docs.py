@@ -74,11 +74,16 @@ def test_wheel_ships_every_rule_page_where_diagnostics_find_it(tmp_path) -> None
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
+    offline = ("Failed to establish a new connection", "No matching distribution found for hatch")
+    if built.returncode != 0 and any(text in built.stderr for text in offline):
+        pytest.skip("building the wheel needs the hatchling build backend from a package index")
+    assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("graphguard-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(tmp_path / "site")
