@@ -18,7 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import verify_cases as vc
 
-pytestmark = pytest.mark.cuda
+# one fixture runs every case in its own process (a few minutes): more than the default limit
+pytestmark = [pytest.mark.cuda, pytest.mark.timeout(900)]
 
 HERE = Path(__file__).resolve().parent
 
