@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import structlog
@@ -125,6 +126,18 @@ def _interrupter(delay: float) -> tuple[threading.Thread, list[bool], list[bool]
     return thread, go, fired
 
 
+def _interrupt_once(region: Callable[[], None], delay: float) -> None:
+    """Run ``region`` while one Ctrl-C arrives ``delay`` seconds after it starts."""
+    interrupter, go, fired = _interrupter(delay)
+    try:
+        go[0] = True
+        region()
+        _await_interrupt(fired)
+    except KeyboardInterrupt:
+        pass
+    interrupter.join()
+
+
 def _await_interrupt(fired: list[bool]) -> None:
     """The region finished first: wait (in plain sleeps) for the interrupt to arrive."""
     while not fired[0]:
@@ -147,16 +160,8 @@ def test_random_interrupts_leave_torch_pristine() -> None:
         for seed in range(6):
             rng = random.Random(seed)
             for i in range(40):
-                region = kinds[i % len(kinds)]
-                interrupter, go, fired = _interrupter(rng.uniform(0.0, 0.001))
                 with structlog.testing.capture_logs():
-                    try:
-                        go[0] = True
-                        region()
-                        _await_interrupt(fired)
-                    except KeyboardInterrupt:
-                        pass
-                    interrupter.join()
+                    _interrupt_once(kinds[i % len(kinds)], rng.uniform(0.0, 0.001))
                     with graphguard.capture(mode="audit", label="clean"):  # the next clean region
                         torch.ones(2).add_(1)
                 _assert_pristine(before, hooks_before)
@@ -630,16 +635,8 @@ def test_random_interrupts_in_real_captures_leave_cuda_usable() -> None:
         for seed in range(3):
             rng = random.Random(seed)
             for i in range(20):
-                region = (in_capture, in_graphed)[i % 2]
-                interrupter, go, fired = _interrupter(rng.uniform(0.0, 0.002))
                 with structlog.testing.capture_logs():
-                    try:
-                        go[0] = True
-                        region()
-                        _await_interrupt(fired)
-                    except KeyboardInterrupt:
-                        pass
-                    interrupter.join()
+                    _interrupt_once((in_capture, in_graphed)[i % 2], rng.uniform(0.0, 0.002))
                 assert not torch.cuda.is_current_stream_capturing()
                 torch.cuda.synchronize()
                 _assert_pristine(before, hooks_before)

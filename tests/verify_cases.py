@@ -255,16 +255,20 @@ def run_case(name: str, device: str = "cuda") -> dict[str, Any]:
     step.before_step(k)
     step.prologue()
     graphed()  # the capture
+
+    def timed_call(r: int) -> float:
+        step.before_step(k + r)
+        step.prologue()
+        _sync(device)
+        t0 = time.perf_counter()
+        graphed()
+        _sync(device)
+        return time.perf_counter() - t0
+
     times = []
     try:
         for r in range(1, REPLAYS + 1):
-            step.before_step(k + r)
-            step.prologue()
-            _sync(device)
-            t0 = time.perf_counter()
-            graphed()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+            times.append(timed_call(r))
         res["verdict"] = "legal"
     except graphguard.ReplayMismatchError as e:
         d = e.diagnostic
@@ -274,15 +278,7 @@ def run_case(name: str, device: str = "cuda") -> dict[str, Any]:
         res["replay"] = r
     res["verified_call_ms"] = round(1e3 * min(times), 3) if times else None
     if res["verdict"] == "legal":  # past the verified replays: plain replays, for the cost
-        plain = []
-        for r in range(REPLAYS + 1, rc.CALLS):
-            step.before_step(k + r)
-            step.prologue()
-            _sync(device)
-            t0 = time.perf_counter()
-            graphed()
-            _sync(device)
-            plain.append(time.perf_counter() - t0)
+        plain = [timed_call(r) for r in range(REPLAYS + 1, rc.CALLS)]
         res["plain_call_ms"] = round(1e3 * min(plain), 3)
     res["graphs"] = graphed.stats["graphs"]
     res["ok"] = res["verdict"] == (case.expect or "legal")
