@@ -421,7 +421,9 @@ def verify_replay(
     ``allocated_in_capture``: state paths whose tensors did not exist before the capture;
     ``baked``: names of Python values the capture consumed (for the causes).
     """
-    tensors = [(p, t) for p, t in state.tensors if not options.excluded(p)]
+    # Excluded tensors are not compared, but they are saved and restored like the others: the
+    # shadow run must not leave its own writes behind in them.
+    tensors = state.tensors
     gens = _generators()
     with torch._C.DisableTorchFunction(), torch.no_grad():
         before = [t.detach().clone() for _p, t in tensors]
@@ -464,6 +466,8 @@ def verify_replay(
                 if found is not None:
                     mismatches.append(found)
         for (path, t), replayed in zip(tensors, after, strict=True):
+            if options.excluded(path):
+                continue
             found = compare(path, replayed, t, options)
             if found is not None:
                 mismatches.append(found)

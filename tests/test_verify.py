@@ -319,3 +319,19 @@ def test_graphed_verify_catches_a_float_read_in_a_helper_module() -> None:
             step()
     finally:
         verify_helper.SCALE = 0.5
+
+
+def test_excluded_state_is_still_restored_after_the_shadow_run() -> None:
+    """Excluding a tensor the step writes skips its comparison, not its restore: the parameter
+    is updated once per call, as without verification."""
+    w = torch.zeros(3, device=DEV)
+
+    @graphguard.graphed(warmup=0, verify=Verify(replays=3, exclude=("w",)))
+    def step(x):
+        w.add_(x)
+        return w.sum()
+
+    x = torch.ones(3, device=DEV)
+    for _ in range(4):
+        step(x)
+    torch.testing.assert_close(w, torch.full((3,), 4.0, device=DEV))
