@@ -409,7 +409,7 @@ class Capture:
         outcome = verify_replay(
             state=state,
             replay=replayed,
-            eager=eager if outputs is not None else lambda: (eager(), None)[1],
+            eager=eager,
             options=self.verify,
             allocated_in_capture=set(),
             baked=[t.name for t in self._scalars],

@@ -165,7 +165,10 @@ class StateMap:
             if isinstance(obj, list):
                 obj[:] = saved
             elif isinstance(obj, dict):
-                if obj != saved or list(obj) != list(saved):
+                # by identity: ``!=`` would compare tensor values (and fail on most tensors)
+                if len(obj) != len(saved) or any(
+                    obj.get(key, _ABSENT) is not value for key, value in saved.items()
+                ):
                     obj.clear()
                     obj.update(saved)
             else:
@@ -351,8 +354,6 @@ def compare(path: str, replay: Any, eager: Any, options: Verify) -> Mismatch | N
         if a.numel() == 0 or torch.equal(a, b):
             return None
         if not (a.is_floating_point() or a.is_complex()):
-            if torch.equal(a, b):
-                return None
             diff = (a.to(torch.float64) - b.to(torch.float64)).abs().max()
             return Mismatch(path, float(diff), math.inf, "integer values differ")
         a64, b64 = a.to(torch.float64), b.to(torch.float64)
@@ -445,30 +446,9 @@ def verify_replay(
     state.restore_python()  # the shadow run starts where the replay started
     try:
         eager_out = eager()
-        mismatches: list[Mismatch] = []
-        eager_leaves, paths, _sig = flatten(eager_out, "output")
-        if not compare_outputs:
-            pass
-        elif len(eager_leaves) != len(replay_out):
-            mismatches.append(
-                Mismatch(
-                    "output",
-                    math.inf,
-                    math.inf,
-                    f"replay gave {len(replay_out)} values, eager {len(eager_leaves)}",
-                )
-            )
-        else:
-            for path, r, e in zip(paths, replay_out, eager_leaves, strict=True):
-                if options.excluded(path):
-                    continue
-                found = compare(path, r, e, options)
-                if found is not None:
-                    mismatches.append(found)
+        mismatches = _output_mismatches(replay_out, eager_out, options) if compare_outputs else []
         for (path, t), replayed in zip(tensors, after, strict=True):
-            if options.excluded(path):
-                continue
-            found = compare(path, replayed, t, options)
+            found = None if options.excluded(path) else compare(path, replayed, t, options)
             if found is not None:
                 mismatches.append(found)
         used_rng = [
@@ -484,6 +464,19 @@ def verify_replay(
             set_(saved_rng)
         state.restore_python(python_after)  # and the program goes on from the replay
     return Outcome(mismatches, _causes(mismatches, allocated_in_capture, baked, used_rng), result)
+
+
+def _output_mismatches(replay_out: list[Any], eager_out: Any, options: Verify) -> list[Mismatch]:
+    eager_leaves, paths, _sig = flatten(eager_out, "output")
+    if len(eager_leaves) != len(replay_out):
+        note = f"replay gave {len(replay_out)} values, eager {len(eager_leaves)}"
+        return [Mismatch("output", math.inf, math.inf, note)]
+    found = (
+        compare(path, r, e, options)
+        for path, r, e in zip(paths, replay_out, eager_leaves, strict=True)
+        if not options.excluded(path)
+    )
+    return [m for m in found if m is not None]
 
 
 def _causes(

@@ -335,3 +335,23 @@ def test_excluded_state_is_still_restored_after_the_shadow_run() -> None:
     for _ in range(4):
         step(x)
     torch.testing.assert_close(w, torch.full((3,), 4.0, device=DEV))
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="the emulated replay runs Python; on a GPU this step is a graph that keeps a tensor "
+    "allocated during the capture (the DynamicCache pattern in test_verify_cuda)",
+)
+def test_a_dict_entry_the_step_replaces_is_restored_by_identity() -> None:
+    """A step that replaces a tensor in a dict it reaches: restoring compares entries by
+    identity (comparing values would ask a tensor for its truth), and each call adds once."""
+    box = {"t": torch.zeros(3)}
+
+    @graphguard.graphed(warmup=0, verify=2)
+    def step(x):
+        box["t"] = box["t"] + x
+        return box["t"] * 1
+
+    x = torch.ones(3)
+    for n in (1, 2, 3):
+        torch.testing.assert_close(step(x) * 1, torch.full((3,), float(n)))
