@@ -41,7 +41,7 @@ from typing import Any
 from ._diagnostic import Diagnostic, TensorInfo, escape_controls
 from ._frames import is_internal
 from ._rank import env_rank_info
-from ._report import add_sink, channel_sink
+from ._report import add_sink, append_record, channel_sink
 from ._session import guarded, new_state
 from ._state import CHECK_CHANNEL_ENV, CHECK_PID_ENV, overrides
 
@@ -408,7 +408,7 @@ def run_check(
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        for diagnostic in _read_channel(channel):
+        for diagnostic in _read_channel(channel)[0]:
             collector(diagnostic)
         with contextlib.suppress(OSError):
             os.unlink(channel)
@@ -470,7 +470,7 @@ def _supervised(run: Callable[[], Any], result: CheckResult, auditor: Any, chann
                 else [],
                 "hook_failures": auditor.failures if auditor is not None else [],
             }
-            _append(channel, {"end": record})
+            append_record(channel, {"end": record})
         except BaseException:
             code = 70
         finally:
@@ -479,7 +479,7 @@ def _supervised(run: Callable[[], Any], result: CheckResult, auditor: Any, chann
                 sys.stderr.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    end = _read_end(channel)
+    end = _read_channel(channel)[1]
     if end is not None:
         result.error = end.get("error")
         result.error_traceback = end.get("error_traceback")
@@ -507,44 +507,25 @@ def _stdio_has_descriptors() -> bool:
     return True
 
 
-def _append(path: str, record: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
-    finally:
-        os.close(fd)
-
-
-def _read_end(path: str) -> dict[str, Any] | None:
+def _read_channel(path: str) -> tuple[list[Diagnostic], dict[str, Any] | None]:
+    """The hazards processes appended to the channel, and the program's end record if one was
+    written (a supervised program that returned); a torn last line is skipped."""
+    found, end = [], None
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
     except OSError:
-        return None
-    for line in reversed(lines):
-        with contextlib.suppress(ValueError, TypeError):
-            record = json.loads(line)
-            if isinstance(record, dict) and isinstance(record.get("end"), dict):
-                return dict(record["end"])
-    return None
-
-
-def _read_channel(path: str) -> list[Diagnostic]:
-    """The hazards child processes appended to the channel (a torn last line is skipped)."""
-    found = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except OSError:
-        return []
+        return [], None
     for line in lines:
         try:
             record = json.loads(line)
             if "diagnostic" in record:
                 found.append(_diagnostic_from_dict(record["diagnostic"]))
-        except (ValueError, KeyError, TypeError):
+            elif isinstance(record.get("end"), dict):
+                end = dict(record["end"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    return found
+    return found, end
 
 
 def _diagnostic_from_dict(data: dict[str, Any]) -> Diagnostic:

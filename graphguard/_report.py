@@ -134,7 +134,6 @@ def channel_sink(diagnostic: Diagnostic) -> None:
     One ``write`` of one line to a file opened with ``O_APPEND``, so lines from concurrent
     processes never interleave; a process that ends abruptly (``os._exit``) loses nothing.
     """
-    import json
     import os
 
     from ._state import CHECK_CHANNEL_ENV, CHECK_PID_ENV
@@ -142,7 +141,15 @@ def channel_sink(diagnostic: Diagnostic) -> None:
     path = os.environ.get(CHECK_CHANNEL_ENV)
     if not path or os.environ.get(CHECK_PID_ENV) == str(os.getpid()):
         return  # the checking process collects its own hazards in memory
-    line = json.dumps({"diagnostic": diagnostic.to_dict()}, sort_keys=True) + "\n"
+    append_record(path, {"diagnostic": diagnostic.to_dict()})
+
+
+def append_record(path: str, record: dict[str, Any]) -> None:
+    """Append one JSON line to the channel file with one ``O_APPEND`` write."""
+    import json
+    import os
+
+    line = json.dumps(record, sort_keys=True) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, line.encode("utf-8"))
