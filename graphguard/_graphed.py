@@ -15,7 +15,6 @@ hazards (stale scalars, stale outputs, graph limits) are reported in CPU-only CI
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import threading
@@ -25,12 +24,11 @@ from typing import Any
 import torch
 
 from ._capture import Capture, validate_label, validate_on_hazard
-from ._diagnostic import Diagnostic, escape_controls, more_scalars, safe_value
+from ._diagnostic import Diagnostic, more_scalars, safe_value
 from ._errors import ConfigError, GraphLimitError, HazardError
 from ._frames import trim_traceback
-from ._log import get_logger
 from ._outputs import Generation, wrap_output
-from ._report import Finding, FixedScope, report
+from ._report import Finding, FixedScope, emit, report
 from ._scalars import ScalarSnapshot, _same, watch_optimizers
 from ._session import guarded, new_state
 from ._state import overrides
@@ -308,7 +306,8 @@ class Graphed:
             )
         if not self._limit_warned:
             self._limit_warned = True
-            _warn(
+            emit(
+                "warning",
                 "graphguard.graphed.limit",
                 label=self.label,
                 message=message,
@@ -368,7 +367,8 @@ class Graphed:
 
     def _go_eager(self, diagnostic: Diagnostic, out: Any) -> Any:
         self.eager_reason = diagnostic
-        _warn(
+        emit(
+            "warning",
             "graphguard.graphed.eager",
             label=self.label,
             code=diagnostic.code,
@@ -757,11 +757,3 @@ def graphed(
     if fn is None:
         return decorate
     return decorate(fn)
-
-
-def _warn(event: str, **fields: Any) -> None:
-    """A warning event; a broken logger never replaces the step's result or its hazard."""
-    with contextlib.suppress(Exception):
-        get_logger().warning(
-            event, **{k: escape_controls(v) if isinstance(v, str) else v for k, v in fields.items()}
-        )

@@ -183,11 +183,14 @@ def _render(finding: Finding, scope: Scope) -> str:
 
 def _log(diagnostic: Diagnostic, action: str, level: str, **extra: Any) -> None:
     """Emit ``graphguard.hazard``; a broken logger never replaces the hazard or the user's call."""
-    fields = {k: _escaped(v) for k, v in diagnostic.to_dict().items()}
-    fields.update(extra)
-    # A failing processor or stream must not turn into the user's error.
+    emit(level, "graphguard.hazard", **{**diagnostic.to_dict(), "action": action, **extra})
+
+
+def emit(level: str, event: str, **fields: Any) -> None:
+    """One graphguard event, control characters escaped; a failing processor or stream never
+    turns into the user's error."""
     with contextlib.suppress(Exception):
-        getattr(get_logger(), level)("graphguard.hazard", action=action, **fields)
+        getattr(get_logger(), level)(event, **{k: _escaped(v) for k, v in fields.items()})
 
 
 def _escaped(value: Any) -> Any:
