@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import structlog
 import torch
+from _env import child_env
 
 import graphguard
 from graphguard import _errors
@@ -335,13 +334,8 @@ def test_uncaught_hazard_traceback_ends_in_user_code(entry, tmp_path) -> None:
         "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))\n"
         'x = torch.ones(2, device="cuda" if torch.cuda.is_available() else "cpu")\n' + body
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(graphguard.__file__).parent.parent)]
-        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=child_env()
     )
     assert done.returncode == 1
     lines = done.stderr.splitlines()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _env import child_env
 
 import graphguard
 
@@ -47,10 +47,7 @@ def test_cli_prints_no_numpy_warning_without_numpy(tmp_path) -> None:
     (stub / "__init__.py").write_text(
         'raise ModuleNotFoundError("No module named \'numpy\'", name="numpy")\n'
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(tmp_path), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
+    env = child_env(tmp_path, ROOT, keep_log=True)
     out = subprocess.run(
         [sys.executable, "-W", "default", "-m", "graphguard", "rules"],
         capture_output=True,
@@ -95,10 +92,7 @@ def test_wheel_ships_every_rule_page_where_diagnostics_find_it(tmp_path) -> None
         "import graphguard, pathlib; r = graphguard.RULES['GG101']; "
         "print(r.docs_link); print(pathlib.Path(r.docs_link).is_file())"
     )
-    env = dict(os.environ)  # the wheel's copy first; dependencies from wherever they are
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(tmp_path / "site")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
+    env = child_env(tmp_path / "site")  # the wheel's copy first, not this checkout
     done = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,

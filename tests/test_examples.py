@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _env import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -62,11 +62,7 @@ def test_every_example_has_expectations() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(path: Path) -> None:
     """The example exits 0 and prints its expected lines, ending with OK."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-    )
-    env.pop("GRAPHGUARD_LOG", None)  # the examples choose their own logging
+    env = child_env()  # the examples choose their own logging
     proc = subprocess.run(
         [sys.executable, str(path)],
         cwd=ROOT,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import structlog
+from _env import child_env
 
 import graphguard
 
@@ -137,11 +137,7 @@ with graphguard.capture(mode="audit"):
 def _run_script(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "quiet.py"
     script.write_text(code, encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-    )
-    env.pop("GRAPHGUARD_LOG", None)
+    env = child_env()
     return subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _env import child_env
 
 import graphguard
 
@@ -22,11 +22,7 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(\w+)\s*\] (\S+)")
 def _run(code: str, tmp_path: Path, name: str = "block.py") -> subprocess.CompletedProcess[str]:
     script = tmp_path / name
     script.write_text(code, encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-    )
-    env.pop("GRAPHGUARD_LOG", None)
+    env = child_env()
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,

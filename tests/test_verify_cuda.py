@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _env import child_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import verify_cases as vc
@@ -26,10 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def records() -> dict[str, dict]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(HERE.parent), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-    )
+    env = child_env()
     out = {}
     for name in vc.BY_NAME:
         done = subprocess.run(
