@@ -41,6 +41,7 @@ from ._verify import (
     Verify,
     collect_state,
     resolve_verify,
+    step_location,
     step_roots,
     verify_finding,
     verify_replay,
@@ -416,8 +417,7 @@ class Capture:
             compare_outputs=outputs is not None,
         )
         if outcome.mismatches:
-            code = getattr(getattr(eager, "__func__", eager), "__code__", None)
-            location = (code.co_filename, code.co_firstlineno, code.co_name) if code else None
+            location = step_location(eager)
             report(
                 verify_finding(
                     f"Capture.replay() of {self.label!r}",

@@ -38,6 +38,7 @@ from ._verify import (
     Verify,
     collect_state,
     resolve_verify,
+    step_location,
     step_roots,
     verify_finding,
     verify_replay,
@@ -255,20 +256,14 @@ class Graphed:
         )
         if outcome.mismatches:
             finding = verify_finding(
-                f"replay of {self.label!r}", self.label, entry.verified, outcome, self._location()
+                f"replay of {self.label!r}",
+                self.label,
+                entry.verified,
+                outcome,
+                step_location(self.fn),
             )
             report(finding, FixedScope(self.on_hazard, self.label, "replay", region=self))
         return outcome.result
-
-    def _location(self) -> tuple[str, int, str] | None:
-        target = getattr(self.fn, "__func__", self.fn)
-        code = getattr(target, "__code__", None)
-        if code is None:
-            target = getattr(type(self.fn), "forward", None)
-            code = getattr(target, "__code__", None)
-        if code is None:
-            return None
-        return (code.co_filename, code.co_firstlineno, code.co_name)
 
     # -- eager paths --------------------------------------------------------------------------
     def _run_eager(

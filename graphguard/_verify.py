@@ -39,7 +39,17 @@ from ._errors import ConfigError
 from ._frames import is_internal
 from ._tree import flatten
 
-__all__ = ["Mismatch", "StateMap", "Verify", "collect_state", "resolve_verify", "verify_replay"]
+__all__ = [
+    "Mismatch",
+    "StateMap",
+    "Verify",
+    "collect_state",
+    "resolve_verify",
+    "step_location",
+    "step_roots",
+    "verify_finding",
+    "verify_replay",
+]
 
 #: (rtol, atol) by dtype: a difference counts when ``max|a - b| > atol + rtol * max|b|``. Scaled
 #: by the tensor's largest magnitude, not elementwise, so the run-to-run noise of atomics in a
@@ -298,6 +308,14 @@ def step_roots(fn: Any, module: Any, args: Any, kwargs: Any) -> list[tuple[str, 
     if bound is not None and not isinstance(bound, types.ModuleType):
         roots.append(("self", bound))
     return roots
+
+
+def step_location(fn: Any) -> tuple[str, int, str] | None:
+    """Where a step is defined (its function, or its module's ``forward``): a GG901's location."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:
+        code = getattr(getattr(type(fn), "forward", None), "__code__", None)
+    return None if code is None else (code.co_filename, code.co_firstlineno, code.co_name)
 
 
 def _function_names(fn: types.FunctionType) -> list[tuple[str, Any]]:
