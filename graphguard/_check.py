@@ -456,10 +456,9 @@ def _supervised(run: Callable[[], Any], result: CheckResult, auditor: Any, chann
     if pid == 0:  # pragma: no cover - the program's process (coverage does not follow forks)
         code = 0
         try:
-            program = os.getpid()
-            # Hazards of this process go to the channel, like those of its own children.
-            os.environ[CHECK_PID_ENV] = str(os.getppid())
-            _run_program(run, result, auditor, program)
+            # CHECK_PID_ENV names the checking process, so this one's hazards go to the
+            # channel like those of its own children.
+            _run_program(run, result, auditor, os.getpid())
             record = {
                 "error": result.error,
                 "error_traceback": result.error_traceback,
