@@ -51,6 +51,18 @@ _push_mode = getattr(torch._C, "_push_on_torch_function_stack", None) or (
 )
 
 
+def _pop_our_mode(mode: Any) -> None:
+    """Take the region's torch-function mode off the thread's mode stack.
+
+    torch dispatches each call to the mode by popping it and pushing it back
+    (``torch.overrides._pop_mode_temporarily``); a Ctrl-C landing between the two leaves the
+    stack without the mode, and nothing is left to pop then.
+    """
+    stack = torch.overrides._get_current_function_mode_stack()
+    if any(m is mode for m in stack):
+        mode.__exit__(None, None, None)
+
+
 # --- Ctrl-C ---------------------------------------------------------------------------------------
 # A ``KeyboardInterrupt`` can be raised at any bytecode of the main thread, including the first
 # instruction of an ``__exit__`` (before any ``try`` in it exists) or the instruction after a hook
@@ -268,7 +280,7 @@ class Guarded:
                 if _local.depth == 0:
                     mode = _local.mode
                     _local.mode = None
-                    mode.__exit__(None, None, None)
+                    _pop_our_mode(mode)
                     _local.spare = mode  # the thread's next outermost region reuses it
         finally:
             try:

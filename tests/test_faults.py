@@ -151,6 +151,9 @@ def test_random_interrupts_leave_torch_pristine() -> None:
     """A Ctrl-C at random points of guarded regions never leaves torch patched or a hook set."""
     before, hooks_before = _pristine_snapshot(), dict(optimizer_module._global_optimizer_pre_hooks)
     kinds = _step_kinds()
+    with structlog.testing.capture_logs():
+        for region in kinds:  # torch's lazy imports happen here, not under an interrupt
+            region()
     switch = sys.getswitchinterval()
     # The interrupting thread needs the GIL to fire; a short switch interval lets it land inside
     # a region rather than after it.
@@ -649,3 +652,15 @@ def test_random_interrupts_in_real_captures_leave_cuda_usable() -> None:
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, torch.ones(4, device="cuda"))  # recorded once, replayed once
+
+
+def test_region_exit_copes_with_a_mode_stack_an_interrupt_left_short() -> None:
+    """A Ctrl-C between torch's pop and push of the mode around one call (inside
+    ``torch.overrides._pop_mode_temporarily``) leaves the stack without graphguard's mode: the
+    region still ends cleanly, with nothing left on the stack and torch unpatched."""
+    before = _pristine_snapshot()
+    with pytest.raises(KeyboardInterrupt), graphguard.capture(mode="audit", label="short stack"):
+        torch._C._pop_torch_function_stack()  # what the interrupted dispatch did
+        raise KeyboardInterrupt
+    assert torch.overrides._get_current_function_mode_stack() == []
+    _assert_pristine(before, dict(optimizer_module._global_optimizer_pre_hooks))
