@@ -32,7 +32,7 @@ from ._emulation import (
     track_result,
 )
 from ._report import Finding, report
-from ._state import _STACK, GuardState, current_state
+from ._state import _STACK, PENDING, GuardState, current_state
 
 __all__ = ["METADATA_CALLS", "HazardMode", "register_check"]
 
@@ -404,6 +404,12 @@ _SPECIAL_KWARGS = frozenset({"device", "pin_memory", "alpha", "value"})
 _TRACKED_RESULTS = (torch.Tensor, tuple, list)
 
 
+def _deliver_held() -> None:
+    from ._session import deliver_at_call
+
+    deliver_at_call()
+
+
 class HazardMode(TorchFunctionMode):
     """Checks each torch call of the guarded thread against the hazard table before it runs.
 
@@ -429,6 +435,8 @@ class HazardMode(TorchFunctionMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
+        if PENDING:  # a Ctrl-C held back inside torch's mode dispatch (see ``_session``)
+            _deliver_held()
         check = _CHECKS.get(func)
         if check is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)):
             if self.capture_states and not _is_capturing():

@@ -24,18 +24,21 @@ from types import CodeType, FrameType, TracebackType
 from typing import Any, TypeVar
 
 import torch
+import torch.overrides
+import torch.utils._python_dispatch
 
 from . import _dist, _patches
 from ._errors import GraphGuardError
 from ._intercept import HazardMode
 from ._log import check_env as check_log_env
-from ._state import GuardState, current_state, pop_state, push_state, reset_stack
+from ._state import PENDING, GuardState, current_state, pop_state, push_state, reset_stack
 
 __all__ = [
     "PENDING",
     "Guarded",
     "atomic",
     "deliver",
+    "deliver_at_call",
     "deliver_due_interrupt",
     "guarded",
     "hold_interrupts",
@@ -75,9 +78,6 @@ def _pop_our_mode(mode: Any) -> None:
 # the entry (as if the interrupt had arrived before the region). Elsewhere (the region's body) the
 # interrupt goes to the handler that was installed before, unchanged.
 _ATOMIC_CODES: set[CodeType] = set()
-#: Interrupts recorded while an atomic function ran (main thread only); read as a plain global,
-#: with no call, so testing it is not itself a point where an interrupt can be raised.
-PENDING: list[int] = []
 _main_ident = threading.main_thread().ident
 _holders = 0
 _previous_handler: Any = None
@@ -109,9 +109,38 @@ def _hold_during_reports() -> None:
 _hold_during_reports()
 
 
+# torch dispatches a call to a torch-function mode in Python through
+# ``with _pop_mode_temporarily():`` (``torch.overrides``, ``torch.utils._python_dispatch``): the
+# generator pops the mode and its ``finally`` pushes it back. A Ctrl-C landing in the generator
+# between the pop and its ``try``, or in the context manager's ``__enter__``/``__exit__`` before the
+# generator is resumed, leaves the generator suspended: its ``finally`` then runs whenever the
+# garbage collector closes it, and pushes the mode back at an arbitrary later point, after the
+# region has ended. Those frames are atomic too, so the mode stack is never torn.
+_MODE_SWAP_CODES: set[CodeType] = {
+    getattr(fn, "__wrapped__", fn).__code__
+    for fn in (
+        getattr(torch.overrides, "_pop_mode_temporarily", None),
+        getattr(torch.utils._python_dispatch, "_pop_mode_temporarily", None),
+    )
+    if fn is not None
+}
+_ATOMIC_CODES |= _MODE_SWAP_CODES
+_CONTEXT_MANAGER_CODES = {
+    contextlib._GeneratorContextManager.__enter__.__code__,
+    contextlib._GeneratorContextManager.__exit__.__code__,
+}
+
+
+def _swaps_mode(frame: FrameType) -> bool:
+    """Is ``frame`` a ``@contextmanager``'s enter/exit around a mode-swapping generator?"""
+    manager = frame.f_locals.get("self")
+    return getattr(getattr(manager, "gen", None), "gi_code", None) in _MODE_SWAP_CODES
+
+
 def _in_atomic(frame: FrameType | None) -> bool:
     while frame is not None:
-        if frame.f_code in _ATOMIC_CODES:
+        code = frame.f_code
+        if code in _ATOMIC_CODES or (code in _CONTEXT_MANAGER_CODES and _swaps_mode(frame)):
             return True
         frame = frame.f_back
     return False
@@ -172,6 +201,13 @@ def take_interrupt(frame: FrameType | None) -> int | None:
 def deliver(signum: int) -> None:
     """Raise a held-back interrupt the way the application's handler would have."""
     _call_previous(signum, sys._getframe(1))
+
+
+def deliver_at_call() -> None:
+    """From a dispatched torch call: deliver a held-back interrupt if no atomic caller waits."""
+    signum = take_interrupt(sys._getframe(1))
+    if signum is not None:
+        _call_previous(signum, sys._getframe(1))
 
 
 def deliver_due_interrupt() -> None:

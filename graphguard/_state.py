@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 from ._errors import ConfigError
 from ._rules import KINDS, RULES
 
+#: Ctrl-Cs held back while an atomic function ran (main thread only; see ``_session``). Read as a
+#: plain global, with no call, so testing it is not itself a point where an interrupt can land.
+PENDING: list[int] = []
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import gc
 import io
 import json
 import os
@@ -127,7 +128,11 @@ def _interrupter(delay: float) -> tuple[threading.Thread, list[bool], list[bool]
 
 
 def _interrupt_once(region: Callable[[], None], delay: float) -> None:
-    """Run ``region`` while one Ctrl-C arrives ``delay`` seconds after it starts."""
+    """Run ``region`` while one Ctrl-C arrives ``delay`` seconds after it starts.
+
+    Whatever the region raises, the Ctrl-C is taken here: an unexpected error must reach the
+    test as itself, not be replaced by an interrupt landing later in pytest's own code.
+    """
     interrupter, go, fired = _interrupter(delay)
     try:
         go[0] = True
@@ -135,7 +140,25 @@ def _interrupt_once(region: Callable[[], None], delay: float) -> None:
         _await_interrupt(fired)
     except KeyboardInterrupt:
         pass
+    except BaseException:
+        _absorb_interrupt(fired)
+        raise
     interrupter.join()
+    # torch's own ``Optimizer.step`` sets grad mode off and back in Python (``_use_grad``): a
+    # Ctrl-C between the two leaves grad mode off with or without graphguard. That is torch's
+    # state, not graphguard's; the next region must start from the user's usual state.
+    torch.set_grad_enabled(True)
+
+
+def _absorb_interrupt(fired: list[bool]) -> None:
+    """Wait for the pending Ctrl-C and swallow it (the region already failed)."""
+    try:
+        while not fired[0]:
+            time.sleep(0.0001)
+        for _ in range(1000):
+            time.sleep(0.0001)
+    except KeyboardInterrupt:
+        pass
 
 
 def _await_interrupt(fired: list[bool]) -> None:
@@ -663,4 +686,45 @@ def test_region_exit_copes_with_a_mode_stack_an_interrupt_left_short() -> None:
         torch._C._pop_torch_function_stack()  # what the interrupted dispatch did
         raise KeyboardInterrupt
     assert torch.overrides._get_current_function_mode_stack() == []
+    _assert_pristine(before, dict(optimizer_module._global_optimizer_pre_hooks))
+
+
+def _mode_swap_exit(frame) -> bool:
+    """Is ``frame`` the context manager's exit around torch's mode-popping generator?"""
+    if frame.f_code is not contextlib._GeneratorContextManager.__exit__.__code__:
+        return False
+    gen = getattr(frame.f_locals.get("self"), "gen", None)
+    swap = torch.overrides._pop_mode_temporarily.__wrapped__  # type: ignore[attr-defined]
+    return getattr(gen, "gi_code", None) is swap.__code__
+
+
+def test_ctrl_c_as_torch_restores_the_mode_is_held_until_the_stack_is_whole() -> None:
+    """A Ctrl-C on the first instruction of ``__exit__`` of torch's ``_pop_mode_temporarily``
+    (the generator that pushes the mode back is then never resumed, and the garbage collector
+    would push graphguard's mode back whenever it closes the generator, after the region ended)
+    is held back and delivered once the mode is back: the stack is empty after the region."""
+    fired: list[bool] = []
+    reached_end: list[bool] = []
+
+    def tracer(frame, event, arg):  # runs the SIGINT handler where CPython would run it
+        if event == "call" and not fired and _mode_swap_exit(frame):
+            fired.append(True)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
+
+    before = _pristine_snapshot()
+    x = torch.ones(3, requires_grad=True)
+    with pytest.raises(KeyboardInterrupt), graphguard.capture(mode="audit", label="swap"):
+        loss = (x * 2).sum()
+        sys.settrace(tracer)
+        try:
+            loss.backward()  # Tensor.backward is dispatched through _pop_mode_temporarily
+        finally:
+            sys.settrace(None)
+        torch.ones(1)  # the next torch call delivers it: the region's end is not reached
+        reached_end.append(True)
+    assert not reached_end, "the held Ctrl-C waited past the next torch call"
+    assert fired, "the dispatch did not pass through torch's mode-popping context manager"
+    gc.collect()  # closes any generator an interrupt left suspended
+    assert torch.overrides._get_current_function_mode_stack() == []
+    assert torch.equal(x.grad, torch.full((3,), 2.0)), "the call itself ran to its end"
     _assert_pristine(before, dict(optimizer_module._global_optimizer_pre_hooks))
