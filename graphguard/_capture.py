@@ -21,20 +21,19 @@ import torch
 from ._diagnostic import Diagnostic, escape_controls, more_scalars, safe_value
 from ._errors import ConfigError, GraphGuardError, HazardError, NotCapturedError
 from ._frames import trim_traceback
-from ._log import region_event
-from ._report import Finding, FixedScope, report
-from ._scalars import Tracked, watch_optimizers
-from ._session import (
+from ._interrupts import (
     PENDING,
     atomic,
     deliver,
     deliver_due_interrupt,
-    guarded,
     hold_interrupts,
-    new_state,
     release_interrupts,
     take_interrupt,
 )
+from ._log import region_event
+from ._report import Finding, FixedScope, report
+from ._scalars import Tracked, watch_optimizers
+from ._session import guarded, new_state
 from ._state import ON_HAZARD, overrides, register_global_capture, unregister_global_capture
 from ._tree import flatten
 from ._verify import (

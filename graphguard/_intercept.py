@@ -31,6 +31,7 @@ from ._emulation import (
     track_plain,
     track_result,
 )
+from ._interrupts import deliver_at_call
 from ._report import Finding, report
 from ._state import _STACK, PENDING, GuardState, current_state
 
@@ -404,12 +405,6 @@ _SPECIAL_KWARGS = frozenset({"device", "pin_memory", "alpha", "value"})
 _TRACKED_RESULTS = (torch.Tensor, tuple, list)
 
 
-def _deliver_held() -> None:
-    from ._session import deliver_at_call
-
-    deliver_at_call()
-
-
 class HazardMode(TorchFunctionMode):
     """Checks each torch call of the guarded thread against the hazard table before it runs.
 
@@ -436,7 +431,7 @@ class HazardMode(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         if PENDING:  # a Ctrl-C held back inside torch's mode dispatch (see ``_session``)
-            _deliver_held()
+            deliver_at_call()
         check = _CHECKS.get(func)
         if check is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)):
             if self.capture_states and not _is_capturing():

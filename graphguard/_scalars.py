@@ -42,7 +42,7 @@ import torch
 from ._diagnostic import describe_tensor
 from ._emulation import LIVE_SCALAR_ATTR
 from ._frames import find_user_frame
-from ._session import (
+from ._interrupts import (
     PENDING,
     atomic,
     deliver,

@@ -29,9 +29,9 @@ from graphguard import (
     GraphGuardError,
     HostSyncError,
     StaleHostScalarError,
+    _interrupts,
     _log,
     _patches,
-    _session,
 )
 from graphguard._state import current_state
 
@@ -57,7 +57,7 @@ def _assert_pristine(before: dict[tuple[int, str], object], hooks_before: dict) 
     assert torch._C._len_torch_function_stack() == 0, "a torch function mode was left active"
     assert current_state() is None, "this thread is still guarded"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert not getattr(_session, "PENDING", []), "an interrupt was held back, never delivered"
+    assert not _interrupts.PENDING, "an interrupt was held back, never delivered"
 
 
 @contextlib.contextmanager
