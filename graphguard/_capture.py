@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import _patches
 from ._diagnostic import Diagnostic, escape_controls, more_scalars, safe_value
 from ._errors import ConfigError, GraphGuardError, HazardError, NotCapturedError
 from ._frames import trim_traceback
@@ -34,7 +35,7 @@ from ._log import region_event
 from ._report import Finding, FixedScope, report
 from ._scalars import Tracked, watch_optimizers
 from ._session import guarded, new_state
-from ._state import ON_HAZARD, overrides, register_global_capture, unregister_global_capture
+from ._state import ON_HAZARD, overrides
 from ._tree import flatten
 from ._verify import (
     Verify,
@@ -257,7 +258,7 @@ class Capture:
         self.graph = graph
         self.capturing = True
         if self.capture_error_mode == "global":
-            register_global_capture(id(self), self.label, self)
+            _patches.begin_global_capture(id(self), self.label, self)
         # Optimizers whose step runs in the capture bake their hyperparameters; replay() checks
         # them (see _scalars).
         self._optimizer_watch = watch_optimizers()
@@ -321,7 +322,7 @@ class Capture:
         with self._lock:
             if self.capturing:
                 self.capturing = False
-                unregister_global_capture(id(self))
+                _patches.end_global_capture(id(self))
                 try:
                     self.graph.capture_end()
                 except BaseException as e:  # an illegal call graphguard does not intercept
@@ -354,7 +355,7 @@ class Capture:
             if not self.capturing:
                 return "logged"
             self.capturing = False
-            unregister_global_capture(id(self))
+            _patches.end_global_capture(id(self))
             self.graph.capture_end()
             # The work before the hazard was recorded, not run; running the recorded prefix
             # once gives its tensors the values the eager continuation expects.

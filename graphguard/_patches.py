@@ -2,8 +2,9 @@
 
 Streams, events, ``synchronize``, RNG seeding and state, ``torch.save`` and the capture-status
 query are plain Python or C entry points that never reach ``__torch_function__``;
-``Tensor.pin_memory`` is wrapped as well so that *another* thread's pinned allocation is seen
-while a capture runs in torch's "global" error mode.
+``Tensor.pin_memory`` is wrapped as well, but only while a capture runs in torch's "global" error
+mode, so that *another* thread's pinned allocation is seen. ``torch.cuda.Stream``/``Event``
+methods are wrapped only in a process that sees a CUDA device (no such object exists otherwise).
 
 Life cycle: wrappers are reference-counted under a lock. The first guard to start installs them,
 the last one to end removes them, so while no guard is active anywhere every torch attribute is
@@ -37,9 +38,23 @@ import wrapt
 from . import _dist
 from ._emulation import optimizer_pre_hook
 from ._report import Finding, FixedScope, report
-from ._state import GuardState, active_global_captures, current_state
+from ._state import (
+    GuardState,
+    active_global_captures,
+    cuda_available,
+    current_state,
+    register_global_capture,
+    unregister_global_capture,
+)
 
-__all__ = ["acquire", "installed_targets", "is_installed", "release"]
+__all__ = [
+    "acquire",
+    "begin_global_capture",
+    "end_global_capture",
+    "installed_targets",
+    "is_installed",
+    "release",
+]
 
 # Set while a wrapper runs its original, so torch's own nested calls (torch.manual_seed calling
 # torch.cuda.manual_seed_all) are not reported a second time.
@@ -61,8 +76,13 @@ class _Target:
     #: Instead of checking, make the call: ``(state, original, instance, args, kwargs) ->
     #: value`` (torch.distributed collectives: check, agree between ranks, then run).
     call: Callable[..., Any] | None = None
+    #: When the wrapper is installed: ``ALWAYS`` (every region), ``WITH_CUDA`` (every region of a
+    #: process that sees a CUDA device) or ``GLOBAL_CAPTURE`` (only while a capture in torch's
+    #: "global" error mode records; see :func:`begin_global_capture`).
+    tier: str = "always"
 
 
+ALWAYS, WITH_CUDA, GLOBAL_CAPTURE = "always", "with-cuda", "global-capture"
 _PASS = object()
 
 
@@ -138,13 +158,21 @@ def _targets() -> list[_Target]:
     cuda = torch.cuda
     out = [
         _Target(cuda, "synchronize", _sync("torch.cuda.synchronize()"), True),
-        _Target(cuda.Stream, "synchronize", _sync("Stream.synchronize()"), True),
-        _Target(cuda.Stream, "query", _sync("Stream.query()", True), True),
-        _Target(cuda.Event, "synchronize", _sync("Event.synchronize()"), True),
-        _Target(cuda.Event, "query", _sync("Event.query()", True), True),
-        _Target(cuda.Event, "elapsed_time", _sync("Event.elapsed_time()", 0.0), True),
+        # No torch.cuda stream or event can be made without a CUDA device: on such a machine
+        # their methods are not wrapped (writing to a type costs every later attribute read of
+        # its instances a slower lookup).
+        _Target(cuda.Stream, "synchronize", _sync("Stream.synchronize()"), True, tier=WITH_CUDA),
+        _Target(cuda.Stream, "query", _sync("Stream.query()", True), True, tier=WITH_CUDA),
+        _Target(cuda.Event, "synchronize", _sync("Event.synchronize()"), True, tier=WITH_CUDA),
+        _Target(cuda.Event, "query", _sync("Event.query()", True), True, tier=WITH_CUDA),
+        _Target(
+            cuda.Event, "elapsed_time", _sync("Event.elapsed_time()", 0.0), True, tier=WITH_CUDA
+        ),
         _Target(cuda, "default_stream", _default_stream),
-        _Target(torch.Tensor, "pin_memory", _no_check, True),
+        # The guarded thread's own pin_memory() reaches the torch-function mode; the wrapper is
+        # for *other* threads, and only a capture in "global" error mode is broken by them.
+        # Written only then: a write to torch.Tensor slows every tensor attribute read after it.
+        _Target(torch.Tensor, "pin_memory", _no_check, True, tier=GLOBAL_CAPTURE),
         _Target(torch, "save", _save),
     ]
     # Device-generic APIs (torch >= 2.4): what code written for any accelerator calls.
@@ -403,10 +431,11 @@ def reset_after_fork() -> None:
     _lock = threading.RLock()
     _refcount = 0
     _uninstall()
+    _uninstall_global()
 
 
 def is_installed() -> bool:
-    return bool(_installed)
+    return bool(_installed or _global_installed)
 
 
 def installed_targets() -> list[tuple[Any, str]]:
@@ -435,10 +464,11 @@ class _Group:
     which checks each slot.
     """
 
-    __slots__ = ("fast", "names", "originals", "slots", "unwrapped", "wrapped")
+    __slots__ = ("fast", "names", "originals", "slots", "tier", "unwrapped", "wrapped")
 
-    def __init__(self, slots: list[_Slot]) -> None:
+    def __init__(self, slots: list[_Slot], tier: str = ALWAYS) -> None:
         self.slots = slots
+        self.tier = tier
         self.fast = isinstance(slots[0].owner, types.ModuleType)
         self.names = tuple(slot.name for slot in slots)
         #: Filled by the first per-attribute install of a module's group; empty for types.
@@ -505,10 +535,10 @@ def _groups() -> list[_Group]:
 
 
 def _build_groups(targets: list[_Target]) -> list[_Group]:
-    by_owner: dict[int, list[_Slot]] = {}
+    by_owner: dict[tuple[int, str], list[_Slot]] = {}
     for target in targets:
-        by_owner.setdefault(id(target.owner), []).append(_Slot(target))
-    return [_Group(slots) for slots in by_owner.values()]
+        by_owner.setdefault((id(target.owner), target.tier), []).append(_Slot(target))
+    return [_Group(slots, tier) for (_, tier), slots in by_owner.items()]
 
 
 _dist_target_cache: list[_Target] = []
@@ -528,14 +558,53 @@ def _dist_target_list() -> list[_Target]:
     return _dist_target_cache
 
 
+_with_cuda: bool | None = None
+
+
+def _region_groups() -> list[_Group]:
+    """The groups every region installs: ``ALWAYS``, and ``WITH_CUDA`` where CUDA is seen."""
+    global _with_cuda
+    if _with_cuda is None:  # at the first region, not at import: no CUDA query at import
+        _with_cuda = cuda_available()
+    tiers = (ALWAYS, WITH_CUDA) if _with_cuda else (ALWAYS,)
+    return [group for group in _groups() if group.tier in tiers]
+
+
 def _active_groups() -> list[_Group]:
     # Collectives are wrapped only in a process with an initialized default group: zero cost
     # otherwise.
     if not _dist.initialized():
-        return _groups()
+        return _region_groups()
     if not _dist_group_cache:
         _dist_group_cache.extend(_build_groups(_dist_target_list()))
-    return [*_groups(), *_dist_group_cache]
+    return [*_region_groups(), *_dist_group_cache]
+
+
+# --- the "global" capture tier --------------------------------------------------------------
+_global_installed: list[_Group] = []
+
+
+def begin_global_capture(key: int, label: str | None, region: Any) -> None:
+    """A capture in torch's "global" error mode starts recording: from now on another thread's
+    capture-breaking call is refused, including calls only such a capture needs wrapped."""
+    with _lock:
+        if register_global_capture(key, label, region) and not _global_installed:
+            for group in _groups():
+                if group.tier == GLOBAL_CAPTURE:
+                    _global_installed.append(group)
+                    group.install()
+
+
+def end_global_capture(key: int) -> None:
+    """The capture registered under ``key`` stopped recording (idempotent)."""
+    with _lock:
+        if unregister_global_capture(key) and not active_global_captures():
+            _uninstall_global()
+
+
+def _uninstall_global() -> None:
+    while _global_installed:
+        _global_installed.pop().uninstall()
 
 
 _dynamo_loaded_at_install = False

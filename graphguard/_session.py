@@ -35,7 +35,7 @@ from ._interrupts import (
     take_interrupt,
 )
 from ._log import check_env as check_log_env
-from ._state import GuardState, current_state, pop_state, push_state, reset_stack
+from ._state import GuardState, cuda_available, current_state, pop_state, push_state, reset_stack
 
 __all__ = ["Guarded", "guarded", "new_state"]
 
@@ -46,6 +46,11 @@ _push_mode = getattr(torch._C, "_push_on_torch_function_stack", None) or (
 )
 
 
+_stack_len = torch._C._len_torch_function_stack
+_stack_at = torch._C._get_function_stack_at
+_pop_mode = torch._C._pop_torch_function_stack
+
+
 def _pop_our_mode(mode: Any) -> None:
     """Take the region's torch-function mode off the thread's mode stack.
 
@@ -53,6 +58,10 @@ def _pop_our_mode(mode: Any) -> None:
     (``torch.overrides._pop_mode_temporarily``); a Ctrl-C landing between the two leaves the
     stack without the mode, and nothing is left to pop then.
     """
+    depth = _stack_len()
+    if depth and _stack_at(depth - 1) is mode:  # the usual case: it is on top
+        _pop_mode()
+        return
     stack = torch.overrides._get_current_function_mode_stack()
     if any(m is mode for m in stack):
         mode.__exit__(None, None, None)
@@ -190,7 +199,7 @@ def new_state(
 ) -> GuardState:
     """A guard state for a region starting now, inheriting what an enclosing guard knows."""
     enclosing = current_state()
-    cuda = torch.cuda.is_available()
+    cuda = cuda_available()
     own_region = region is not None
     if region is None and enclosing is not None:
         region = enclosing.region

@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ._errors import ConfigError
 from ._rules import KINDS, RULES
 
@@ -100,6 +102,17 @@ class GuardState:
         return "capture" if self.foreign_capture else "audit"
 
 
+_cuda: list[bool] = []
+
+
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, asked once per process (at the first region, not at
+    import): regions ask it at every entry, and the answer does not change in a process."""
+    if not _cuda:
+        _cuda.append(torch.cuda.is_available())
+    return _cuda[0]
+
+
 _STACK: ContextVar[tuple[GuardState, ...]] = ContextVar("graphguard_guards", default=())
 _ALLOWED: ContextVar[frozenset[str]] = ContextVar("graphguard_allowed", default=frozenset())
 
@@ -165,14 +178,18 @@ _global_lock = threading.Lock()
 _global_captures: dict[int, tuple[str, str | None, Any]] = {}
 
 
-def register_global_capture(key: int, label: str | None, region: Any) -> None:
+def register_global_capture(key: int, label: str | None, region: Any) -> bool:
+    """Note a capture in "global" error mode; whether ``key`` was new."""
     with _global_lock:
+        new = key not in _global_captures
         _global_captures[key] = (threading.current_thread().name, label, region)
+        return new
 
 
-def unregister_global_capture(key: int) -> None:
+def unregister_global_capture(key: int) -> bool:
+    """Forget the capture noted under ``key``; whether it was noted."""
     with _global_lock:
-        _global_captures.pop(key, None)
+        return _global_captures.pop(key, None) is not None
 
 
 def active_global_captures() -> list[tuple[str, str | None, Any]]:

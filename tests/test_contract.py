@@ -14,7 +14,7 @@ import torch
 from _env import child_env
 
 import graphguard
-from graphguard import _errors
+from graphguard import _errors, _patches
 
 
 def test_all_matches_public_names() -> None:
@@ -194,12 +194,16 @@ def test_cuda_only_api_is_reported_before_torchs_error(ctx) -> None:
         ("Event.elapsed_time", "GG107"),
     ],
 )
-def test_stream_and_event_methods_are_intercepted(method: str, code: str) -> None:
+def test_stream_and_event_methods_are_intercepted(
+    method: str, code: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stream and Event syncs/queries are reported before they run.
 
-    Without CUDA no stream or event object can be made, so the method is called unbound with a
+    They are wrapped only in a process that sees a CUDA device (without one no such object can
+    be made): this process is made to count as one. The method is called unbound with a
     stand-in instance: the interceptor must decide before the method body runs.
     """
+    monkeypatch.setattr(_patches, "_with_cuda", True)
     cls_name, name = method.split(".")
     cls = getattr(torch.cuda, cls_name)
     with pytest.raises(graphguard.HazardError) as info, graphguard.capture(mode="audit"):
@@ -207,6 +211,23 @@ def test_stream_and_event_methods_are_intercepted(method: str, code: str) -> Non
         getattr(cls, name)(*args)
     assert info.value.code == code
     assert info.value.diagnostic.function == "test_stream_and_event_methods_are_intercepted"
+
+
+def test_cuda_stream_and_event_types_are_not_written_without_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a CUDA device no torch.cuda stream or event exists, so a region leaves their
+    types alone (a type write slows every later attribute read of its instances)."""
+    monkeypatch.setattr(_patches, "_with_cuda", False)
+    before = {name: vars(torch.cuda.Event).get(name) for name in ("synchronize", "query")}
+    with graphguard.capture(mode="audit"):
+        assert _patches.is_installed()
+        now = {name: vars(torch.cuda.Event).get(name) for name in ("synchronize", "query")}
+        assert now == before
+    if not torch.cuda.is_available():  # what makes the wrappers pointless on such a machine
+        for make in (torch.cuda.Event, torch.cuda.Stream):
+            with pytest.raises(RuntimeError):
+                make()
 
 
 def test_allow_skips_a_known_hazard_at_one_call_site(ctx) -> None:

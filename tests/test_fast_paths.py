@@ -96,8 +96,11 @@ def test_module_attribute_replaced_between_regions_is_wrapped_and_kept() -> None
     assert vars(torch.cuda)["synchronize"] is original
 
 
-def test_type_attribute_replaced_between_regions_is_wrapped_and_kept() -> None:
+def test_type_attribute_replaced_between_regions_is_wrapped_and_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The same for a method of a type: the current method is wrapped and put back as it was."""
+    monkeypatch.setattr(_patches, "_with_cuda", True)  # torch.cuda.Event is wrapped with CUDA
     cls = torch.cuda.Event
     original = vars(cls)["query"]
 

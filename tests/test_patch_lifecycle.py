@@ -26,10 +26,55 @@ def test_patches_installed_only_inside_region(ctx) -> None:
     before = _originals()
     with graphguard.capture(mode="audit"):
         assert _patches.is_installed()
-        assert "pin_memory" in vars(torch.Tensor)
         assert vars(torch.cuda)["synchronize"] is not before[(id(torch.cuda), "synchronize")]
+        # The guarded thread's own pin_memory() reaches the torch-function mode: torch.Tensor
+        # is written only while a capture in "global" error mode records.
+        assert "pin_memory" not in vars(torch.Tensor)
     assert _originals() == before
     assert "pin_memory" not in vars(torch.Tensor)
+
+
+def test_tensor_pin_memory_is_wrapped_only_while_a_global_capture_records(ctx) -> None:
+    """begin/end_global_capture install and remove the cross-thread-only wrappers, once."""
+    before = _originals()
+    with graphguard.capture(mode="audit"):
+        _patches.begin_global_capture(1, "first", None)
+        _patches.begin_global_capture(2, "second", None)
+        assert "pin_memory" in vars(torch.Tensor)
+        _patches.end_global_capture(1)
+        assert "pin_memory" in vars(torch.Tensor), "the second capture still records"
+        _patches.end_global_capture(2)
+        _patches.end_global_capture(2)  # idempotent
+        assert "pin_memory" not in vars(torch.Tensor)
+        assert _patches.is_installed()
+    assert _originals() == before
+    assert not _patches.is_installed()
+
+
+def test_another_threads_pin_memory_is_refused_during_a_global_capture(ctx) -> None:
+    """While a "global" capture records, another thread's pin_memory() is GG201, before torch
+    allocates (the allocation is what invalidates such a capture); with none, it is not seen."""
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            torch.zeros(4).pin_memory()
+        except BaseException as e:
+            errors.append(e)
+
+    with graphguard.capture(mode="audit"):
+        _patches.begin_global_capture(id(errors), "global-capture", None)
+        try:
+            worker = threading.Thread(target=other_thread, name="gg-pinning-thread")
+            worker.start()
+            worker.join()
+        finally:
+            _patches.end_global_capture(id(errors))
+    assert len(errors) == 1
+    assert isinstance(errors[0], graphguard.HazardError)
+    assert errors[0].code == "GG201"
+    details = dict(errors[0].diagnostic.details)
+    assert details == {"capturing thread": "MainThread", "calling thread": "gg-pinning-thread"}
 
 
 def test_nested_guards_share_one_installation(ctx) -> None:

@@ -18,7 +18,7 @@ import torch
 
 import graphguard
 from benchmarks._timing import warm_up
-from graphguard import _patches, _report, _state
+from graphguard import _patches, _report
 from graphguard._cli import main
 
 HAS_CUDA = torch.cuda.is_available()
@@ -150,13 +150,13 @@ def _cross_thread_call(around: Around) -> None:
     # The audit region keeps the wrappers installed; the registration stands for a capture in
     # torch's "global" error mode running in this thread.
     with graphguard.capture(mode="audit"):
-        _state.register_global_capture(key, "fake-global-capture", None)
+        _patches.begin_global_capture(key, "fake-global-capture", None)
         try:
             worker = threading.Thread(target=other_thread, name="gg-other-thread")
             worker.start()
             worker.join()
         finally:
-            _state.unregister_global_capture(key)
+            _patches.end_global_capture(key)
     if errors:
         raise errors[0]
 
