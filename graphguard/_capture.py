@@ -35,7 +35,7 @@ from ._log import region_event
 from ._report import Finding, FixedScope, report
 from ._scalars import Tracked, watch_optimizers
 from ._session import guarded, new_state
-from ._state import ON_HAZARD, overrides
+from ._state import ON_HAZARD, cuda_available, overrides
 from ._tree import flatten
 from ._verify import (
     Verify,
@@ -185,7 +185,7 @@ class Capture:
             return "capture"
         if self.requested_mode == "audit":
             return "audit"
-        return "capture" if torch.cuda.is_available() else "audit"
+        return "capture" if cuda_available() else "audit"
 
     @atomic
     def __enter__(self) -> Capture:
