@@ -198,6 +198,41 @@ def ddp_after_warm_up() -> int:
     return len(cap.hazards)
 
 
+def _fsdp2_twin() -> tuple[Any, Any]:
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)  # the same weights on both ranks and for both twins
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def fsdp2_step_audited() -> dict[str, Any]:
+    """An FSDP2 (fully_shard) training step audited on gloo, and its unguarded twin."""
+    guarded, plain = _fsdp2_twin(), _fsdp2_twin()
+    batch = torch.randn(8, 16, generator=torch.Generator().manual_seed(RANK))
+
+    def step(model: Any, opt: Any) -> None:
+        model(batch).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    for _ in range(3):
+        step(*guarded)
+        step(*plain)
+    with graphguard.capture(mode="audit") as cap:
+        step(*guarded)
+    step(*plain)
+    same = all(
+        torch.equal(a.full_tensor(), b.full_tensor())
+        for a, b in zip(guarded[0].parameters(), plain[0].parameters(), strict=True)
+    )
+    return {"hazards": len(cap.hazards), "same_parameters": same}
+
+
 def alive_after() -> list[float]:
     t = torch.ones(2)
     dist.all_reduce(t)
@@ -221,6 +256,7 @@ for name, fn in [
     ("late_rank", late_rank),
     ("ddp_before_warm_up", ddp_before_warm_up),
     ("ddp_after_warm_up", ddp_after_warm_up),
+    ("fsdp2_step_audited", fsdp2_step_audited),
     ("alive_after", alive_after),
 ]:
     outcome(name, fn)

@@ -137,6 +137,16 @@ def test_ddp_after_its_warm_up_is_silent(job: dict[str, Any]) -> None:
         assert (row["error"], row["value"]) == (None, 0), row
 
 
+def test_an_audited_fsdp2_step_is_silent_and_computes_what_eager_does(
+    job: dict[str, Any],
+) -> None:
+    """FSDP2 (fully_shard) runs its all-gathers and reduce-scatters on gloo here: the audited
+    step reports nothing and leaves the same parameters as its unguarded twin on both ranks."""
+    for row in _both(job, "fsdp2_step_audited"):
+        assert row["error"] is None, row
+        assert row["value"] == {"hazards": 0, "same_parameters": True}, row
+
+
 def test_object_collective_is_not_reported_as_a_pageable_copy(job: dict[str, Any]) -> None:
     """all_gather_object has its own rule now (GG802), not GG401 from torch's internals."""
     assert {row["code"] for row in _both(job, "all_gather_object")} == {"GG802"}
