@@ -380,6 +380,61 @@ def first_capture_child() -> dict[str, float]:
     return {"raw_capture_s": raw_s, "first_gg_capture_s": first_s}
 
 
+def dist_first_region_child(out_dir: str) -> None:
+    """One rank of a 2-rank gloo job: the first and second audit regions around an all_reduce."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    import graphguard
+
+    _quiet_logs()
+    x = torch.ones(4)
+    dist.all_reduce(x)  # the group's own first-call work, outside the timing
+    times = []
+    for _ in range(2):
+        began = time.perf_counter()
+        with graphguard.capture(mode="audit"):
+            dist.all_reduce(x)
+        times.append(time.perf_counter() - began)
+    result = {
+        "first_region_s": times[0],
+        "second_region_s": times[1],
+        "dynamo_imported": "torch._dynamo" in sys.modules,
+    }
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def dist_first_region() -> dict[str, Any]:
+    """Launch the 2-rank job (torchrun, CPU only) and return the slower rank's figures."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd += ["--nproc-per-node", "2", str(Path(__file__).resolve())]
+        done = subprocess.run(
+            [*cmd, "--dist-first-region-child", out],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the 2-rank job failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(2)]
+    return {
+        "first_region_s": max(r["first_region_s"] for r in ranks),
+        "second_region_s": max(r["second_region_s"] for r in ranks),
+        "dynamo_imported": any(r["dynamo_imported"] for r in ranks),
+    }
+
+
 def first_capture(processes: int) -> dict[str, float]:
     runs = [_child(["--first-capture-child"], hide_cuda=False) for _ in range(processes)]
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -404,7 +459,9 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def cpu_table_rows(cpu: dict[str, Any], first: dict[str, float]) -> list[str]:
+def cpu_table_rows(
+    cpu: dict[str, Any], first: dict[str, float], dist: dict[str, Any] | None = None
+) -> list[str]:
     rows = []
     for key, goal in (("mlp", 1.2), ("dsa", 1.5)):
         r = cpu[key]
@@ -429,6 +486,17 @@ def cpu_table_rows(cpu: dict[str, Any], first: dict[str, float]) -> list[str]:
         f"{first['first_region_s'] * 1e3:.1f} ms | — | ≤ 0.2 s | "
         f"{_verdict(first['first_region_s'] <= 0.2)} |"
     )
+    if dist is not None and "error" not in dist:
+        rows.append(
+            "| CPU, 2 ranks (gloo, torchrun) | first audit region (one `all_reduce`; the slower "
+            f"rank) | — | {dist['first_region_s'] * 1e3:.1f} ms | — | ≤ 0.2 s | "
+            f"{_verdict(dist['first_region_s'] <= 0.2)} |"
+        )
+    elif dist is not None:
+        rows.append(
+            "| CPU, 2 ranks (gloo, torchrun) | first audit region | — | error | — | ≤ 0.2 s | "
+            f"{dist['error']} |"
+        )
     return rows
 
 
@@ -492,7 +560,11 @@ def main() -> int:
     parser.add_argument("--json", help="also write the raw figures to this file")
     parser.add_argument("--cpu-rows-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--first-capture-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dist-first-region-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dist_first_region_child:
+        dist_first_region_child(args.dist_first_region_child)
+        return 0
     if args.cpu_rows_child:
         print(json.dumps(cpu_rows(args.rounds)))
         return 0
@@ -533,8 +605,9 @@ def main() -> int:
         lines += gpu_table_rows(card, raw["gpu"], raw["first_capture"])
     raw["cpu"] = _child(["--cpu-rows-child", "--rounds", str(args.rounds)], hide_cuda=True)
     raw["first_region"] = first_region(5)
-    lines += cpu_table_rows(raw["cpu"], raw["first_region"])
-    cpu, first = raw["cpu"], raw["first_region"]
+    raw["dist_first_region"] = _guarded_run(dist_first_region)
+    lines += cpu_table_rows(raw["cpu"], raw["first_region"], raw["dist_first_region"])
+    cpu, first, two = raw["cpu"], raw["first_region"], raw["dist_first_region"]
     lines += [
         "",
         "Each ratio compares the sides alternated in one process (CPU rows: a child process "
@@ -547,6 +620,13 @@ def main() -> int:
         f"{first['import_graphguard_s']:.2f} s, first region {first['first_region_s'] * 1e3:.1f} "
         f"ms, second region {first['second_region_s'] * 1e6:.0f} µs (medians of 5 processes).",
     ]
+    if "error" not in two:
+        lines.append(
+            f"2 ranks: first region {two['first_region_s'] * 1e3:.1f} ms, second "
+            f"{two['second_region_s'] * 1e3:.1f} ms (the slower rank; each audited region ends "
+            "with the ranks' agreement through the group's store, docs/distributed.md); "
+            f"torch._dynamo imported: {two['dynamo_imported']}."
+        )
     if gpu and "error" not in raw["first_capture"]:
         fc = raw["first_capture"]
         lines.append(
