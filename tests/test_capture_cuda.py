@@ -176,6 +176,36 @@ def test_other_threads_sync_during_global_capture_is_reported() -> None:
     assert_process_healthy()
 
 
+def test_other_threads_pin_memory_during_global_capture_is_refused() -> None:
+    """Another thread's pin_memory() while a global-mode capture records is GG201 before torch
+    allocates; Tensor.pin_memory is wrapped only while that capture records."""
+    x = torch.randn(64, device="cuda")
+    errors: list[BaseException] = []
+    wrapped_during: list[bool] = []
+
+    def worker() -> None:
+        wrapped_during.append("pin_memory" in vars(torch.Tensor))
+        try:
+            torch.zeros(16).pin_memory()
+        except graphguard.HazardError as e:
+            errors.append(e)
+
+    with graphguard.capture(label="main-step") as cap:
+        y = x * 2
+        t = threading.Thread(target=worker, name="pinning-worker")
+        t.start()
+        t.join()
+    assert wrapped_during == [True]
+    assert "pin_memory" not in vars(torch.Tensor)
+    assert len(errors) == 1 and errors[0].diagnostic.code == "GG201"
+    assert cap.graph is not None
+    cap.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, x * 2)
+    assert torch.zeros(4).pin_memory().is_pinned()  # after the capture: legal, not wrapped
+    assert_process_healthy()
+
+
 def test_other_threads_legal_work_is_not_reported() -> None:
     """A guard in one thread does not report another thread's legal eager work."""
     x = torch.randn(64, device="cuda")
