@@ -3,7 +3,8 @@
 Each row times the DSA CPU step (the one of ``overhead.py``'s CPU rows) run right after one
 piece of what a region does, against the same step alone, alternated in one process; and the
 piece alone, timed in a loop. A piece can cost the step after it more than its own time: that
-difference is what this script shows.
+difference is what this script shows. Two reference rows run code unrelated to graphguard (ten
+different standard-library calls; one call repeated) in front of the step, for comparison.
 
     python benchmarks/region_cost.py [--rounds N] [--step dsa|mlp]
 
@@ -76,8 +77,35 @@ def pieces() -> list[tuple[str, Callable[[], Any]]]:
         with graphguard.capture(mode="audit"):
             pass
 
+    import datetime
+    import fractions
+    import functools
+    import json
+    import math
+    import operator
+    import re
+    import textwrap
+
+    def varied() -> None:  # code that has nothing to do with graphguard or torch
+        math.sqrt(2.0)
+        os.path.join("a", "b")
+        json.dumps(1)
+        operator.add(1, 2)
+        functools.reduce(operator.add, (1, 2))
+        datetime.timedelta(seconds=1)
+        textwrap.dedent(" a")
+        fractions.Fraction(1, 2)
+        re.escape("a.")
+        sorted([3, 1])
+
+    def repeated() -> None:
+        for _ in range(40):
+            math.sqrt(2.0)
+
     return [
         ("nothing (the step alone)", nothing),
+        ("reference: ten different standard-library calls", varied),
+        ("reference: one standard-library call, 40 times", repeated),
         ("all wrappers: install + remove", wrappers),
         ("  module namespaces only", of(lambda o: isinstance(o, types.ModuleType))),
         ("  types only (torch.Event, torch.Stream)", of(lambda o: isinstance(o, type))),
