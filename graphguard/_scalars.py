@@ -33,6 +33,7 @@ import math
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,14 @@ from ._interrupts import (
     take_interrupt,
 )
 
-__all__ = ["OptimizerWatch", "ScalarSnapshot", "TensorScalar", "read_paths", "watch_optimizers"]
+__all__ = [
+    "OptimizerWatch",
+    "ScalarSnapshot",
+    "TensorIdentity",
+    "TensorScalar",
+    "read_paths",
+    "watch_optimizers",
+]
 
 _SCALARS = (bool, int, float)
 _MISSING = object()
@@ -91,6 +99,33 @@ class TensorScalar:
         return f"<the value of {self.description}>"
 
 
+class TensorIdentity:
+    """A tensor the captured step reads as live state, compared by identity, never shown.
+
+    The graph reads that tensor's memory at every replay, so updating it in place
+    (``group["lr"].fill_(0.01)``, what torch's schedulers do) reaches the graph; putting another
+    object in its place (``group["lr"] = 0.01``) does not: the replays keep reading the old one.
+    """
+
+    __slots__ = ("description", "ref")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.ref = weakref.ref(tensor)
+        self.description = describe_tensor(tensor)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorIdentity):
+            return False
+        mine = self.ref()
+        return mine is not None and mine is other.ref()
+
+    def __hash__(self) -> int:
+        return id(self.ref())
+
+    def __repr__(self) -> str:
+        return f"<the {self.description} object the graph reads>"
+
+
 def _unwrap(value: Any) -> Any:
     return value.value if isinstance(value, TensorScalar) else value
 
@@ -103,6 +138,8 @@ def _is_scalar(value: Any) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, TensorIdentity) or isinstance(b, TensorIdentity):
+        return isinstance(a, TensorIdentity) and isinstance(b, TensorIdentity) and a == b
     a, b = _unwrap(a), _unwrap(b)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -233,7 +270,8 @@ class ScalarSnapshot:
         self._names: set[str] = set()
 
     def add(self, item: Tracked) -> None:
-        if item.name not in self._names and _is_scalar(item.captured):
+        trackable = _is_scalar(item.captured) or isinstance(item.captured, TensorIdentity)
+        if item.name not in self._names and trackable:
             self._names.add(item.name)
             self.items.append(item)
 
@@ -308,6 +346,19 @@ def optimizer_scalars(
                     )
                 )
                 continue
+            if isinstance(value, torch.Tensor):
+                # A device tensor, or a CPU one graph_safe_optimizer made live: the graph reads
+                # that object, so what must not change is which object the group holds.
+                out.append(
+                    Tracked(
+                        name=f"{label}.param_groups[{gi}][{key!r}]",
+                        read=functools.partial(_tensor_value, group, key),
+                        captured=TensorIdentity(value),
+                        filename=filename,
+                        lineno=lineno,
+                    )
+                )
+                continue
             if not _is_scalar(value):
                 continue
             out.append(
@@ -323,7 +374,8 @@ def optimizer_scalars(
 
 
 # ``LIVE_SCALAR_ATTR`` (set by ``graph_safe_optimizer`` on its learning rates): a 0-dim tensor
-# the step reads as live state at every run, never a baked number, so it is not tracked here.
+# the step reads as live state at every run, never a baked number: its value is not tracked, the
+# object is (``TensorIdentity``).
 
 
 def _is_host_scalar_tensor(value: Any) -> bool:
@@ -343,7 +395,9 @@ def _host_item(t: torch.Tensor) -> TensorScalar:
 
 def _tensor_value(group: dict[str, Any], key: str) -> Any:
     value = group.get(key, _MISSING)
-    return _host_item(value) if _is_host_scalar_tensor(value) else value
+    if _is_host_scalar_tensor(value):
+        return _host_item(value)
+    return TensorIdentity(value) if isinstance(value, torch.Tensor) else value
 
 
 class OptimizerWatch:

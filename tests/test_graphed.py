@@ -116,6 +116,39 @@ def test_changed_adam_betas_are_stale() -> None:
         step(*_batch(1))
 
 
+def test_a_live_lr_replaced_instead_of_filled_is_stale() -> None:
+    """graph_safe_optimizer's lr is a tensor the graph reads: ``fill_`` reaches the graph, but
+    ``group["lr"] = 0.01`` puts another object in its place, which no replay reads (GG601,
+    described without a tensor value)."""
+    model = _model()
+    opt = graphguard.graph_safe_optimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+    step = graphguard.graphed(_train_step(model, opt), warmup=0)
+    step(*_batch(0))
+    opt.param_groups[0]["lr"].fill_(5e-4)  # in place: the recipe, no report
+    step(*_batch(1))
+    opt.param_groups[0]["lr"] = 2e-4
+    with pytest.raises(graphguard.StaleHostScalarError) as info:
+        step(*_batch(2))
+    d = info.value.diagnostic
+    assert "param_groups[0]['lr']" in d.message
+    assert "object the graph reads" in d.message and "0.0002" in d.message
+    assert "0.0005" not in str(d), "a tensor's value reached the diagnostic"
+
+
+def test_a_live_lr_replaced_by_another_tensor_is_stale() -> None:
+    """The same for a new tensor put in the old one's place: the graph reads the old one."""
+    model = _model()
+    opt = graphguard.graph_safe_optimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+    step = graphguard.graphed(_train_step(model, opt), warmup=0)
+    step(*_batch(0))
+    old = opt.param_groups[0]["lr"]
+    opt.param_groups[0]["lr"] = old.clone()
+    with pytest.raises(graphguard.StaleHostScalarError, match=r"param_groups\[0\]\['lr'\]"):
+        step(*_batch(1))
+    opt.param_groups[0]["lr"] = old  # the same object again: replays are right again
+    step(*_batch(2))
+
+
 def test_changed_global_dict_entry_and_list_item_are_stale() -> None:
     """Globals read by the step, including dict entries and list items, are tracked."""
 

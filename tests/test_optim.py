@@ -10,7 +10,7 @@ import torch
 import graphguard
 from graphguard._emulation import LIVE_SCALAR_ATTR
 from graphguard._optim import graph_safe_optimizer
-from graphguard._scalars import optimizer_scalars
+from graphguard._scalars import TensorIdentity, optimizer_scalars
 
 HAS_CUDA = torch.cuda.is_available()
 cpu_only = pytest.mark.skipif(HAS_CUDA, reason="the CPU path of the recipe; CUDA tests below")
@@ -119,13 +119,19 @@ def test_every_param_group_gets_its_own_lr_tensor() -> None:
     assert first is not second and second.item() == pytest.approx(5e-3)
 
 
-def test_live_lr_is_not_tracked_as_a_baked_scalar() -> None:
-    """The recipe's lr tensors are live state, so the optimizer's tracked scalars omit them."""
+def test_live_lr_is_tracked_by_identity_not_by_value() -> None:
+    """The recipe's lr tensors are live state: their value may change (in place), but not which
+    object the group holds."""
     opt = graph_safe_optimizer(_adamw(list(_model("cpu").parameters())))
     assert getattr(opt.param_groups[0]["lr"], LIVE_SCALAR_ATTR) is True
-    names = [t.name for t in optimizer_scalars(opt, "AdamW", "f.py", 1)]
-    assert "AdamW.param_groups[0]['lr']" not in names
-    assert "AdamW.param_groups[0]['weight_decay']" in names
+    items = {t.name: t for t in optimizer_scalars(opt, "AdamW", "f.py", 1)}
+    lr = items["AdamW.param_groups[0]['lr']"]
+    assert isinstance(lr.captured, TensorIdentity)
+    assert "AdamW.param_groups[0]['weight_decay']" in items
+    opt.param_groups[0]["lr"].fill_(1e-4)
+    assert lr.read() == lr.captured  # filled in place: the same object
+    opt.param_groups[0]["lr"] = 1e-4
+    assert lr.read() != lr.captured  # another object: the graph would not read it
 
 
 def test_plain_cpu_tensor_lr_is_still_tracked() -> None:
@@ -324,3 +330,32 @@ def test_cuda_sgd_without_fused_is_refused() -> None:
     opt = torch.optim.SGD(_model("cuda").parameters(), lr=0.1)
     with pytest.raises(graphguard.ConfigError, match="fused=True"):
         graph_safe_optimizer(opt)
+
+
+@pytest.mark.cuda
+def test_cuda_capture_replay_refuses_a_replaced_device_lr() -> None:
+    """A capture whose Adam reads a CUDA tensor lr: ``fill_`` replays fine, putting a float in
+    its place is GG601 at ``cap.replay()`` (the graph would keep reading the old tensor)."""
+    model = _model("cuda")
+    lr = torch.tensor(1e-3, device="cuda")
+    opt = torch.optim.Adam(model.parameters(), lr=lr, capturable=True)
+    x = torch.randn(4, 8, device="cuda")
+
+    def step() -> None:
+        model(x).square().mean().backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    with graphguard.capture() as cap:
+        step()
+    lr.fill_(5e-4)
+    cap.replay()
+    opt.param_groups[0]["lr"] = 5e-4
+    with pytest.raises(graphguard.StaleHostScalarError, match=r"param_groups\[0\]\['lr'\]"):
+        cap.replay()
+    torch.cuda.synchronize()
