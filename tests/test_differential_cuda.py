@@ -29,12 +29,12 @@ import select
 import subprocess
 import sys
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from differential_ops import BY_NAME, HAZARD_OPS, LEGAL_OPS, program
 
 hyp = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
@@ -46,58 +46,6 @@ N = 16
 REPLAYS = 2
 WORKER_SPARES = 4
 RAW_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class Op:
-    name: str
-    src: str  # one line, run inside ``step(x, pinned, idx)`` with ``y`` the running value
-    kind: str  # "legal", "refused" (torch raises or poisons), "silent" (torch accepts: table)
-
-
-OPS: list[Op] = [
-    Op("mul", "y = y * 2", "legal"),
-    Op("add-input", "y = y + x", "legal"),
-    Op("relu", "y = torch.relu(y)", "legal"),
-    Op("where", "y = torch.where(y > 0, y, 0.5 * y)", "legal"),
-    Op("mask-fill", "y[y < 0] = 0.0", "legal"),
-    Op("cumsum", "y = y.cumsum(0) / 16", "legal"),
-    Op("sort", "y = y.sort().values", "legal"),
-    Op("int-device-index", "y = y[idx]", "legal"),
-    Op("nonzero-static", "y = y + torch.nonzero_static(y > 0, size=16).flatten() * 0.01", "legal"),
-    Op("assert-async", "torch._assert_async((y == y).all())", "legal"),
-    Op("factory-on-device", "y = y + torch.ones(16, device=x.device)", "legal"),
-    Op("to-own-device", "y = y.to(x.device)", "legal"),
-    Op("item", "y = y + y.sum().item()", "refused"),
-    Op("bool", "y = -y if (y > 100).any() else y", "refused"),
-    Op("tolist", "y = y + len(y.tolist())", "refused"),
-    Op("cpu", "y = y + y.cpu().sum().to(x.device)", "refused"),
-    Op("nonzero", "y = y + y.nonzero().sum()", "refused"),
-    Op("mask-read", "y = y + y[y > 0].sum()", "refused"),
-    Op("unique", "y = y + torch.unique(y).sum()", "refused"),
-    Op("equal", "y = y + float(torch.equal(y, x))", "refused"),
-    Op("print", "print(y[:1])", "refused"),
-    Op("tensor-from-data", "y = y + torch.tensor([1.0], device=x.device)", "refused"),
-    Op("list-index", "y = y[[0, 1, 2, 3] * 4]", "refused"),
-    Op("synchronize", "torch.cuda.synchronize()", "refused"),
-    Op("manual-seed", "torch.manual_seed(0)", "refused"),
-    Op("nonblocking-d2h", 'h = y.to("cpu", non_blocking=True)', "silent"),
-    Op("pinned-alloc", "h = torch.empty(16, pin_memory=True)", "silent"),
-    Op("pinned-h2d", "y = y + pinned.to(x.device, non_blocking=True)", "silent"),
-    Op(
-        "default-stream",
-        "with torch.cuda.stream(torch.cuda.default_stream()): y = y * 3",
-        "silent",
-    ),
-]
-BY_NAME = {op.name: op for op in OPS}
-LEGAL_OPS = [op.name for op in OPS if op.kind == "legal"]
-HAZARD_OPS = [op.name for op in OPS if op.kind != "legal"]
-
-
-def program(names: tuple[str, ...]) -> str:
-    body = "\n".join(f"    {BY_NAME[n].src}" for n in names)
-    return f"import torch\n\n\ndef step(x, pinned, idx):\n    y = x * 1\n{body}\n    return y\n"
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
