@@ -59,6 +59,13 @@ LEGAL_OPS = [op.name for op in OPS if op.kind == "legal"]
 HAZARD_OPS = [op.name for op in OPS if op.kind != "legal"]
 
 
-def program(names: tuple[str, ...]) -> str:
-    body = "\n".join(f"    {BY_NAME[n].src}" for n in names)
-    return f"import torch\n\n\ndef step(x, pinned, idx):\n    y = x * 1\n{body}\n    return y\n"
+#: How a step may spell its device; ``x.device`` is the vocabulary's own spelling. ``DEVICE``
+#: is the module's ``"cuda" if torch.cuda.is_available() else "cpu"``, the usual pattern.
+SPELLINGS = ("x.device", "DEVICE", "torch.device(DEVICE)")
+
+
+def program(names: tuple[str, ...], device: str = "x.device") -> str:
+    """The step's source: op ``i`` of ``names`` is on line ``6 + i``."""
+    body = "\n".join(f"    {BY_NAME[n].src.replace('x.device', device)}" for n in names)
+    head = 'import torch\nDEVICE = "cuda" if torch.cuda.is_available() else "cpu"\n\n'
+    return f"{head}def step(x, pinned, idx):\n    y = x * 1\n{body}\n    return y\n"

@@ -5,7 +5,9 @@ with what plain torch does under a real capture; ``test_differential_cuda.py`` c
 label against raw ``torch.cuda.graph`` runs on a GPU). Each step is written to a file and run in
 audit mode on CPU tensors, which stand for device tensors as on a CPU-only machine. Audit must
 report a step iff it holds a hazardous op ("refused" or "silent" on the GPU), name that op's
-line, and otherwise compute exactly what the same step computes unguarded.
+line, and otherwise compute exactly what the same step computes unguarded, whether the step
+spells its device ``x.device``, a module variable ``DEVICE`` (``"cpu"`` here) or
+``torch.device(DEVICE)``.
 
 One op is left out here, by a documented limit of audit without CUDA (docs/audit.md): the
 copy of a pinned tensor made before the region (``pinned-h2d``) looks like any other tensor made
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from differential_ops import BY_NAME, HAZARD_OPS, LEGAL_OPS, program
+from differential_ops import BY_NAME, HAZARD_OPS, LEGAL_OPS, SPELLINGS, program
 
 import graphguard
 
@@ -63,8 +65,9 @@ def sequences() -> Any:
 
 def _with_each_hazard_alone_and_last(test: Any) -> Any:
     for name in AUDITED_HAZARDS:
-        test = hyp.example(names=(name,))(test)
-        test = hyp.example(names=("mul", "where", name))(test)
+        for device in SPELLINGS:
+            test = hyp.example(names=(name,), device=device)(test)
+        test = hyp.example(names=("mul", "where", name), device="DEVICE")(test)
     return test
 
 
@@ -83,18 +86,18 @@ def programs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     suppress_health_check=list(hyp.HealthCheck),
 )
 @_with_each_hazard_alone_and_last
-@hyp.given(names=sequences())
+@hyp.given(names=sequences(), device=st.sampled_from(SPELLINGS))
 def test_audit_reports_exactly_the_steps_the_gpu_rejects(
-    names: tuple[str, ...], programs_dir: Path
+    names: tuple[str, ...], device: str, programs_dir: Path
 ) -> None:
-    """Reported iff a hazardous op is in the step, at that op's line; silent steps compute what
-    the unguarded step computes."""
-    digest = hashlib.sha1("|".join(names).encode()).hexdigest()[:12]
+    """Reported iff a hazardous op is in the step, at that op's line, however the step spells
+    its device; silent steps compute what the unguarded step computes."""
+    digest = hashlib.sha1("|".join((*names, device)).encode()).hexdigest()[:12]
     path = programs_dir / f"step_{digest}.py"
-    path.write_text(program(names))
+    path.write_text(program(names, device))
     step = _load(path)
     hazards = [i for i, n in enumerate(names) if BY_NAME[n].kind != "legal"]
-    context = f"ops={list(names)}"
+    context = f"ops={list(names)} device={device}"
     args = _inputs()  # made before the region: they stand for device tensors
     try:
         with graphguard.capture(mode="audit") as cap:
@@ -102,7 +105,7 @@ def test_audit_reports_exactly_the_steps_the_gpu_rejects(
     except graphguard.HazardError as err:
         d = err.diagnostic
         assert hazards, f"{context}: reported a legal step: {d.code} {d.source_line.strip()}"
-        # program(): 'def step' is line 4, 'y = x * 1' line 5, op i on line 6 + i
+        # program(): op i is on line 6 + i
         assert (Path(d.filename).name, d.lineno) == (path.name, 6 + hazards[0]), context
         return
     assert not hazards, f"{context}: the hazard was not reported (cap.hazards={cap.hazards})"
