@@ -35,7 +35,13 @@ from ._interrupts import deliver_at_call
 from ._report import Finding, report
 from ._state import _STACK, PENDING, GuardState, current_state
 
-__all__ = ["METADATA_CALLS", "HazardMode", "register_check"]
+__all__ = [
+    "METADATA_CALLS",
+    "CompileAwareMode",
+    "HazardMode",
+    "keep_out_of_compiled_frames",
+    "register_check",
+]
 
 Checker = Callable[[GuardState, tuple[Any, ...], dict[str, Any]], "Finding | None"]
 _CHECKS: dict[Any, Checker] = {}
@@ -474,6 +480,55 @@ class HazardMode(TorchFunctionMode):
         if not state.emulate:
             return func(*args, **kwargs)
         return _emulated_call(state, func, args, kwargs)
+
+
+class CompileAwareMode(HazardMode):
+    """``HazardMode`` for a process where ``torch.compile`` may run the guarded code.
+
+    dynamo traces a compiled function with the torch-function modes on the stack, inlining their
+    ``__torch_function__``. While it traces, this mode forwards each call as is: the compiled
+    graph holds the user's operations only, and none of graphguard's checks or bookkeeping. What
+    a compiled function runs eagerly (around a graph break: a ``.item()``) reaches this mode
+    for real and is checked as usual; :func:`keep_out_of_compiled_frames` makes sure dynamo does
+    not compile this handler itself when it is called from compiled code. Used where
+    ``torch._dynamo`` is loaded at a region's entry; it costs one call per torch call more than
+    ``HazardMode``.
+    """
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if _is_compiling():
+            return func(*args, **kwargs) if kwargs else func(*args)
+        return HazardMode.__torch_function__(self, func, types, args, kwargs)
+
+
+_is_compiling = torch.compiler.is_compiling
+_kept_out: list[bool] = []
+
+
+def keep_out_of_compiled_frames() -> None:
+    """Tell dynamo to run ``CompileAwareMode``'s handler, and what it calls, as plain Python.
+
+    Called from compiled code (an eager call between two graphs), the handler would otherwise be
+    compiled as a frame of its own, with ``torch.compiler.is_compiling()`` true inside: no check
+    would run. Once per process, where ``torch._dynamo`` is loaded.
+    """
+    if _kept_out:
+        return
+    _kept_out.append(True)
+    try:
+        from torch._dynamo.eval_frame import set_code_exec_strategy
+        from torch._dynamo.types import FrameAction, FrameExecStrategy
+
+        strategy = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)
+        set_code_exec_strategy(CompileAwareMode.__torch_function__.__code__, strategy)
+    except Exception:  # pragma: no cover - another torch: the handler may be compiled there
+        pass
 
 
 _TENSOR_CUDA = torch.Tensor.cuda

@@ -327,9 +327,22 @@ def _cross_thread(target: _Target, instance: Any) -> None:
         report(finding, scope, can_continue=False)
 
 
+def _compiler_is_compiling() -> bool:
+    """Whether torch.compile is compiling a frame in this thread now.
+
+    A function compiled outside any region is compiled again the first time it is called inside
+    one (dynamo guards on the torch-function mode stack, which holds graphguard's mode there).
+    The compiler's own calls (``preserve_rng_state`` saving and restoring the generators,
+    autotuning) are not the user's step: they pass through unreported.
+    """
+    guards = sys.modules.get("torch._guards")
+    context = getattr(guards, "CompileContext", None)
+    return context is not None and context.try_get() is not None
+
+
 def _make_wrapper(target: _Target) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if _INSIDE.get():
+        if _INSIDE.get() or _compiler_is_compiling():
             return wrapped(*args, **kwargs)
         state = current_state()
         if target.breaks_global_capture and active_global_captures():

@@ -24,7 +24,7 @@ import torch
 
 from . import _dist, _interrupts, _patches
 from ._errors import GraphGuardError
-from ._intercept import HazardMode
+from ._intercept import CompileAwareMode, HazardMode, keep_out_of_compiled_frames
 from ._interrupts import (
     PENDING,
     atomic,
@@ -111,7 +111,15 @@ class Guarded:
             _dist.region_enter(self.state)  # torch.distributed jobs only (docs/distributed.md)
             depth = getattr(_local, "depth", 0)
             if depth == 0:
-                mode = getattr(_local, "spare", None) or HazardMode()
+                # Where torch.compile may run the region's code, a mode that stays out of what
+                # dynamo traces (CompileAwareMode); HazardMode otherwise.
+                if "torch._dynamo" in sys.modules:
+                    kind: type[HazardMode] = CompileAwareMode
+                    keep_out_of_compiled_frames()
+                else:
+                    kind = HazardMode
+                spare = getattr(_local, "spare", None)
+                mode = spare if type(spare) is kind else kind()
                 mode.capture_states = 0
                 _push_mode(mode)
                 _local.mode = mode
