@@ -82,6 +82,17 @@ def test_a_hazard_in_compiled_code_is_reported_at_its_line(backend: str) -> None
         assert d.source_line.strip() == "scale = t.sum().item()  # HAZARD"
 
 
+def test_a_graphed_compiled_model_is_silent_and_right() -> None:
+    """``graphed`` around a compiled model: warm-up, the capturing call and later calls (audit
+    here) report nothing and compute what the model computes."""
+    model = _model()
+    step = graphguard.graphed(torch.compile(model, backend="aot_eager"), warmup=2)
+    for i in range(5):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(i))
+        torch.testing.assert_close(step(x), model(x), rtol=0, atol=0)
+    assert step.stats["eager"] is False, step.stats["eager_reason"]
+
+
 def test_patch_wrappers_pass_the_compilers_own_calls_through() -> None:
     """While dynamo compiles (a CompileContext is set in this thread) a wrapped API is not
     reported; outside it, the same call is."""
@@ -107,7 +118,7 @@ def test_a_compiled_step_warmed_in_a_region_captures_and_replays_right() -> None
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            with graphguard.guard(on_hazard="raise"):
+            with graphguard.capture(mode="audit"):
                 compiled(x)
     torch.cuda.current_stream().wait_stream(side)
     with graphguard.capture() as cap:
