@@ -61,11 +61,15 @@ def _hold_during_reports() -> None:
     # Reporting a hazard reads source lines (``linecache`` opens the file), formats and logs: an
     # interrupt landing there would leave a file for the garbage collector or a torn log line.
     # It is held until the region ends, like one landing while the region is entered or left.
-    from ._emulation import call_site_names_host
+    # The weakref callback that forgets a dead host tensor runs wherever the collector runs it;
+    # CPython drops an exception raised in a weakref callback, so an interrupt landing there
+    # would be lost: it is held too.
+    from ._emulation import _forget, call_site_names_host
     from ._report import report
 
     atomic(report)
     atomic(call_site_names_host)
+    atomic(_forget)
 
 
 _hold_during_reports()
