@@ -496,7 +496,10 @@ _rule(
     why=(
         "A Python number consumed by captured work (a learning rate, a temperature, a step "
         "count) is recorded as a constant. Changing it on the host afterwards does not change "
-        "the graph: every later replay silently uses the captured value."
+        "the graph: every later replay silently uses the captured value. The same holds for a "
+        "tensor hyperparameter of a captured optimizer step (a live `lr`): the graph reads "
+        "that tensor, so putting another number or tensor in its place is ignored by every "
+        "replay; only an in-place update (`fill_`) reaches the graph."
     ),
     fix=(
         "Keep values that change on the device (`capturable=True` optimizers, a 0-d device "
