@@ -526,7 +526,10 @@ def agree(
     keys = [f"{base}/{r}" for r in members]
     store.set(f"{base}/{me}", "1")
     deadline = time.monotonic() + timeout
-    delay = 0.0002  # doubles up to 50 ms: ranks that arrive together pass within a few tries
+    # The first wait grows with the group (0.2 ms for 2 ranks, 2 ms from 20 ranks on) and then
+    # doubles up to 50 ms: a small job whose ranks arrive together passes within a few tries,
+    # and a large one does not flood the store (each try reads every member's key).
+    delay = min(0.002, 0.0001 * len(members))
     strikes = 0
     while True:
         # Keys first, then failures: a rank posts its failure before it can post a key at any
