@@ -5,7 +5,8 @@ CPU rows (any machine; ``--cpu`` runs only these, in well under a minute):
 - audit with quiet logs (CPU tensors stand for device tensors): an MLP 256x256 step and a small
   DSA indexer step, each plainly and inside ``graphguard.capture(mode="audit")``, alternated;
 - an empty region, entered and left;
-- the first region of a fresh process, beyond ``import torch`` and ``import graphguard``.
+- the first region of a fresh process, beyond ``import torch`` and ``import graphguard``;
+- the first audit region of a 2-rank gloo job under torchrun (one ``all_reduce``).
 
 GPU rows (a CUDA machine; run without ``--cpu``; the CPU rows follow in the same table):
 
@@ -13,7 +14,9 @@ GPU rows (a CUDA machine; run without ``--cpu``; the CPU rows follow in the same
   fwd+bwd; DSA index-mask step, B=4, L=8192);
 - ``cap.replay()`` vs ``graph.replay()`` (device time per replay, host time per call);
 - an eager step inside ``graphguard.capture(mode="audit")`` vs plain eager;
-- the first capture region of a fresh process, vs a raw capture of the same warmed-up step.
+- the first capture region of a fresh process, vs a raw capture of the same warmed-up step;
+- on a machine with two GPUs: the first capture region of a 2-rank NCCL job (one
+  ``all_reduce``), vs a raw capture of it.
 
 The CPU rows always run in a child process that sees no CUDA device (``CUDA_VISIBLE_DEVICES=``),
 so on a GPU machine they measure the same emulated audit as on a CPU-only one. Both sides of a
@@ -381,39 +384,61 @@ def first_capture_child() -> dict[str, float]:
 
 
 def dist_first_region_child(out_dir: str) -> None:
-    """One rank of a 2-rank gloo job: the first and second audit regions around an all_reduce."""
+    """One rank of a 2-rank job, around one all_reduce: on the CPU (gloo) the first and second
+    audit regions; on two GPUs (NCCL) a raw capture, then graphguard's first and second capture
+    regions (each after the step was warmed up on a side stream)."""
     import datetime
 
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    rank = dist.get_rank()
+    cuda = torch.cuda.is_available()
+    rank = int(os.environ["RANK"])
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=60))
     import graphguard
 
     _quiet_logs()
-    x = torch.ones(4)
+    x = torch.ones(4, device="cuda" if cuda else "cpu")
     dist.all_reduce(x)  # the group's own first-call work, outside the timing
+    result: dict[str, Any] = {}
+    if cuda:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                dist.all_reduce(x)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        began = time.perf_counter()
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            dist.all_reduce(x)
+        torch.cuda.synchronize()
+        result["raw_capture_s"] = time.perf_counter() - began
     times = []
     for _ in range(2):
         began = time.perf_counter()
-        with graphguard.capture(mode="audit"):
+        with graphguard.capture(mode="capture" if cuda else "audit"):
             dist.all_reduce(x)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - began)
-    result = {
-        "first_region_s": times[0],
-        "second_region_s": times[1],
-        "dynamo_imported": "torch._dynamo" in sys.modules,
-    }
+    result.update(
+        first_region_s=times[0],
+        second_region_s=times[1],
+        dynamo_imported="torch._dynamo" in sys.modules,
+    )
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
-def dist_first_region() -> dict[str, Any]:
-    """Launch the 2-rank job (torchrun, CPU only) and return the slower rank's figures."""
+def dist_first_region(*, gpus: bool = False) -> dict[str, Any]:
+    """Launch the 2-rank job (torchrun; on two GPUs with ``gpus``, else CPU only) and return the
+    slower rank's figures."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        env = dict(os.environ) if gpus else dict(os.environ, CUDA_VISIBLE_DEVICES="")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         cmd += ["--nproc-per-node", "2", str(Path(__file__).resolve())]
@@ -428,11 +453,8 @@ def dist_first_region() -> dict[str, Any]:
         if done.returncode != 0:
             raise RuntimeError(f"the 2-rank job failed ({done.returncode}):\n{done.stderr[-4000:]}")
         ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(2)]
-    return {
-        "first_region_s": max(r["first_region_s"] for r in ranks),
-        "second_region_s": max(r["second_region_s"] for r in ranks),
-        "dynamo_imported": any(r["dynamo_imported"] for r in ranks),
-    }
+    slowest = {key: max(r[key] for r in ranks) for key in ranks[0] if key.endswith("_s")}
+    return {**slowest, "dynamo_imported": any(r["dynamo_imported"] for r in ranks)}
 
 
 def first_capture(processes: int) -> dict[str, float]:
@@ -513,7 +535,10 @@ def _guarded_run(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def gpu_table_rows(
-    card: str, results: list[dict[str, Any]], first: dict[str, Any] | None
+    card: str,
+    results: list[dict[str, Any]],
+    first: dict[str, Any] | None,
+    two: dict[str, Any] | None = None,
 ) -> list[str]:
     rows = []
     goals = {"capture": (1.3, 1.3), "audit": (1.2, 1.3)}
@@ -546,6 +571,15 @@ def gpu_table_rows(
         rows.append(
             f"| {card}, 1 process | first capture region (MLP+attention; median of 3 processes) | "
             f"{first['raw_capture_s']:.3f} s | {first['first_gg_capture_s']:.3f} s | — | "
+            f"≤ 0.2 s beyond raw | {_verdict(extra <= 0.2)} |"
+        )
+    if two is not None and "error" in two:
+        rows.append(f"| {card}, 2 ranks | first capture region | — | — | — | — | {two['error']} |")
+    elif two is not None:
+        extra = two["first_region_s"] - two["raw_capture_s"]
+        rows.append(
+            f"| {card}, 2 ranks (NCCL, torchrun) | first capture region (one `all_reduce`; the "
+            f"slower rank) | {two['raw_capture_s']:.3f} s | {two['first_region_s']:.3f} s | — | "
             f"≤ 0.2 s beyond raw | {_verdict(extra <= 0.2)} |"
         )
     return rows
@@ -591,6 +625,8 @@ def main() -> int:
         _quiet_logs()
         raw["gpu"] = [_guarded_run(measure_gpu, make, args.reps) for make in (mlp_block, dsa_like)]
         raw["first_capture"] = _guarded_run(first_capture, 3)
+        if torch.cuda.device_count() >= 2:
+            raw["dist_first_capture"] = _guarded_run(lambda: dist_first_region(gpus=True))
     lines += [
         f"- torch: {torch.__version__}"
         + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""),
@@ -602,7 +638,9 @@ def main() -> int:
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     if gpu:
-        lines += gpu_table_rows(card, raw["gpu"], raw["first_capture"])
+        lines += gpu_table_rows(
+            card, raw["gpu"], raw["first_capture"], raw.get("dist_first_capture")
+        )
     raw["cpu"] = _child(["--cpu-rows-child", "--rounds", str(args.rounds)], hide_cuda=True)
     raw["first_region"] = first_region(5)
     raw["dist_first_region"] = _guarded_run(dist_first_region)
