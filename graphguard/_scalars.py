@@ -331,41 +331,17 @@ def optimizer_scalars(
     out = []
     for gi, group in enumerate(opt.param_groups):
         for key, value in group.items():
-            if key in _HYPER_SKIP:
+            if key in _HYPER_SKIP or not (isinstance(value, torch.Tensor) or _is_scalar(value)):
                 continue
-            if _is_host_scalar_tensor(value):
-                # A CPU 0-dim tensor (``SGD(lr=torch.tensor(0.1))``) is read into the graph as a
-                # number at capture, like a float: track its value.
-                out.append(
-                    Tracked(
-                        name=f"{label}.param_groups[{gi}][{key!r}]",
-                        read=functools.partial(_tensor_value, group, key),
-                        captured=_host_item(value),
-                        filename=filename,
-                        lineno=lineno,
-                    )
-                )
-                continue
-            if isinstance(value, torch.Tensor):
-                # A device tensor, or a CPU one graph_safe_optimizer made live: the graph reads
-                # that object, so what must not change is which object the group holds.
-                out.append(
-                    Tracked(
-                        name=f"{label}.param_groups[{gi}][{key!r}]",
-                        read=functools.partial(_tensor_value, group, key),
-                        captured=TensorIdentity(value),
-                        filename=filename,
-                        lineno=lineno,
-                    )
-                )
-                continue
-            if not _is_scalar(value):
-                continue
+            # ``_group_value`` reads what the graph depends on: a number (or the number a CPU
+            # 0-dim tensor such as ``SGD(lr=torch.tensor(0.1))`` holds, read into the graph at
+            # capture like a float), or which tensor object the group holds (a device tensor, or
+            # one graph_safe_optimizer made live: the graph reads that object).
             out.append(
                 Tracked(
                     name=f"{label}.param_groups[{gi}][{key!r}]",
-                    read=functools.partial(group.get, key, _MISSING),
-                    captured=value,
+                    read=functools.partial(_group_value, group, key),
+                    captured=_group_value(group, key),
                     filename=filename,
                     lineno=lineno,
                 )
@@ -393,7 +369,8 @@ def _host_item(t: torch.Tensor) -> TensorScalar:
         return TensorScalar(t.item(), describe_tensor(t))
 
 
-def _tensor_value(group: dict[str, Any], key: str) -> Any:
+def _group_value(group: dict[str, Any], key: str) -> Any:
+    """What the graph depends on in ``group[key]``: its number, or which tensor it holds."""
     value = group.get(key, _MISSING)
     if _is_host_scalar_tensor(value):
         return _host_item(value)
