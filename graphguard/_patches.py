@@ -571,15 +571,9 @@ def _dist_target_list() -> list[_Target]:
     return _dist_target_cache
 
 
-_with_cuda: bool | None = None
-
-
 def _region_groups() -> list[_Group]:
     """The groups every region installs: ``ALWAYS``, and ``WITH_CUDA`` where CUDA is seen."""
-    global _with_cuda
-    if _with_cuda is None:  # at the first region, not at import: no CUDA query at import
-        _with_cuda = cuda_available()
-    tiers = (ALWAYS, WITH_CUDA) if _with_cuda else (ALWAYS,)
+    tiers = (ALWAYS, WITH_CUDA) if cuda_available() else (ALWAYS,)
     return [group for group in _groups() if group.tier in tiers]
 
 

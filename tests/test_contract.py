@@ -203,7 +203,7 @@ def test_stream_and_event_methods_are_intercepted(
     be made): this process is made to count as one. The method is called unbound with a
     stand-in instance: the interceptor must decide before the method body runs.
     """
-    monkeypatch.setattr(_patches, "_with_cuda", True)
+    monkeypatch.setattr(_patches, "cuda_available", lambda: True)
     cls_name, name = method.split(".")
     cls = getattr(torch.cuda, cls_name)
     with pytest.raises(graphguard.HazardError) as info, graphguard.capture(mode="audit"):
@@ -218,7 +218,7 @@ def test_cuda_stream_and_event_types_are_not_written_without_cuda(
 ) -> None:
     """Without a CUDA device no torch.cuda stream or event exists, so a region leaves their
     types alone (a type write slows every later attribute read of its instances)."""
-    monkeypatch.setattr(_patches, "_with_cuda", False)
+    monkeypatch.setattr(_patches, "cuda_available", lambda: False)
     before = {name: vars(torch.cuda.Event).get(name) for name in ("synchronize", "query")}
     with graphguard.capture(mode="audit"):
         assert _patches.is_installed()

@@ -100,7 +100,7 @@ def test_type_attribute_replaced_between_regions_is_wrapped_and_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same for a method of a type: the current method is wrapped and put back as it was."""
-    monkeypatch.setattr(_patches, "_with_cuda", True)  # torch.cuda.Event is wrapped with CUDA
+    monkeypatch.setattr(_patches, "cuda_available", lambda: True)  # cuda.Event: wrapped with CUDA
     cls = torch.cuda.Event
     original = vars(cls)["query"]
 
