@@ -98,30 +98,12 @@ def _open_log_file(path: str) -> IO[str]:
 
 
 _env_applied: str | None = None
-# ``os.environ.get`` of a variable that is not set raises and catches a KeyError inside: read the
-# mapping behind it where it is there (checked at every region start, so it is worth it).
-_ENV_DATA = getattr(os.environ, "_data", None)
-_ENV_KEY: object = None
-_ENV_DECODE = getattr(os.environ, "decodevalue", None)
-if _ENV_DATA is not None and _ENV_DECODE is not None:
-    try:
-        _ENV_KEY = os.environ.encodekey(ENV_VAR)
-    except Exception:  # pragma: no cover - another os.environ
-        _ENV_DATA = None
-
-
-def _read_env() -> str:
-    """``os.environ.get(ENV_VAR, "")``, without the exception when it is not set."""
-    if _ENV_DATA is None:
-        return os.environ.get(ENV_VAR, "")
-    raw = _ENV_DATA.get(_ENV_KEY)
-    return "" if raw is None else _ENV_DECODE(raw)  # type: ignore[misc]
 
 
 def check_env() -> None:
     """Apply ``GRAPHGUARD_LOG``; an invalid value raises ConfigError every time it is read."""
     global _env_applied
-    value = _read_env().strip()
+    value = os.environ.get(ENV_VAR, "").strip()
     if value == _env_applied:
         return
     from ._errors import ConfigError
