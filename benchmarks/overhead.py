@@ -564,25 +564,36 @@ def gpu_table_rows(
             f"{r['replay_host_raw_us']:.2f} µs | {r['replay_host_gg_us']:.2f} µs | "
             f"{_ratio(r['replay_host_raw_us'], r['replay_host_gg_us'])} | (info) | |",
         ]
-    if first is not None and "error" in first:
-        rows.append(f"| {card} | first capture region | — | — | — | — | failed: {first['error']} |")
-    elif first is not None:
-        extra = first["first_gg_capture_s"] - first["raw_capture_s"]
+    if first is not None:
         rows.append(
-            f"| {card}, 1 process | first capture region (MLP+attention; median of 3 processes) | "
-            f"{first['raw_capture_s']:.3f} s | {first['first_gg_capture_s']:.3f} s | — | "
-            f"≤ 0.2 s beyond raw | {_verdict(extra <= 0.2)} |"
+            _first_capture_row(
+                f"{card}, 1 process",
+                "first capture region (MLP+attention; median of 3 processes)",
+                first,
+                "first_gg_capture_s",
+            )
         )
-    if two is not None and "error" in two:
-        rows.append(f"| {card}, 2 ranks | first capture region | — | — | — | — | {two['error']} |")
-    elif two is not None:
-        extra = two["first_region_s"] - two["raw_capture_s"]
+    if two is not None:
         rows.append(
-            f"| {card}, 2 ranks (NCCL, torchrun) | first capture region (one `all_reduce`; the "
-            f"slower rank) | {two['raw_capture_s']:.3f} s | {two['first_region_s']:.3f} s | — | "
-            f"≤ 0.2 s beyond raw | {_verdict(extra <= 0.2)} |"
+            _first_capture_row(
+                f"{card}, 2 ranks (NCCL, torchrun)",
+                "first capture region (one `all_reduce`; the slower rank)",
+                two,
+                "first_region_s",
+            )
         )
     return rows
+
+
+def _first_capture_row(where: str, what: str, r: dict[str, Any], gg_key: str) -> str:
+    """A first-capture row: graphguard's first capture region against a raw capture."""
+    if "error" in r:
+        return f"| {where} | {what} | — | — | — | — | failed: {r['error']} |"
+    extra = r[gg_key] - r["raw_capture_s"]
+    return (
+        f"| {where} | {what} | {r['raw_capture_s']:.3f} s | {r[gg_key]:.3f} s | — | "
+        f"≤ 0.2 s beyond raw | {_verdict(extra <= 0.2)} |"
+    )
 
 
 def main() -> int:
