@@ -9,7 +9,10 @@ table of hazards torch does not report).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,20 @@ def program(names: tuple[str, ...], device: str = "x.device") -> str:
     body = "\n".join(f"    {BY_NAME[n].src.replace('x.device', device)}" for n in names)
     head = 'import torch\nDEVICE = "cuda" if torch.cuda.is_available() else "cpu"\n\n'
     return f"{head}def step(x, pinned, idx):\n    y = x * 1\n{body}\n    return y\n"
+
+
+def with_hazard(legal: list[str], hazard: str | None, at: int) -> tuple[str, ...]:
+    """``legal`` with ``hazard`` (if any) inserted at position ``at`` (clamped)."""
+    names = list(legal)
+    if hazard is not None:
+        names.insert(min(at, len(names)), hazard)
+    return tuple(names)
+
+
+def load_step(path: str | Path) -> Any:
+    """The ``step`` function of a program written by :func:`program`."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.step

@@ -17,13 +17,20 @@ before the region, which audit takes for a device tensor.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from differential_ops import BY_NAME, HAZARD_OPS, LEGAL_OPS, SPELLINGS, program
+from differential_ops import (
+    BY_NAME,
+    HAZARD_OPS,
+    LEGAL_OPS,
+    SPELLINGS,
+    load_step,
+    program,
+    with_hazard,
+)
 
 import graphguard
 
@@ -41,26 +48,11 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.randn(N, generator=g), torch.randn(N, generator=g), torch.randperm(N, generator=g)
 
 
-def _load(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.step
-
-
-def _insert(legal: list[str], hazard: str | None, at: int) -> tuple[str, ...]:
-    names = list(legal)
-    if hazard is not None:
-        names.insert(min(at, len(names)), hazard)
-    return tuple(names)
-
-
 def sequences() -> Any:
     """Up to four legal ops with at most one hazardous op inserted somewhere among them."""
     legal = st.lists(st.sampled_from(LEGAL_OPS), min_size=0, max_size=4)
     hazard = st.one_of(st.none(), st.sampled_from(AUDITED_HAZARDS))
-    return st.builds(_insert, legal, hazard, st.integers(0, 4)).filter(bool)
+    return st.builds(with_hazard, legal, hazard, st.integers(0, 4)).filter(bool)
 
 
 def _with_each_hazard_alone_and_last(test: Any) -> Any:
@@ -95,7 +87,7 @@ def test_audit_reports_exactly_the_steps_the_gpu_rejects(
     digest = hashlib.sha1("|".join((*names, device)).encode()).hexdigest()[:12]
     path = programs_dir / f"step_{digest}.py"
     path.write_text(program(names, device))
-    step = _load(path)
+    step = load_step(path)
     hazards = [i for i, n in enumerate(names) if BY_NAME[n].kind != "legal"]
     context = f"ops={list(names)} device={device}"
     args = _inputs()  # made before the region: they stand for device tensors

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import select
@@ -34,7 +33,7 @@ from typing import Any
 
 import pytest
 import torch
-from differential_ops import BY_NAME, HAZARD_OPS, LEGAL_OPS, program
+from differential_ops import BY_NAME, HAZARD_OPS, LEGAL_OPS, load_step, program, with_hazard
 
 hyp = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
@@ -89,17 +88,9 @@ def _replays_match(
     return True
 
 
-def _load(path: str) -> Any:
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.step
-
-
 # --- the raw worker (never imports graphguard) ----------------------------------------------------
 def _raw(path: str) -> dict[str, Any]:
-    step = _load(path)
+    step = load_step(path)
     args = _inputs()
     _warm_up(step, args)
     g = torch.cuda.CUDAGraph()
@@ -202,7 +193,7 @@ def _graphguard(path: str) -> tuple[bool, bool | None, str]:
     """(reported, replay matched eager if captured, what was reported)."""
     import graphguard
 
-    step = _load(path)
+    step = load_step(path)
     args = _inputs()
     _warm_up(step, args)
     try:
@@ -218,14 +209,7 @@ def sequences() -> Any:
     """Up to three legal ops with at most one hazardous op inserted somewhere among them."""
     legal = st.lists(st.sampled_from(LEGAL_OPS), min_size=0, max_size=3)
     hazard = st.one_of(st.none(), st.sampled_from(HAZARD_OPS))
-    return st.builds(_insert, legal, hazard, st.integers(0, 3)).filter(bool)
-
-
-def _insert(legal: list[str], hazard: str | None, at: int) -> tuple[str, ...]:
-    names = list(legal)
-    if hazard is not None:
-        names.insert(min(at, len(names)), hazard)
-    return tuple(names)
+    return st.builds(with_hazard, legal, hazard, st.integers(0, 3)).filter(bool)
 
 
 def _with_each_hazard_alone(test: Any) -> Any:
