@@ -167,21 +167,21 @@ def _interrupt_once(region: Callable[[], None], delay: float) -> None:
 
 def _absorb_interrupt(fired: list[bool]) -> None:
     """Wait for the pending Ctrl-C and swallow it (the region already failed)."""
-    try:
-        while not fired[0]:
-            time.sleep(0.0001)
-        for _ in range(1000):
-            time.sleep(0.0001)
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        _let_it_arrive(fired)
 
 
-def _await_interrupt(fired: list[bool]) -> None:
-    """The region finished first: wait (in plain sleeps) for the interrupt to arrive."""
+def _let_it_arrive(fired: list[bool]) -> None:
+    """Wait, in plain sleeps, until the Ctrl-C was sent and had time to be raised."""
     while not fired[0]:
         time.sleep(0.0001)
     for _ in range(1000):  # it is raised at the next check point
         time.sleep(0.0001)
+
+
+def _await_interrupt(fired: list[bool]) -> None:
+    """The region finished first: the interrupt must arrive while waiting."""
+    _let_it_arrive(fired)
     raise AssertionError("the interrupt was never delivered")
 
 
