@@ -1,6 +1,11 @@
 """graphguard under torchrun on 2 GPUs (NCCL): the distributed hazard table, rerun with graphguard.
 
 usage:  python benchmarks/dist_gpu.py --out benchmarks/results/dist-gpu.md [--cases a,b] [--json F]
+        python benchmarks/dist_gpu.py --raw --out benchmarks/results/dist-gpu-raw.md
+
+With ``--raw`` every case runs under plain ``torch.cuda.graph`` instead (no graphguard): the
+ground truth the rule pages cite, recorded as what happened on each rank (captured and replayed,
+or the error torch raised), whether the process still works afterwards, and whether the job hung.
 
 The driver runs every case as its own 2-rank ``torch.distributed.run`` job (a case that poisons
 its processes cannot spoil the next one), kills a job that outlives ``--case-timeout`` (a hang is
@@ -73,13 +78,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_case(case: str, folder: Path, limit: float) -> dict[str, Any]:
+def run_case(case: str, folder: Path, limit: float, raw: bool = False) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        str(HERE), "--rank-case", case, "--dir", str(folder),
+        str(HERE), "--rank-case", case, "--dir", str(folder), *(["--raw"] if raw else []),
     ]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -106,9 +111,16 @@ def run_case(case: str, folder: Path, limit: float) -> dict[str, Any]:
     }
 
 
-def verdict(row: dict[str, Any]) -> str:
+def verdict(row: dict[str, Any], raw: bool = False) -> str:
     kind, want0, want1 = CASES[row["case"]]
     r = row["ranks"]
+    if raw:  # ground truth: what torch did, not a pass or fail
+        if row["rc"] == "HANG":
+            return "hung (killed)"
+        alive = all(
+            x is not None and x.get("alive") is True and x.get("collective_after") == 2.0 for x in r
+        )
+        return "process usable after" if alive else "process NOT usable after"
     if row["rc"] == "HANG" or None in r:
         return "FAIL (hang or crash)"
     alive = all(x.get("alive") is True and x.get("collective_after") == 2.0 for x in r)
@@ -166,21 +178,29 @@ def driver(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="graphguard-dist-") as tmp:
         for case in names:
-            row = run_case(case, Path(tmp), args.case_timeout)
-            row["verdict"] = verdict(row)
+            row = run_case(case, Path(tmp), args.case_timeout, raw=args.raw)
+            row["verdict"] = verdict(row, raw=args.raw)
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("case", "rc", "seconds", "verdict")}), flush=True)
             if row["verdict"].startswith("FAIL"):
                 print(row["tail"], flush=True)
     lines = [
-        "# graphguard under torchrun, 2 GPUs (NCCL)",
+        "# raw torch.cuda.graph capture under torchrun, 2 GPUs (NCCL), no graphguard"
+        if args.raw
+        else "# graphguard under torchrun, 2 GPUs (NCCL)",
         "",
         f"torch {torch.__version__}, CUDA {torch.version.cuda}, NCCL "
         f"{'.'.join(map(str, torch.cuda.nccl.version()))}, "
         f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-        "Each case is its own 2-rank job inside `graphguard.capture(mode='capture')`; "
-        f"agreement timeout {AGREEMENT_TIMEOUT_S:g} s. Produced by `benchmarks/dist_gpu.py`.",
+        + (
+            "Each case is its own 2-rank job inside plain `torch.cuda.graph`; "
+            f"a job is killed after {args.case_timeout:g} s. Produced by "
+            "`benchmarks/dist_gpu.py --raw`."
+            if args.raw
+            else "Each case is its own 2-rank job inside `graphguard.capture(mode='capture')`; "
+            f"agreement timeout {AGREEMENT_TIMEOUT_S:g} s. Produced by `benchmarks/dist_gpu.py`."
+        ),
         "",
         "| case | expected | rank 0 | rank 1 | job s | verdict |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -197,7 +217,7 @@ def driver(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     print("\n".join(lines))
-    return 0 if not any(r["verdict"].startswith("FAIL") for r in rows) else 1
+    return 0 if args.raw or not any(r["verdict"].startswith("FAIL") for r in rows) else 1
 
 
 # --- one rank ---------------------------------------------------------------------------------
@@ -208,7 +228,28 @@ def _marker(name: str) -> int:
     raise AssertionError(name)
 
 
-def rank_main(case: str, folder: Path) -> None:
+class _RawCapture:
+    """``torch.cuda.graph`` with the parts of graphguard's capture object the cases use."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.graph = torch.cuda.CUDAGraph()
+        self._ctx = torch.cuda.graph(self.graph)
+        self.hazards: list[Any] = []
+
+    def __enter__(self) -> _RawCapture:
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._ctx.__exit__(*exc)
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def rank_main(case: str, folder: Path, raw: bool = False) -> None:
     if case.startswith(("ddp_step", "fsdp2")) and case != "ddp_step_no_preconditions":
         # PyTorch's notes on DDP under CUDA graphs: async error handling off, before init.
         os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
@@ -217,6 +258,9 @@ def rank_main(case: str, folder: Path) -> None:
     import torch.distributed as dist
 
     import graphguard
+
+    def region(label: str) -> Any:
+        return _RawCapture() if raw else graphguard.capture(mode="capture", label=label)
 
     rank = int(os.environ["RANK"])
     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -317,7 +361,7 @@ def rank_main(case: str, folder: Path) -> None:
     x = torch.full((1024,), float(rank + 1), device=dev)
     t0 = time.monotonic()
     try:
-        with graphguard.dist_timeout(AGREEMENT_TIMEOUT_S):
+        with contextlib.nullcontext() if raw else graphguard.dist_timeout(AGREEMENT_TIMEOUT_S):
             if case in _COLLECTIVE_ROWS:
                 prepare, body, check = body_and_check()
                 side = torch.cuda.Stream()
@@ -329,7 +373,7 @@ def rank_main(case: str, folder: Path) -> None:
                 torch.cuda.current_stream().wait_stream(side)
                 torch.cuda.synchronize()
                 prepare()
-                with graphguard.capture(mode="capture", label=case) as cap:
+                with region(case) as cap:
                     body()
                 res["hazards"] = [d.code for d in cap.hazards]
                 oks = []
@@ -341,34 +385,34 @@ def rank_main(case: str, folder: Path) -> None:
                 res["replay_ok"] = all(oks) and not cap.hazards
                 res["outcome"] = "captured+replayed"
             elif case == "barrier":
-                with graphguard.capture(mode="capture", label=case):
+                with region(case):
                     x.mul_(2)
                     dist.barrier()  # at:barrier
             elif case == "gloo_group_cuda_tensor":
-                with graphguard.capture(mode="capture", label=case):
+                with region(case):
                     dist.all_reduce(x, group=gloo)  # at:gloo
             elif case == "all_gather_object":
                 objs: list[Any] = [None, None]
-                with graphguard.capture(mode="capture", label=case):
+                with region(case):
                     dist.all_gather_object(objs, {"rank": rank})  # at:all_gather_object
             elif case == "broadcast_object_list":
                 objs = [rank]
-                with graphguard.capture(mode="capture", label=case):
+                with region(case):
                     dist.broadcast_object_list(objs, src=0)  # at:broadcast_object_list
             elif case == "work_is_completed":
-                with graphguard.capture(mode="capture", label=case):
+                with region(case):
                     work = dist.all_reduce(x, async_op=True)
                     work.is_completed()  # at:is_completed
             elif case == "item_on_rank1":
-                with graphguard.capture(mode="capture", label=case):
+                with region(case):
                     y = x * 2
                     if rank == 1:
                         y.sum().item()  # at:item_on_rank1
                     dist.all_reduce(y)
             elif case.startswith("ddp_step"):
-                train_step(res, dev, ddp=True, preconditions=case == "ddp_step")
+                train_step(res, dev, ddp=True, preconditions=case == "ddp_step", region=region)
             elif case == "fsdp2_step":
-                train_step(res, dev, ddp=False, preconditions=True)
+                train_step(res, dev, ddp=False, preconditions=True, region=region)
             else:
                 raise KeyError(case)
             res.setdefault("outcome", "no hazard")
@@ -382,13 +426,13 @@ def rank_main(case: str, folder: Path) -> None:
     os._exit(0)
 
 
-def train_step(res: dict[str, Any], dev: Any, *, ddp: bool, preconditions: bool) -> None:
+def train_step(
+    res: dict[str, Any], dev: Any, *, ddp: bool, preconditions: bool, region: Any
+) -> None:
     """Capture forward + backward + SGD of a DDP (or FSDP2) model; compare one replay with the
     same step run eagerly from the same parameters."""
     import torch
     import torch.distributed as dist
-
-    import graphguard
 
     torch.manual_seed(0)  # the same initial weights on every rank
     net = torch.nn.Sequential(
@@ -428,7 +472,7 @@ def train_step(res: dict[str, Any], dev: Any, *, ddp: bool, preconditions: bool)
             step()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    with graphguard.capture(mode="capture", label="ddp" if ddp else "fsdp2") as cap:
+    with region("ddp" if ddp else "fsdp2") as cap:
         step()
     params = list(model.parameters())
     before = [p.detach().clone() for p in params]
@@ -462,11 +506,14 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write every rank's record here")
     parser.add_argument("--cases", default="", help="comma-separated subset of: " + ",".join(CASES))
     parser.add_argument("--case-timeout", type=float, default=150.0)
+    parser.add_argument(
+        "--raw", action="store_true", help="plain torch.cuda.graph instead of graphguard"
+    )
     parser.add_argument("--rank-case", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank_case is not None:
-        rank_main(args.rank_case, Path(args.dir))
+        rank_main(args.rank_case, Path(args.dir), raw=args.raw)
         return 0
     return driver(args)
 

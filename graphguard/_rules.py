@@ -607,8 +607,11 @@ _rule(
     example="loss = step(x)\ndist.barrier()",
     use_instead="graph.replay()\ndist.barrier()   # outside the captured step",
     torch_behaviour=(
-        "Measured with NCCL on 2 GPUs (torch 2.11, NCCL 2.28): the capture is invalidated "
-        "and the process is poisoned (later CUDA and NCCL calls fail); torch names no line."
+        "Measured with NCCL on 2 H200s (torch 2.11, NCCL 2.28, "
+        "benchmarks/results/dist-gpu-raw-h200x2.md): under plain `torch.cuda.graph` both "
+        "ranks fail with `AcceleratorError: operation failed due to a previous error during "
+        "capture`, and the processes are poisoned (the next CUDA call fails); torch names no "
+        "line. `monitored_barrier` (gloo only) was not measured under capture."
     ),
     detected=_COLLECTIVE_DETECTED,
 )
@@ -635,12 +638,16 @@ _rule(
         "dist.all_gather_into_tensor(out, loss.reshape(1))"
     ),
     torch_behaviour=(
-        "Measured with NCCL on 2 GPUs (torch 2.11, NCCL 2.28): `all_gather_object` fails "
-        "with a torch RuntimeError that names no line. On CPU with gloo, "
-        "`broadcast_object_list` ran on one rank while the other stopped on an earlier "
-        "hazard, and both ranks died on gloo's timeout; graphguard now reports it on every "
-        "rank before the exchange starts. The other object collectives were not measured "
-        "under capture: they take the same pickling path."
+        "Measured with NCCL on 2 H200s (torch 2.11, NCCL 2.28, "
+        "benchmarks/results/dist-gpu-raw-h200x2.md), under plain `torch.cuda.graph`: "
+        "`all_gather_object` fails on both ranks with `RuntimeError: Cannot copy between CPU "
+        "and CUDA tensors during CUDA graph capture unless the CPU tensor is pinned`, naming "
+        "no line, and the processes stay usable; `broadcast_object_list` fails that way on "
+        "the source rank while the receiving rank fails with `AcceleratorError` and is "
+        "poisoned. On CPU with gloo, `broadcast_object_list` ran on one rank while the other "
+        "stopped on an earlier hazard, and both ranks died on gloo's timeout; graphguard "
+        "reports it on every rank before the exchange starts. The other object collectives "
+        "were not measured under capture: they take the same pickling path."
     ),
     detected=_COLLECTIVE_DETECTED,
 )
@@ -673,8 +680,10 @@ _rule(
     use_instead="nccl_group = dist.new_group(backend='nccl')\n"
     "dist.all_reduce(grad, group=nccl_group)",
     torch_behaviour=(
-        "Measured with 2 GPUs (torch 2.11): an `all_reduce` of CUDA tensors on a gloo group "
-        "invalidates the capture and poisons the process; torch names no line. Reported "
+        "Measured on 2 H200s (torch 2.11, benchmarks/results/dist-gpu-raw-h200x2.md): an "
+        "`all_reduce` of CUDA tensors on a gloo group under plain `torch.cuda.graph` fails "
+        "on both ranks with `AcceleratorError: operation failed due to a previous error "
+        "during capture` and poisons the processes; torch names no line. Reported "
         "only for real CUDA tensors: in CPU audit a CPU tensor stands for a device tensor "
         "and the gloo default group stands for NCCL, so a gloo `all_reduce` there is silent."
     ),
@@ -715,11 +724,14 @@ _rule(
     example="work = dist.all_reduce(t, async_op=True)\nwhile not work.is_completed():\n    pass",
     use_instead="work = dist.all_reduce(t, async_op=True)\nwork.wait()   # a stream wait",
     torch_behaviour=(
-        "`all_reduce(async_op=True).wait()` was measured legal with NCCL on 2 GPUs (captured, "
-        "replay correct). `is_completed()`, `wait(timeout=...)` and blocking wait were not "
-        "measured under capture: from torch's source, `WorkNCCL::wait` polls "
-        "`isCompleted()` (a CUDA event query, which invalidates a capture as "
-        "`Event.query()` does, GG107) exactly in those cases."
+        "Measured with NCCL on 2 H200s (torch 2.11, NCCL 2.28, "
+        "benchmarks/results/dist-gpu-raw-h200x2.md), under plain `torch.cuda.graph`: "
+        "`all_reduce(async_op=True).wait()` is legal (captured, replays correct), and "
+        "`is_completed()` fails on both ranks with `AcceleratorError: operation failed due "
+        "to a previous error during capture`, poisoning the processes. `wait(timeout=...)` "
+        "and blocking wait were not measured under capture: from torch's source, "
+        "`WorkNCCL::wait` polls `isCompleted()` (the same CUDA event query) exactly in those "
+        "cases."
     ),
     detected=_COLLECTIVE_DETECTED,
 )
@@ -752,11 +764,16 @@ _rule(
     use_instead="with torch.cuda.stream(s):\n    model = DDP(net)\n    for _ in range(11):\n"
     "        step(model)\nwith graphguard.capture():\n    step(model)",
     torch_behaviour=(
-        "Measured on 2 GPUs (torch 2.11): a DDP step captured after 3 or 11 side-stream "
-        "warm-ups, with DDP constructed on the default stream, failed the capture on both "
-        "ranks and poisoned the processes, with raw CUDA errors and no line. Which of the "
-        "preconditions each failure came from was not measured separately; the iteration "
-        "rule comes from torch's source (`Reducer::should_collect_runtime_stats`)."
+        "Measured on 2 H200s (torch 2.11, NCCL 2.28, "
+        "benchmarks/results/dist-gpu-raw-h200x2.md), under plain `torch.cuda.graph`: a DDP "
+        "step (forward, backward, SGD) captured after 3 eager iterations on the default "
+        "stream, DDP constructed there, fails on both ranks with `AcceleratorError: "
+        "operation failed due to a previous error during capture` and poisons the "
+        "processes, naming no line. With the preconditions (DDP constructed on a side "
+        "stream, 11 side-stream warm-ups, async error handling off) the same step captures "
+        "and its replay equals the eager step exactly. Which precondition each failure "
+        "comes from was not measured separately; the iteration rule comes from torch's "
+        "source (`Reducer::should_collect_runtime_stats`)."
     ),
     detected=(
         "when a `DistributedDataParallel` module's forward is called inside a region that "

@@ -18,11 +18,15 @@ from graphguard import _patches
 
 dynamo = pytest.importorskip("torch._dynamo")
 BACKENDS = ["eager", "aot_eager"]
+#: A device tensor: a CUDA one where CUDA exists, else a CPU tensor, which audit takes for one.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).to(
+        DEV
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +40,7 @@ def _fresh_compiler():
 def test_a_model_compiled_outside_runs_silently_in_an_audit_region(backend: str) -> None:
     """Warm outside, called inside: dynamo recompiles (the mode stack changed) and its own
     generator save/restore is not reported; the result is the eager model's."""
-    model, x = _model(), torch.randn(4, 8)
+    model, x = _model(), torch.randn(4, 8, device=DEV)
     compiled = torch.compile(model, backend=backend)
     compiled(x)
     with graphguard.capture(mode="audit") as cap:
@@ -53,7 +57,7 @@ def test_a_model_compiled_outside_runs_silently_in_an_audit_region(backend: str)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_compiled_inside_a_region_is_silent_and_right(backend: str) -> None:
-    model, x = _model(), torch.randn(4, 8)
+    model, x = _model(), torch.randn(4, 8, device=DEV)
     compiled = torch.compile(model, backend=backend)
     for _ in range(2):  # compiled in the first region, from the cache in the second
         with graphguard.capture(mode="audit") as cap:
@@ -72,7 +76,7 @@ def test_a_hazard_in_compiled_code_is_reported_at_its_line(backend: str) -> None
         scale = t.sum().item()  # HAZARD
         return t * scale
 
-    x = torch.randn(4, 8)
+    x = torch.randn(4, 8, device=DEV)
     step(x)
     for _ in range(2):
         with pytest.raises(graphguard.HostSyncError) as info, graphguard.capture(mode="audit"):
@@ -88,7 +92,7 @@ def test_a_graphed_compiled_model_is_silent_and_right() -> None:
     model = _model()
     step = graphguard.graphed(torch.compile(model, backend="aot_eager"), warmup=2)
     for i in range(5):
-        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(i))
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(i)).to(DEV)
         torch.testing.assert_close(step(x), model(x), rtol=0, atol=0)
     assert step.stats["eager"] is False, step.stats["eager_reason"]
 
@@ -111,7 +115,7 @@ def test_a_compiled_step_warmed_in_a_region_captures_and_replays_right() -> None
     """The recipe for capture(): warm the compiled step up inside a graphguard region (as
     graphed does), so the capture finds it compiled for the region's mode stack and does not
     compile during the capture."""
-    model = _model().cuda()
+    model = _model()
     x = torch.randn(4, 8, device="cuda")
     compiled = torch.compile(model, backend="aot_eager")
     side = torch.cuda.Stream()

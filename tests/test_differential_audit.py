@@ -6,8 +6,9 @@ label against raw ``torch.cuda.graph`` runs on a GPU). Each step is written to a
 audit mode on CPU tensors, which stand for device tensors as on a CPU-only machine. Audit must
 report a step iff it holds a hazardous op ("refused" or "silent" on the GPU), name that op's
 line, and otherwise compute exactly what the same step computes unguarded, whether the step
-spells its device ``x.device``, a module variable ``DEVICE`` (``"cpu"`` here) or
-``torch.device(DEVICE)``.
+spells its device ``x.device``, a module variable ``DEVICE`` (``"cpu"`` without CUDA) or
+``torch.device(DEVICE)``. On a machine with CUDA the same steps run in audit on real device
+tensors.
 
 One op is left out here, by a documented limit of audit without CUDA (docs/audit.md): the
 copy of a pinned tensor made before the region (``pinned-h2d``) looks like any other tensor made
@@ -43,9 +44,19 @@ AUDIT_BLIND = {"pinned-h2d"}
 AUDITED_HAZARDS = [name for name in HAZARD_OPS if name not in AUDIT_BLIND]
 
 
+#: Where the inputs live: the module's ``DEVICE`` of ``differential_ops.program``. With CUDA,
+#: audit runs the step on real device tensors; without, CPU tensors stand for them.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(N, generator=g), torch.randn(N, generator=g), torch.randperm(N, generator=g)
+    x, pinned, idx = (
+        torch.randn(N, generator=g),
+        torch.randn(N, generator=g),
+        torch.randperm(N, generator=g),
+    )
+    return x.to(DEV), pinned.to(DEV), idx.to(DEV)
 
 
 def sequences() -> Any:
