@@ -99,7 +99,6 @@ for _api, _code, _func in (
     ("Tensor.tolist()", "GG103", _attr(T, "tolist")),
     ("Tensor.numpy()", "GG103", _attr(T, "numpy")),
     ("numpy.asarray(tensor)", "GG103", _attr(T, "__array__")),
-    ("Tensor.cpu()", "GG103", _attr(T, "cpu")),
     ("repr(tensor)", "GG104", _attr(T, "__repr__")),
     ("format(tensor)", "GG104", _attr(T, "__format__")),
 ):
@@ -210,6 +209,31 @@ def _check_index_put(
 
 
 # --- copies between host and device -----------------------------------------------------------
+# A copy of zero elements moves nothing: torch's copy returns before any transfer when its
+# iterator is empty (aten/src/ATen/native/Copy.cpp, ``if (iter.numel() == 0) return self;``,
+# ahead of the CUDA copy kernel and its capture check), so it is not reported.
+def _empty(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.numel() == 0
+
+
+def _no_elements(data: Any) -> bool:
+    """Python data (nested lists or tuples), a tensor or an array that holds no element."""
+    if isinstance(data, (list, tuple)):
+        return all(_no_elements(item) for item in data)
+    if isinstance(data, torch.Tensor):
+        return data.numel() == 0
+    size = getattr(data, "size", None)
+    return isinstance(size, int) and hasattr(data, "ndim") and size == 0
+
+
+@register_check(_attr(T, "cpu"))
+def _check_cpu(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+    t = args[0] if args else None
+    if not is_device(state, t) or _empty(t):
+        return None
+    return Finding("GG103", "Tensor.cpu()", tensor=t)
+
+
 def _h2d(src: Any, api: str, non_blocking: bool, emulate: Callable[[], Any] | None) -> Finding:
     if non_blocking and src.is_pinned():
         return Finding("GG402", api, tensor=src, emulate=emulate)
@@ -239,6 +263,8 @@ def _check_to(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     dev = to_target(args, kwargs)
     if dev is None:
         return None
+    if _empty(t):
+        return None
     non_blocking = _non_blocking(args, kwargs)
     to_host = target_is_host(dev) if state.emulate else _device_type(dev) == "cpu"
     if to_host:
@@ -258,7 +284,7 @@ def _check_to(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 @register_check(_attr(T, "cuda"))
 def _check_cuda(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
     t = args[0] if args else None
-    if not isinstance(t, torch.Tensor) or not is_host(state, t):
+    if not isinstance(t, torch.Tensor) or not is_host(state, t) or _empty(t):
         return None
     return _h2d(t, "Tensor.cuda()", bool(kwargs.get("non_blocking", False)), t.clone)
 
@@ -268,6 +294,8 @@ def _check_copy(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
     if len(args) < 2:
         return None
     dst, src = args[0], args[1]
+    if _empty(dst):
+        return None
     non_blocking = bool(kwargs.get("non_blocking", args[2] if len(args) > 2 else False))
     if is_device(state, dst) and is_host(state, src):
         return _h2d(src, "Tensor.copy_(host_tensor)", non_blocking, None)
@@ -283,7 +311,7 @@ def _check_from_data(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Finding | None:
     data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
-    if isinstance(data, torch.Tensor) and is_device(state, data):
+    if (isinstance(data, torch.Tensor) and is_device(state, data)) or _no_elements(data):
         return None
     dev = kwargs.get("device")
     if dev is None:
@@ -302,7 +330,7 @@ def _check_new_tensor(
     if len(args) < 2 or not is_device(state, args[0]):
         return None
     data = args[1]
-    if isinstance(data, torch.Tensor) and is_device(state, data):
+    if (isinstance(data, torch.Tensor) and is_device(state, data)) or _no_elements(data):
         return None
     dev = kwargs.get("device")
     if dev is not None and (target_is_host(dev) if state.emulate else _device_type(dev) == "cpu"):
@@ -544,7 +572,10 @@ def _emulated_call(
     if "device" in kwargs:
         kwargs, device_arg = resolve_device_args(kwargs)
     if func is _TENSOR_CUDA:
-        return args[0]  # a tensor standing for a device tensor is already there
+        # A tensor standing for a device tensor is already there; a host tensor's copy (one
+        # not reported: it has no elements) is a fresh, unmarked tensor, i.e. a device one.
+        t = args[0]
+        return t.clone() if is_host(state, t) else t
     if func is _TENSOR_TO and args:
         dev = to_target(args, kwargs)
         if dev is not None and _device_type(dev) == "cuda":

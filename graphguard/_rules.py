@@ -186,7 +186,10 @@ _rule(
     "graph.replay(); ids = ids_buf.tolist()",
     torch_behaviour=(
         'torch raises "Cannot copy between CPU and CUDA tensors during CUDA graph capture unless '
-        'the CPU tensor is pinned" without naming a line; the process stays usable.'
+        'the CPU tensor is pinned" without naming a line; the process stays usable. A copy of '
+        "zero elements (`torch.tensor([], device='cuda')`, an empty tensor moved either way) "
+        "is not reported: torch's copy returns before any transfer when there is nothing to "
+        "copy (`aten/src/ATen/native/Copy.cpp`), ahead of that check."
     ),
 )
 _rule(
@@ -412,7 +415,10 @@ _rule(
     "x = x + one; rows = table[rows_idx]",
     torch_behaviour=(
         'torch raises "Cannot copy between CPU and CUDA tensors during CUDA graph capture unless '
-        'the CPU tensor is pinned" without naming a line; the process stays usable.'
+        'the CPU tensor is pinned" without naming a line; the process stays usable. A copy of '
+        "zero elements (`torch.tensor([], device='cuda')`, an empty tensor moved either way) "
+        "is not reported: torch's copy returns before any transfer when there is nothing to "
+        "copy (`aten/src/ATen/native/Copy.cpp`), ahead of that check."
     ),
 )
 

@@ -35,6 +35,10 @@ OPS: list[Op] = [
     Op("assert-async", "torch._assert_async((y == y).all())", "legal"),
     Op("factory-on-device", "y = y + torch.ones(16, device=x.device)", "legal"),
     Op("to-own-device", "y = y.to(x.device)", "legal"),
+    # Zero-element copies: torch's copy returns before any transfer (Copy.cpp).
+    Op("empty-from-data", "y = y + torch.tensor([], device=x.device).sum()", "legal"),
+    Op("empty-h2d", "y = y + torch.zeros(0).to(x.device).sum()", "legal"),
+    Op("empty-d2h", "h = y[:0].cpu()", "legal"),
     Op("item", "y = y + y.sum().item()", "refused"),
     Op("bool", "y = -y if (y > 100).any() else y", "refused"),
     Op("tolist", "y = y + len(y.tolist())", "refused"),

@@ -339,6 +339,16 @@ def clean_side_stream(c: Ctx) -> Any:
     return y
 
 
+def clean_empty_copies(c: Ctx) -> Any:
+    # Nothing to copy: torch's copy returns before any transfer (transformers' DynamicLayer
+    # starts its cache as torch.tensor([], device=...)).
+    keys = torch.tensor([], dtype=c.x.dtype, device=c.x.device)
+    rows = c.x.new_tensor([])
+    moved = torch.zeros(0, 3).to(c.x.device)
+    back = c.x[:0].cpu()
+    return c.x * 2 + keys.sum() + rows.sum() + moved.sum() + back.numel()
+
+
 CLEAN: list[Case] = [
     Case("where-three-args", "", clean_where),
     Case("int-device-index", "", clean_int_index),
@@ -349,6 +359,7 @@ CLEAN: list[Case] = [
     Case("nonzero-static", "", clean_nonzero_static),
     Case("mlp", "", clean_mlp),
     Case("bool-mask-scalar", "", clean_bool_mask_scalar),
+    Case("empty-copies", "", clean_empty_copies),
     Case("is-capturing", "", clean_is_capturing, cpu=False),
     Case("empty-cache", "", clean_empty_cache, cpu=False),
     Case("side-stream", "", clean_side_stream, cpu=False),
