@@ -227,6 +227,71 @@ def lm_train(model_type: str, **over: Any) -> Callable[[str], Step]:
     return build
 
 
+def _small_config(model_type: str, **over: Any) -> Any:
+    """A tiny config of any transformers architecture (names each family uses for its sizes)."""
+    from transformers import AutoConfig
+
+    base: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        dropout_rate=0.0,
+        dropout=0.0,
+        pad_token_id=0,
+        decoder_start_token_id=0,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    if model_type == "t5":
+        base.update(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
+    base.update(over)
+    return AutoConfig.for_model(model_type, **base)
+
+
+def encoder_forward(model_type: str, **over: Any) -> Callable[[str], Step]:
+    """An encoder (BERT-style) forward: token ids in, last hidden states out."""
+
+    def build(device: str) -> Step:
+        from transformers import AutoModel
+
+        model = AutoModel.from_config(_small_config(model_type, **over)).to(device).eval()
+        ids = _randint(VOCAB, (2, 16)).to(device)
+
+        def forward() -> tuple[torch.Tensor, ...]:
+            with torch.no_grad():
+                return (model(input_ids=ids).last_hidden_state,)
+
+        return Step(forward, modules=[model])
+
+    return build
+
+
+def seq2seq_forward(model_type: str, **over: Any) -> Callable[[str], Step]:
+    """An encoder-decoder forward with the model's default cache (a DynamicCache built, and
+    lazily initialised with ``torch.tensor([], device=...)``, inside every call)."""
+
+    def build(device: str) -> Step:
+        from transformers import AutoModelForSeq2SeqLM
+
+        model = AutoModelForSeq2SeqLM.from_config(_small_config(model_type, **over))
+        model = model.to(device).eval()
+        ids = _randint(VOCAB, (2, 16)).to(device)
+        decoder_ids = _randint(VOCAB, (2, 8), seed=SEED + 1).to(device)
+
+        def forward() -> tuple[torch.Tensor, ...]:
+            with torch.no_grad():
+                return (model(input_ids=ids, decoder_input_ids=decoder_ids).logits,)
+
+        return Step(forward, modules=[model])
+
+    return build
+
+
 @dataclass
 class _Decoder:
     """A StaticCache decode step: static token and position buffers, refilled before each call
@@ -643,6 +708,35 @@ CASES: list[ModelCase] = [
         "Gemma3 forward, sliding and full attention layers",
     ),
     ModelCase("gpt2_forward", lm_forward("gpt2"), LEGAL, "GPT-2 forward, no cache"),
+    ModelCase(
+        "mixtral_forward",
+        lm_forward("mixtral", num_local_experts=4, num_experts_per_tok=2),
+        LEGAL,
+        "Mixtral MoE forward, no cache (the default grouped_mm experts)",
+    ),
+    ModelCase(
+        "falcon_forward",
+        lm_forward("falcon", multi_query=True, new_decoder_architecture=False),
+        (
+            Hazard(
+                "GG401",
+                Site(
+                    _lib(
+                        "transformers.models.falcon.modeling_falcon", "FalconAttention._split_heads"
+                    ),
+                    "fused_qkv[..., [-2], :]",
+                ),
+            ),
+        ),
+        "Falcon (multi-query) forward: fused_qkv[..., [-2], :] indexes with a Python list",
+    ),
+    ModelCase("bert_forward", encoder_forward("bert"), LEGAL, "BERT encoder forward"),
+    ModelCase(
+        "t5_forward",
+        seq2seq_forward("t5"),
+        LEGAL,
+        "T5 forward with its default DynamicCache, created and filled inside the step",
+    ),
     ModelCase("llama_static_decode", lm_static_decode("llama"), LEGAL, "Llama StaticCache decode"),
     ModelCase("qwen2_static_decode", lm_static_decode("qwen2"), LEGAL, "Qwen2 StaticCache decode"),
     ModelCase(
