@@ -189,7 +189,8 @@ _rule(
         'the CPU tensor is pinned" without naming a line; the process stays usable. A copy of '
         "zero elements (`torch.tensor([], device='cuda')`, an empty tensor moved either way) "
         "is not reported: torch's copy returns before any transfer when there is nothing to "
-        "copy (`aten/src/ATen/native/Copy.cpp`), ahead of that check."
+        "copy (`aten/src/ATen/native/Copy.cpp`), ahead of that check; read from torch's "
+        "source, not yet measured under capture."
     ),
 )
 _rule(
@@ -418,7 +419,8 @@ _rule(
         'the CPU tensor is pinned" without naming a line; the process stays usable. A copy of '
         "zero elements (`torch.tensor([], device='cuda')`, an empty tensor moved either way) "
         "is not reported: torch's copy returns before any transfer when there is nothing to "
-        "copy (`aten/src/ATen/native/Copy.cpp`), ahead of that check."
+        "copy (`aten/src/ATen/native/Copy.cpp`), ahead of that check; read from torch's "
+        "source, not yet measured under capture."
     ),
 )
 
