@@ -18,7 +18,9 @@ unset OMP_NUM_THREADS
 python3 -m graphguard certify > "$out/certify.txt" 2>&1 || python3 -c "from graphguard._certify import main; raise SystemExit(main([]))" > "$out/certify.txt" 2>&1
 log="$out/benchmark-logs.txt"
 for cmd in "benchmarks/overhead.py --reps 100 --out $out/overhead.md" "benchmarks/graphed.py --out $out/graphed.md" \
-           "benchmarks/dsa_speed.py --out $out/dsa_speed.md --json $out/dsa_speed.json"; do
+           "benchmarks/dsa_speed.py --out $out/dsa_speed.md --json $out/dsa_speed.json" \
+           "benchmarks/capture_cost.py --step dsa --out $out/capture_cost-dsa.md" \
+           "benchmarks/capture_cost.py --step mlp --out $out/capture_cost-mlp.md"; do
   echo "== python3 $cmd" >> "$log"
   python3 $cmd >> "$log" 2>&1; echo "exit: $?" >> "$log"
 done
