@@ -10,6 +10,7 @@ capture region.
 
 Rows:
 
+- the eager step, and an audit region (empty, and around the step);
 - raw ``torch.cuda.graph``, empty body and with the step;
 - raw capture of the step decorated with ``@graphguard.guard`` (a guard inside a capture it does
   not own: region entry and exit and the per-call checks, without graphguard's own capture);
@@ -91,7 +92,17 @@ def main() -> int:
 
         return run
 
+    def audit(body: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with graphguard.capture(mode="audit"):
+                return body()
+
+        return run
+
     rows: list[tuple[str, Callable[[], Any]]] = [
+        ("eager step (no capture)", step),
+        ("`graphguard.capture(mode='audit')`, empty body", audit(nothing)),
+        ("`graphguard.capture(mode='audit')`, the step", audit(step)),
         ("raw torch.cuda.graph, empty body", raw(nothing)),
         ("raw torch.cuda.graph, the step", raw(step)),
         ("raw capture of `@graphguard.guard` around the step", raw(guarded_step)),
@@ -108,14 +119,15 @@ def main() -> int:
             times[label].append(_host_us(fn))
     med = {label: statistics.median(v) for label, v in times.items()}
 
-    prof = cProfile.Profile()
-    body = gg(step)
-    prof.enable()
-    for _ in range(20):
-        body()
-    prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+    def profile(body: Callable[[], Any]) -> str:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(20):
+            body()
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        return buf.getvalue().strip()
 
     raw_step = med["raw torch.cuda.graph, the step"]
     lines = [
@@ -133,14 +145,15 @@ def main() -> int:
     ]
     for label, _ in rows:
         lines.append(f"| {label} | {med[label]:.0f} | {med[label] / raw_step:.2f}x |")
-    lines += [
-        "",
-        "Profile of 20 `graphguard.capture()` regions around the step (top 25 by own time):",
-        "",
-        "```",
-        buf.getvalue().strip(),
-        "```",
-    ]
+    for what, body in (("graphguard.capture()", gg(step)), ("audit", audit(step))):
+        lines += [
+            "",
+            f"Profile of 20 {what} regions around the step (top 25 by own time):",
+            "",
+            "```",
+            profile(body),
+            "```",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
