@@ -109,6 +109,60 @@ register_check(torch.is_nonzero, _attr(T, "is_nonzero"))(
 )
 
 
+@register_check(_attr(torch.nn.functional, "one_hot"))
+def _check_one_hot(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    t = args[0] if args else kwargs.get("tensor", kwargs.get("input"))
+    classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
+    if classes != -1 or not is_device(state, t) or _empty(t):
+        return None
+    return Finding("GG101", "torch.nn.functional.one_hot(tensor)", "one-hot", tensor=t)
+
+
+def _linalg_checked(name: str, *, ex: bool = False) -> Checker:
+    """GG108 for a linalg call on a device tensor that checks its info codes on the host
+    (an ``_ex`` variant only with ``check_errors=True``)."""
+
+    def check(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+        if ex and not kwargs.get("check_errors", False):
+            return None
+        t = args[0] if args else kwargs.get("A", kwargs.get("input"))
+        if not is_device(state, t):
+            return None
+        return Finding("GG108", name, tensor=t)
+
+    return check
+
+
+_LINALG_CHECKED: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("torch.linalg.inv", (_attr(torch.linalg, "inv"), torch.inverse, _attr(T, "inverse"))),
+    ("torch.linalg.cholesky", (_attr(torch.linalg, "cholesky"),)),
+    ("torch.linalg.solve", (_attr(torch.linalg, "solve"),)),
+    ("torch.linalg.lu_factor", (_attr(torch.linalg, "lu_factor"),)),
+    ("torch.linalg.ldl_factor", (_attr(torch.linalg, "ldl_factor"),)),
+    ("torch.linalg.tensorinv", (_attr(torch.linalg, "tensorinv"),)),
+    ("torch.linalg.tensorsolve", (_attr(torch.linalg, "tensorsolve"),)),
+)
+for _name, _linalg_funcs in _LINALG_CHECKED:
+    register_check(*_linalg_funcs)(_linalg_checked(_name))
+for _name in ("inv_ex", "cholesky_ex", "solve_ex", "lu_factor_ex", "ldl_factor_ex"):
+    _func = _attr(torch.linalg, _name)
+    if _func is not None:
+        register_check(_func)(_linalg_checked(f"torch.linalg.{_name}(check_errors=True)", ex=True))
+
+
+@register_check(_attr(torch.linalg, "matrix_power"), torch.matrix_power, _attr(T, "matrix_power"))
+def _check_matrix_power(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    n = args[1] if len(args) > 1 else kwargs.get("n", 0)
+    t = args[0] if args else kwargs.get("A", kwargs.get("input"))
+    if not isinstance(n, int) or n >= 0 or not is_device(state, t):
+        return None
+    return Finding("GG108", "torch.linalg.matrix_power(A, n < 0)", tensor=t)
+
+
 @register_check(torch.equal, torch.allclose, _attr(T, "equal"), _attr(T, "allclose"))
 def _check_compare(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]

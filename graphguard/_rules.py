@@ -123,17 +123,24 @@ _rule(
             "scalar-argument",
             "{api} takes {key}= as a Python scalar, so the device tensor passed there ({tensor}) is read on the host {where}",
         ),
+        (
+            "one-hot",
+            "{api} without num_classes reads the largest class of {tensor} on the host {where}",
+        ),
     ),
     slug="scalar-read",
     title="a device value is read on the host",
     why=(
         "`.item()`, `int()`, `float()` and `complex()` of a device tensor copy the value to the "
         "host and wait for the GPU. A CUDA graph records device work only; the host cannot wait "
-        "on work that is being recorded, not run, so the capture is invalidated."
+        "on work that is being recorded, not run, so the capture is invalidated. "
+        "`F.one_hot(t)` without `num_classes` does the same inside torch: it reads "
+        "`t.max().item()` to size its output."
     ),
     fix=(
         "Keep the value on the device: use the tensor directly in later ops, validate with "
-        "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region."
+        "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region. "
+        "Give `F.one_hot` its `num_classes`."
     ),
     example="loss_value = loss.item()\nscale = float(grad_norm)",
     use_instead="loss_buf.copy_(loss)          # read loss_buf.item() after replay()\n"
@@ -289,6 +296,41 @@ _rule(
     + " Measured on an H200 (torch 2.11) for `torch.Event.synchronize()`/`query()`, "
     "`torch.Stream.synchronize()` and `torch.accelerator.synchronize()` too; "
     "`torch.Event.record()` alone is legal.",
+)
+
+_LINALG_CHECKED = (
+    "`torch.linalg.inv`, `torch.inverse`, `torch.linalg.cholesky`, `torch.linalg.solve`, "
+    "`torch.linalg.lu_factor`, `torch.linalg.ldl_factor`, `torch.linalg.tensorinv`, "
+    "`torch.linalg.tensorsolve`, `torch.linalg.matrix_power` with a negative exponent, and the "
+    "`_ex` variants called with `check_errors=True`"
+)
+_rule(
+    code="GG108",
+    kind="host-sync",
+    messages=(("default", "{api} reads its solver's error codes on the host {where}"),),
+    slug="linalg-error-check",
+    title="a linear-algebra call that checks its error codes on the host",
+    why=(
+        f"{_LINALG_CHECKED} run their factorisation on the device and then check the "
+        "solver's `info` codes (a singular or non-positive-definite input) with "
+        "`info.any().item()`: a device value read on the host, which a capture cannot wait for."
+    ),
+    fix=(
+        "Call the `_ex` variant (`torch.linalg.inv_ex`, `cholesky_ex`, `solve_ex`, "
+        "`lu_factor_ex`, `ldl_factor_ex`), which returns `info` as a device tensor instead of "
+        "checking it, and check `info` after `replay()`, or validate it on the device with "
+        "`torch._assert_async(info == 0)`."
+    ),
+    example="L = torch.linalg.cholesky(cov)\nw = torch.linalg.solve(A, b)",
+    use_instead="L, info = torch.linalg.cholesky_ex(cov)\n"
+    "w, info = torch.linalg.solve_ex(A, b)   # check info after replay()",
+    torch_behaviour=(
+        "From torch's source (`_linalg_check_errors` in "
+        "`aten/src/ATen/native/BatchLinearAlgebra.cpp` reads `infos.any().item<bool>()`); the "
+        "functions listed are those whose CPU run calls it (found with a dispatch-mode trace). "
+        "Not yet measured under capture; a device value read on the host invalidates a capture "
+        "as `.item()` does (GG101)."
+    ),
 )
 
 # --- pinned-alloc ----------------------------------------------------------------------------

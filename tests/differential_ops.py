@@ -39,7 +39,21 @@ OPS: list[Op] = [
     Op("empty-from-data", "y = y + torch.tensor([], device=x.device).sum()", "legal"),
     Op("empty-h2d", "y = y + torch.zeros(0).to(x.device).sum()", "legal"),
     Op("empty-d2h", "h = y[:0].cpu()", "legal"),
+    Op("one-hot-classes", "y = y + torch.nn.functional.one_hot(idx, 16).sum(0)", "legal"),
+    Op(
+        "linalg-inv-ex",
+        "y = y + torch.linalg.inv_ex(torch.eye(4, device=x.device) * 4 + y.view(4, 4) * 0.01)[0]"
+        ".flatten()",
+        "legal",
+    ),
     Op("item", "y = y + y.sum().item()", "refused"),
+    Op("one-hot", "y = y + torch.nn.functional.one_hot(idx).sum(0)", "refused"),
+    Op(
+        "linalg-inv",
+        "y = y + torch.linalg.inv(torch.eye(4, device=x.device) * 4 + y.view(4, 4) * 0.01)"
+        ".flatten()",
+        "refused",
+    ),
     Op("bool", "y = -y if (y > 100).any() else y", "refused"),
     Op("tolist", "y = y + len(y.tolist())", "refused"),
     Op("cpu", "y = y + y.cpu().sum().to(x.device)", "refused"),

@@ -141,6 +141,28 @@ def allclose(c: Ctx) -> Any:
     return torch.allclose(c.x, c.x + 0)  # HAZARD
 
 
+def one_hot_no_classes(c: Ctx) -> Any:
+    labels = (c.x[:8] > 0).long()
+    return torch.nn.functional.one_hot(labels)  # HAZARD
+
+
+def _spd(c: Ctx) -> torch.Tensor:
+    a = c.x[:16].view(4, 4)
+    return a @ a.T + 4 * torch.eye(4, device=c.x.device, dtype=c.x.dtype)
+
+
+def linalg_inv(c: Ctx) -> Any:
+    return torch.linalg.inv(_spd(c))  # HAZARD
+
+
+def linalg_cholesky(c: Ctx) -> Any:
+    return torch.linalg.cholesky(_spd(c))  # HAZARD
+
+
+def linalg_solve(c: Ctx) -> Any:
+    return torch.linalg.solve(_spd(c), c.x[:4])  # HAZARD
+
+
 def cuda_synchronize(c: Ctx) -> Any:
     torch.cuda.synchronize()  # HAZARD
 
@@ -250,6 +272,10 @@ CASES: list[Case] = [
     Case("where-one-arg", "GG105", where_one_arg),
     Case("equal", "GG106", equal),
     Case("allclose", "GG106", allclose),
+    Case("one-hot-without-classes", "GG101", one_hot_no_classes),
+    Case("linalg-inv", "GG108", linalg_inv),
+    Case("linalg-cholesky", "GG108", linalg_cholesky),
+    Case("linalg-solve", "GG108", linalg_solve),
     Case("cuda-synchronize", "GG107", cuda_synchronize),
     Case("stream-synchronize", "GG107", stream_synchronize, cpu=False),
     Case("stream-query", "GG107", stream_query, cpu=False),
@@ -339,6 +365,17 @@ def clean_side_stream(c: Ctx) -> Any:
     return y
 
 
+def clean_linalg_ex(c: Ctx) -> Any:
+    # The _ex variants return their info codes as device tensors instead of checking them.
+    a = c.x[:16].view(4, 4)
+    spd = a @ a.T + 4 * torch.eye(4, device=c.x.device, dtype=c.x.dtype)
+    inv, _ = torch.linalg.inv_ex(spd)
+    chol, _ = torch.linalg.cholesky_ex(spd)
+    sol, _ = torch.linalg.solve_ex(spd, c.x[:4])
+    labels = torch.nn.functional.one_hot((c.x[:8] > 0).long(), num_classes=2)
+    return inv.sum() + chol.sum() + sol.sum() + labels.sum()
+
+
 def clean_empty_copies(c: Ctx) -> Any:
     # Nothing to copy: torch's copy returns before any transfer (transformers' DynamicLayer
     # starts its cache as torch.tensor([], device=...)).
@@ -360,6 +397,7 @@ CLEAN: list[Case] = [
     Case("mlp", "", clean_mlp),
     Case("bool-mask-scalar", "", clean_bool_mask_scalar),
     Case("empty-copies", "", clean_empty_copies),
+    Case("linalg-ex-and-one-hot-classes", "", clean_linalg_ex),
     Case("is-capturing", "", clean_is_capturing, cpu=False),
     Case("empty-cache", "", clean_empty_cache, cpu=False),
     Case("side-stream", "", clean_side_stream, cpu=False),
