@@ -109,6 +109,14 @@ register_check(torch.is_nonzero, _attr(T, "is_nonzero"))(
 )
 
 
+@register_check(torch.cov, torch.corrcoef, _attr(T, "cov"), _attr(T, "corrcoef"))
+def _check_cov(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+    t = args[0] if args else kwargs.get("input")
+    if not is_device(state, t):
+        return None
+    return Finding("GG106", "torch.cov/corrcoef", "cov", tensor=t)
+
+
 @register_check(_attr(torch.nn.functional, "one_hot"))
 def _check_one_hot(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]

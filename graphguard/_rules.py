@@ -256,16 +256,25 @@ _rule(
 _rule(
     code="GG106",
     kind="host-sync",
-    messages=(("default", "{api} on {tensor} returns a Python bool {where}"),),
+    messages=(
+        ("default", "{api} on {tensor} returns a Python bool {where}"),
+        (
+            "cov",
+            "{api} on {tensor} compares its degrees of freedom with torch.equal on the host, to warn when they are <= 0 {where}",
+        ),
+    ),
     slug="host-comparison",
     title="tensors compared into a Python bool",
     why=(
         "`torch.equal`, `torch.allclose` and `torch.is_nonzero` return a Python bool, so the host "
-        "must wait for the device reduction, which a capture cannot do."
+        "must wait for the device reduction, which a capture cannot do. `torch.cov` and "
+        "`torch.corrcoef` do the same inside torch (an `equal` on their degrees of freedom; "
+        "found with a dispatch trace, not yet measured under capture)."
     ),
     fix=(
         "Compare on the device (`(a == b).all()`, `torch.isclose(a, b).all()`) and check with "
-        "`torch._assert_async`, or compare after replay."
+        "`torch._assert_async`, or compare after replay. For a covariance, compute it on the "
+        "device: `xc = x - x.mean(1, keepdim=True); xc @ xc.T / (x.shape[1] - 1)`."
     ),
     example="assert torch.equal(idx, ref_idx)",
     use_instead="torch._assert_async((idx == ref_idx).all())",

@@ -141,6 +141,10 @@ def allclose(c: Ctx) -> Any:
     return torch.allclose(c.x, c.x + 0)  # HAZARD
 
 
+def covariance(c: Ctx) -> Any:
+    return torch.cov(c.x[:16].view(4, 4))  # HAZARD
+
+
 def one_hot_no_classes(c: Ctx) -> Any:
     labels = (c.x[:8] > 0).long()
     return torch.nn.functional.one_hot(labels)  # HAZARD
@@ -272,6 +276,7 @@ CASES: list[Case] = [
     Case("where-one-arg", "GG105", where_one_arg),
     Case("equal", "GG106", equal),
     Case("allclose", "GG106", allclose),
+    Case("covariance", "GG106", covariance),
     Case("one-hot-without-classes", "GG101", one_hot_no_classes),
     Case("linalg-inv", "GG108", linalg_inv),
     Case("linalg-cholesky", "GG108", linalg_cholesky),
