@@ -48,6 +48,7 @@ OPS: list[Op] = [
     ),
     Op("item", "y = y + y.sum().item()", "refused"),
     Op("one-hot", "y = y + torch.nn.functional.one_hot(idx).sum(0)", "refused"),
+    Op("cov", "y = y + torch.cov(y.view(4, 4)).flatten()", "refused"),
     Op(
         "linalg-inv",
         "y = y + torch.linalg.inv(torch.eye(4, device=x.device) * 4 + y.view(4, 4) * 0.01)"
