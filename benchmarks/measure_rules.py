@@ -35,6 +35,22 @@ CASES: dict[str, str] = {
     "torch.tensor(0.0, device='cpu') (host factory)": (
         "out = x * 2 + torch.tensor(0.0, device='cpu')"
     ),
+    # zero-element copies (GG401/GG103 exceptions)
+    "torch.tensor([], device='cuda')": "out = x * 2 + torch.tensor([], device='cuda').sum()",
+    "empty host tensor .to('cuda')": "out = x * 2 + torch.zeros(0).to('cuda').sum()",
+    "empty device tensor .cpu()": "h = x[:0].cpu(); out = x * 2",
+    # GG108, GG101 (one_hot), GG106 (cov): host reads inside torch (hidden_syncs.py)
+    "torch.linalg.inv": "A = x[:16].view(4, 4) + 4 * torch.eye(4, device='cuda'); "
+    "out = torch.linalg.inv(A)",
+    "torch.linalg.inv_ex": "A = x[:16].view(4, 4) + 4 * torch.eye(4, device='cuda'); "
+    "out = torch.linalg.inv_ex(A)[0]",
+    "torch.linalg.cholesky_ex": "A = x[:16].view(4, 4); A = A @ A.T + 4 * torch.eye(4, "
+    "device='cuda'); out = torch.linalg.cholesky_ex(A)[0]",
+    "torch.linalg.solve": "A = x[:16].view(4, 4) + 4 * torch.eye(4, device='cuda'); "
+    "out = torch.linalg.solve(A, x[:4])",
+    "F.one_hot(t) without num_classes": "out = torch.nn.functional.one_hot((x[:8] > 0).long())",
+    "F.one_hot(t, num_classes=2)": "out = torch.nn.functional.one_hot((x[:8] > 0).long(), 2)",
+    "torch.cov": "out = torch.cov(x[:16].view(4, 4))",
 }
 
 CHILD = r"""

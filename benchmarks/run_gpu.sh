@@ -20,7 +20,8 @@ log="$out/benchmark-logs.txt"
 for cmd in "benchmarks/overhead.py --reps 100 --out $out/overhead.md" "benchmarks/graphed.py --out $out/graphed.md" \
            "benchmarks/dsa_speed.py --out $out/dsa_speed.md --json $out/dsa_speed.json" \
            "benchmarks/capture_cost.py --step dsa --out $out/capture_cost-dsa.md" \
-           "benchmarks/capture_cost.py --step mlp --out $out/capture_cost-mlp.md"; do
+           "benchmarks/capture_cost.py --step mlp --out $out/capture_cost-mlp.md" \
+           "benchmarks/measure_rules.py --out $out/measure-rules.md"; do
   echo "== python3 $cmd" >> "$log"
   python3 $cmd >> "$log" 2>&1; echo "exit: $?" >> "$log"
 done
