@@ -337,8 +337,9 @@ _rule(
         "From torch's source (`_linalg_check_errors` in "
         "`aten/src/ATen/native/BatchLinearAlgebra.cpp` reads `infos.any().item<bool>()`); the "
         "functions listed are those whose CPU run calls it (found with a dispatch-mode trace). "
-        "Not yet measured under capture; a device value read on the host invalidates a capture "
-        "as `.item()` does (GG101)."
+        "Reported upstream for `torch.linalg.solve` (pytorch/pytorch#96632: the capture is "
+        "invalidated; PyTorch's maintainers point to `solve_ex`). Not yet measured here; a "
+        "device value read on the host invalidates a capture as `.item()` does (GG101)."
     ),
 )
 
