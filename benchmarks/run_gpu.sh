@@ -21,7 +21,8 @@ for cmd in "benchmarks/overhead.py --reps 100 --out $out/overhead.md" "benchmark
            "benchmarks/dsa_speed.py --out $out/dsa_speed.md --json $out/dsa_speed.json" \
            "benchmarks/capture_cost.py --step dsa --out $out/capture_cost-dsa.md" \
            "benchmarks/capture_cost.py --step mlp --out $out/capture_cost-mlp.md" \
-           "benchmarks/measure_rules.py --out $out/measure-rules.md"; do
+           "benchmarks/measure_rules.py --out $out/measure-rules.md" \
+           "benchmarks/audit_sweep.py --gpu --jobs 8 --out $out/audit_sweep.md"; do
   echo "== python3 $cmd" >> "$log"
   python3 $cmd >> "$log" 2>&1; echo "exit: $?" >> "$log"
 done

@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""graphguard across many transformers architectures: audit verdicts, and on a GPU raw capture.
+
+``tests/realmodel_cases.py`` holds the real-model cases the test suite checks, each with its
+expected verdict. This script goes wide instead: a forward step (and, for decoder LMs, an AdamW
+training step with ``graph_safe_optimizer`` and gradient clipping) of every architecture listed
+below, built tiny from its config with random weights, padded attention masks included. Nobody
+decides a verdict up front:
+
+- ``--cpu``: each step once under ``graphguard.capture(mode="audit")`` on CPU tensors (as CI
+  sees them); the table lists what audit reports, if anything, and where;
+- ``--gpu``: per step, in fresh processes, a plain ``torch.cuda.graph`` capture replayed against
+  an eager twin (``raw``), ``graphguard.capture()`` (``capture``) and audit on CUDA tensors; a
+  step is legal when the raw capture succeeded and every replay matched. graphguard agrees when
+  it is silent on a legal step and reports an illegal one.
+
+    python benchmarks/audit_sweep.py --cpu --out benchmarks/results/audit_sweep-cpu.md
+    python benchmarks/audit_sweep.py --gpu --jobs 8 --out benchmarks/results/audit_sweep-h200.md
+
+The phases are ``tests/realmodel_cases.py``'s (``run_phase``), applied to the steps built here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+#: decoder LMs: a forward (no cache, padded mask) and a training step each
+DECODERS = [
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "gpt_neox",
+    "opt", "bloom", "falcon", "mixtral", "qwen2_moe", "qwen3_moe", "olmo", "olmo2", "stablelm",
+    "starcoder2", "granite", "cohere", "gptj", "codegen", "mpt", "glm", "smollm3",
+]  # fmt: skip
+#: encoders: a forward with a padded mask
+ENCODERS = ["bert", "roberta", "distilbert", "albert", "electra", "mpnet"]
+
+_SIZES = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=128, vocab_size=512, max_position_embeddings=128, head_dim=16,
+    pad_token_id=0, n_embd=64, n_layer=2, n_head=4, n_positions=128, d_model=64,
+    num_layers=2, num_heads=4, num_experts=4, num_local_experts=4, num_experts_per_tok=2,
+    moe_intermediate_size=32, shared_expert_intermediate_size=32, embedding_size=64, dim=64,
+    n_layers=2, n_heads=4, hidden_dim=128, rotary_dim=8, d_head=16, word_embed_proj_dim=64,
+    ffn_dim=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_dropout=0.0,
+    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, dropout=0.0,
+)  # fmt: skip
+
+
+def _config(arch: str) -> Any:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(arch)
+    for key, value in _SIZES.items():
+        if hasattr(cfg, key):
+            with contextlib.suppress(Exception):  # a read-only alias of another size
+                setattr(cfg, key, value)
+    return cfg
+
+
+def _inputs(device: str) -> tuple[Any, Any]:
+    import torch
+
+    ids = torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, :4] = 0  # left padding in the second row
+    return ids, mask.to(device)
+
+
+def _forward(arch: str) -> Any:
+    import realmodel_cases as rc
+
+    def build(device: str) -> rc.Step:
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        encoder = arch in ENCODERS
+        cls = AutoModel if encoder else AutoModelForCausalLM
+        model = cls.from_config(_config(arch)).to(device).eval()
+        ids, mask = _inputs(device)
+        extra = {} if encoder else {"use_cache": False}
+
+        def forward() -> tuple[Any, ...]:
+            with torch.no_grad():
+                out = model(input_ids=ids, attention_mask=mask, **extra)
+            return (out.last_hidden_state if encoder else out.logits,)
+
+        return rc.Step(forward, modules=[model])
+
+    return build
+
+
+def _train(arch: str) -> Any:
+    import realmodel_cases as rc
+
+    def build(device: str) -> rc.Step:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        import graphguard
+
+        model = AutoModelForCausalLM.from_config(_config(arch)).to(device).train()
+        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
+        ids, mask = _inputs(device)
+
+        def train_step() -> tuple[Any, ...]:
+            opt.zero_grad(set_to_none=False)
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            return (loss.detach(),)
+
+        return rc.Step(train_step, modules=[model], state=lambda: list(model.parameters()))
+
+    return build
+
+
+def register() -> list[str]:
+    """Add the sweep's steps to realmodel_cases' registry; return their names."""
+    import realmodel_cases as rc
+
+    names = []
+    for arch in [*DECODERS, *ENCODERS]:
+        steps = [("forward", _forward(arch))]
+        if arch in DECODERS:
+            steps.append(("train", _train(arch)))
+        for kind, build in steps:
+            name = f"sweep_{arch}_{kind}"
+            case = rc.ModelCase(name, build, rc.LEGAL, f"{arch} {kind}")
+            rc.BY_NAME[name] = case
+            names.append(name)
+    return names
+
+
+def _child(name: str, phase: str, device: str) -> None:
+    import realmodel_cases as rc
+
+    register()
+    try:
+        res = rc.run_phase(name, phase, device)
+    except Exception as e:  # the step could not be built or warmed up
+        res = {"case": name, "phase": phase, "outcome": "setup-error", "error": repr(e)[:300]}
+    print("RESULT " + json.dumps(res, default=str), flush=True)
+
+
+def _run(name: str, phase: str, device: str, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, phase, device]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        return {"case": name, "phase": phase, "outcome": "timeout"}
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    return {"case": name, "phase": phase, "outcome": "crashed", "error": out[-300:]}
+
+
+def _sites(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "—"
+    if r.get("outcome") in ("setup-error", "crashed", "timeout", "error") and not r.get("hazards"):
+        return f"{r['outcome']}: {str(r.get('error', ''))[:80]}".replace("|", "/")
+    hz = r.get("hazards") or []
+    if not hz:
+        return "silent"
+    seen = dict.fromkeys(f"{h['code']} {Path(h['file']).name}:{h['line']}" for h in hz)
+    return ", ".join(seen)
+
+
+def _raw_cell(r: dict[str, Any]) -> tuple[str, bool | None]:
+    if r.get("outcome") != "ok":
+        return f"{r.get('outcome')}: {str(r.get('error', ''))[:80]}".replace("|", "/"), False
+    if r.get("replay_match"):
+        return "captured, replays equal eager", True
+    return "captured, replays DIFFER from eager", False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--cpu", action="store_true", help="audit only, on CPU tensors")
+    where.add_argument("--gpu", action="store_true", help="raw capture, capture and audit on CUDA")
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=240.0)
+    parser.add_argument("--only", default="", help="comma-separated architectures")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    if args.child:
+        _child(*args.child)
+        return 0
+    names = register()
+    if args.only:
+        wanted = set(args.only.split(","))
+        names = [n for n in names if n.split("_", 1)[1].rsplit("_", 1)[0] in wanted]
+    import torch
+    import transformers
+
+    device = "cuda" if args.gpu else "cpu"
+    phases = ("raw", "capture", "audit") if args.gpu else ("audit",)
+    t0 = time.monotonic()
+    jobs = [(n, p) for n in names for p in phases]
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    env_note = ""
+    if not args.gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # children see no CUDA: audit emulates it
+        env_note = "CPU tensors standing for device tensors (no CUDA visible)"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        futures = {pool.submit(_run, n, p, device, args.timeout): (n, p) for n, p in jobs}
+        for fut in concurrent.futures.as_completed(futures):
+            results[futures[fut]] = fut.result()
+    rows, disagree = [], 0
+    for n in names:
+        what = n[len("sweep_") :]
+        audit = results.get((n, "audit"))
+        if not args.gpu:
+            rows.append(f"| `{what}` | {_sites(audit)} |")
+            continue
+        raw_text, legal = _raw_cell(results[(n, "raw")])
+        cap = _sites(results.get((n, "capture")))
+        aud = _sites(audit)
+        if legal is None or results[(n, "raw")].get("outcome") == "setup-error":
+            verdict = "not judged"
+        else:
+            reported = cap != "silent" and aud != "silent"
+            silent = cap == "silent" and aud == "silent"
+            agree = (legal and silent) or (not legal and reported)
+            verdict = "agrees" if agree else "**DISAGREES**"
+            disagree += not agree
+        rows.append(f"| `{what}` | {raw_text} | {cap} | {aud} | {verdict} |")
+    card = torch.cuda.get_device_name(0) if args.gpu else "CPU"
+    head = [
+        f"# graphguard across transformers architectures ({'GPU' if args.gpu else 'CPU audit'})",
+        "",
+        f"- {card}; torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- command: `python benchmarks/audit_sweep.py {'--gpu' if args.gpu else '--cpu'}`; "
+        f"{len(names)} steps in {time.monotonic() - t0:.0f} s"
+        + (f"; {env_note}" if env_note else ""),
+        "",
+    ]
+    if args.gpu:
+        head += [
+            "| step | raw torch.cuda.graph | graphguard.capture() | audit | |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+    else:
+        head += ["| step | audit reports |", "| --- | --- |"]
+    tail = ["", f"Disagreements: {disagree}."] if args.gpu else []
+    text = "\n".join([*head, *rows, *tail]) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 1 if disagree else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
