@@ -103,8 +103,15 @@ def _both(job: dict[str, Any], case: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(120)
 def test_the_job_ends_well_inside_gloos_timeout(job: dict[str, Any]) -> None:
-    """The whole job (a one-rank hazard and a 1.5 s agreement timeout included) ends quickly."""
-    assert job["seconds"] < JOB_BOUND_S, job["output"][-2000:]
+    """Every case of the job (a one-rank hazard and a 1.5 s agreement timeout included) ends
+    quickly on each rank: the time spent in the cases, not starting two interpreters and
+    importing torch, which a loaded machine can stretch; a hang is caught by the fixture's
+    90 s limit."""
+    per_rank = [
+        sum(row.get("seconds", 0.0) for (_, r), row in job["results"].items() if r == rank)
+        for rank in (0, 1)
+    ]
+    assert max(per_rank) < JOB_BOUND_S, (per_rank, job["output"][-2000:])
 
 
 @pytest.mark.parametrize(
