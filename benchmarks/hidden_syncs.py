@@ -54,6 +54,8 @@ LEGAL_READS = {"_assert_async"}
 CPU_ONLY = {
     "F.one_hot(t, num_classes)": "CPU-only: on CUDA torch skips its min/max checks and relies "
     "on a device assert",
+    "x[n], n a 0-dim integer tensor": "not reported: what torch does with a 0-dim CUDA index "
+    "(a select at a host offset, or an index kernel) is not measured yet",
 }
 
 
@@ -80,6 +82,7 @@ def catalogue() -> dict[str, Callable[[], Any]]:
     param = torch.nn.Parameter(torch.randn(3, generator=g))
     param.grad = torch.randn(3, generator=g)
     zeros = torch.zeros(4)
+    n = torch.tensor(4)
     L = torch.linalg
     return {
         "torch.linalg.inv": lambda: L.inv(A),
@@ -132,6 +135,12 @@ def catalogue() -> dict[str, Callable[[], Any]]:
         "torch.nn.utils.clip_grad_norm_": lambda: torch.nn.utils.clip_grad_norm_([param], 1.0),
         "Tensor.masked_scatter": lambda: zeros.masked_scatter(bmask, x[:4]),
         "torch._assert_async": lambda: torch._assert_async((x == x).all()),
+        "x[:n], n a 0-dim tensor": lambda: x[:n],
+        "torch.zeros(n)": lambda: torch.zeros(n),
+        "x.view(n, -1)": lambda: x.view(n, -1),
+        "x.topk(n)": lambda: x.topk(n),
+        "torch.arange(n)": lambda: torch.arange(n),
+        "x[n], n a 0-dim integer tensor": lambda: x[n],
     }
 
 

@@ -51,6 +51,11 @@ CASES: dict[str, str] = {
     "F.one_hot(t) without num_classes": "out = torch.nn.functional.one_hot((x[:8] > 0).long())",
     "F.one_hot(t, num_classes=2)": "out = torch.nn.functional.one_hot((x[:8] > 0).long(), 2)",
     "torch.cov": "out = torch.cov(x[:16].view(4, 4))",
+    "x[:n] with a device tensor n": "n = (x[:8] > 0).sum() + 1; out = x[:n] * 2",
+    "torch.zeros(n) with a device tensor n": "n = (x[:8] > 0).sum() + 1; "
+    "out = torch.zeros(n, device='cuda')",
+    "x.topk(k) with a device tensor k": "k = (x[:8] > 0).sum() + 1; out = x.topk(k).values",
+    "x[n] with a 0-dim device index": "n = (x[:8] > 0).sum(); out = x[n] * 2",
 }
 
 CHILD = r"""

@@ -222,7 +222,13 @@ def _index_finding(
 ) -> Finding | None:
     items = index if isinstance(index, tuple) else (index,)
     for item in items:
-        if isinstance(item, torch.Tensor):
+        if isinstance(item, slice):
+            for bound in (item.start, item.stop, item.step):
+                if is_device(state, bound):
+                    return Finding(
+                        "GG101", f"{api} with a slice bound", "size-argument", tensor=bound
+                    )
+        elif isinstance(item, torch.Tensor):
             if item.dtype is torch.bool:
                 # ``x[mask] = 0.0`` is sent to masked_fill_ by torch: no sync. Any other use
                 # (a tensor value, a read) sizes a result from the mask's contents.
@@ -268,6 +274,51 @@ def _check_index_put(
         return None
     indices = tuple(i for i in args[1] if i is not None)
     return _index_finding(state, args[0], indices, "index_put")
+
+
+# --- device tensors where torch needs a host number --------------------------------------------
+#: Keyword arguments of the size-taking calls below that are tensors by design.
+_TENSOR_KWARGS = frozenset({"out", "input", "self", "generator", "other"})
+
+
+def _device_number(state: GuardState, value: Any) -> Any:
+    """The device tensor in ``value`` (a size argument, possibly a list of them), or None."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _device_number(state, item)
+            if found is not None:
+                return found
+        return None
+    return value if is_device(state, value) else None
+
+
+def _size_arguments(name: str, *, skip_input: bool) -> Checker:
+    """GG101 when a device tensor is passed where the call needs a host int or Scalar (a size,
+    a bound, ``k``, a length, a fill value): torch reads it with ``.item()``."""
+
+    def check(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+        for value in args[1:] if skip_input else args:
+            found = _device_number(state, value)
+            if found is not None:
+                return Finding("GG101", name, "size-argument", tensor=found)
+        for key, value in kwargs.items():
+            if key not in _TENSOR_KWARGS:
+                found = _device_number(state, value)
+                if found is not None:
+                    return Finding("GG101", name, "size-argument", tensor=found)
+        return None
+
+    return check
+
+
+for _name in ("zeros", "ones", "empty", "full", "rand", "randn", "randint", "arange"):
+    register_check(_attr(torch, _name))(_size_arguments(f"torch.{_name}()", skip_input=False))
+for _name in ("new_zeros", "new_ones", "new_empty", "new_full", "view", "expand", "repeat"):
+    register_check(_attr(T, _name))(_size_arguments(f"Tensor.{_name}()", skip_input=True))
+for _name in ("reshape", "tile", "narrow", "select", "topk", "kthvalue", "roll", "unflatten"):
+    register_check(_attr(torch, _name), _attr(T, _name))(
+        _size_arguments(f"{_name}()", skip_input=True)
+    )
 
 
 # --- copies between host and device -----------------------------------------------------------
@@ -556,7 +607,7 @@ class HazardMode(TorchFunctionMode):
         finding = None
         if check is not None:
             finding = check(state, args, kwargs)
-        elif kwargs:
+        if finding is None and kwargs:
             if kwargs.get("pin_memory") is True:
                 finding = _pinned_factory(func, args, kwargs)
             elif "alpha" in kwargs or "value" in kwargs:

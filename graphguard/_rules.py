@@ -127,6 +127,10 @@ _rule(
             "one-hot",
             "{api} without num_classes reads the largest class of {tensor} on the host {where}",
         ),
+        (
+            "size-argument",
+            "{api} needs a host number for a size, bound or scalar, so the device tensor passed there ({tensor}) is read on the host {where}",
+        ),
     ),
     slug="scalar-read",
     title="a device value is read on the host",
@@ -135,12 +139,17 @@ _rule(
         "host and wait for the GPU. A CUDA graph records device work only; the host cannot wait "
         "on work that is being recorded, not run, so the capture is invalidated. "
         "`F.one_hot(t)` without `num_classes` does the same inside torch: it reads "
-        "`t.max().item()` to size its output."
+        "`t.max().item()` to size its output. So does a device tensor passed where torch needs a "
+        "number: a slice bound (`x[:n]`), a size (`torch.zeros(n)`, `x.view(n, -1)`, "
+        "`x.repeat(n, 1)`), a `k`, a length or an `arange` bound. Shapes, strides and offsets "
+        "live on the host, and torch converts such a tensor with `.item()`."
     ),
     fix=(
         "Keep the value on the device: use the tensor directly in later ops, validate with "
         "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region. "
-        "Give `F.one_hot` its `num_classes`."
+        "Give `F.one_hot` its `num_classes`. Sizes and slice bounds must be Python ints known "
+        "before capture (a graph has fixed shapes): use `x.shape`, a fixed maximum with a mask, "
+        "or `torch.narrow`/indexing by a device index tensor (`x.index_select`)."
     ),
     example="loss_value = loss.item()\nscale = float(grad_norm)",
     use_instead="loss_buf.copy_(loss)          # read loss_buf.item() after replay()\n"

@@ -49,6 +49,9 @@ OPS: list[Op] = [
     Op("item", "y = y + y.sum().item()", "refused"),
     Op("one-hot", "y = y + torch.nn.functional.one_hot(idx).sum(0)", "refused"),
     Op("cov", "y = y + torch.cov(y.view(4, 4)).flatten()", "refused"),
+    Op("slice-bound-tensor", "y = y + y[: idx.max() + 1].sum()", "refused"),
+    Op("size-tensor", "y = y + torch.zeros(idx.max() + 1, device=x.device)", "refused"),
+    Op("topk-k-tensor", "y = y + y.topk(idx.min() + 1).values.sum()", "refused"),
     Op(
         "linalg-inv",
         "y = y + torch.linalg.inv(torch.eye(4, device=x.device) * 4 + y.view(4, 4) * 0.01)"

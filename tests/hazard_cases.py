@@ -141,6 +141,26 @@ def allclose(c: Ctx) -> Any:
     return torch.allclose(c.x, c.x + 0)  # HAZARD
 
 
+def slice_bound_from_tensor(c: Ctx) -> Any:
+    n = (c.x[:8] > 0).sum()
+    return c.x[:n]  # HAZARD
+
+
+def size_from_tensor(c: Ctx) -> Any:
+    n = (c.x[:8] > 0).sum() + 1
+    return torch.zeros(n, device=c.x.device)  # HAZARD
+
+
+def view_size_from_tensor(c: Ctx) -> Any:
+    rows = c.x.new_ones(()).long() * 4
+    return c.x.view(rows, -1)  # HAZARD
+
+
+def topk_k_from_tensor(c: Ctx) -> Any:
+    k = (c.x[:8] > 0).sum() + 1
+    return c.x.topk(k)  # HAZARD
+
+
 def covariance(c: Ctx) -> Any:
     return torch.cov(c.x[:16].view(4, 4))  # HAZARD
 
@@ -277,6 +297,10 @@ CASES: list[Case] = [
     Case("equal", "GG106", equal),
     Case("allclose", "GG106", allclose),
     Case("covariance", "GG106", covariance),
+    Case("slice-bound-from-tensor", "GG101", slice_bound_from_tensor),
+    Case("size-from-tensor", "GG101", size_from_tensor),
+    Case("view-size-from-tensor", "GG101", view_size_from_tensor),
+    Case("topk-k-from-tensor", "GG101", topk_k_from_tensor),
     Case("one-hot-without-classes", "GG101", one_hot_no_classes),
     Case("linalg-inv", "GG108", linalg_inv),
     Case("linalg-cholesky", "GG108", linalg_cholesky),
@@ -381,6 +405,15 @@ def clean_linalg_ex(c: Ctx) -> Any:
     return inv.sum() + chol.sum() + sol.sum() + labels.sum()
 
 
+def clean_sizes_from_shapes(c: Ctx) -> Any:
+    # Sizes, bounds and k from Python ints (shapes): nothing is read from the device.
+    n = c.x.shape[0] // 4
+    head = c.x[:n].view(n // 4, -1).repeat(2, 1)
+    top = c.x.topk(4).values
+    fill = torch.full((4,), 2.0, device=c.x.device)
+    return head.sum() + top.sum() + fill.sum() + torch.arange(n, device=c.x.device).sum()
+
+
 def clean_empty_copies(c: Ctx) -> Any:
     # Nothing to copy: torch's copy returns before any transfer (transformers' DynamicLayer
     # starts its cache as torch.tensor([], device=...)).
@@ -403,6 +436,7 @@ CLEAN: list[Case] = [
     Case("bool-mask-scalar", "", clean_bool_mask_scalar),
     Case("empty-copies", "", clean_empty_copies),
     Case("linalg-ex-and-one-hot-classes", "", clean_linalg_ex),
+    Case("sizes-from-shapes", "", clean_sizes_from_shapes),
     Case("is-capturing", "", clean_is_capturing, cpu=False),
     Case("empty-cache", "", clean_empty_cache, cpu=False),
     Case("side-stream", "", clean_side_stream, cpu=False),
