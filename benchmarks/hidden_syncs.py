@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 #: aten ops that read device data on the host (or size an output from it).
 HOST_READS = {
+    "_nested_tensor_from_mask",
+    "_nested_tensor_from_mask_left_aligned",
     "_local_scalar_dense",
     "_linalg_check_errors",
     "nonzero",
@@ -83,6 +85,13 @@ def catalogue() -> dict[str, Callable[[], Any]]:
     param.grad = torch.randn(3, generator=g)
     zeros = torch.zeros(4)
     n = torch.tensor(4)
+    window = torch.hann_window(32)
+    spec = torch.stft(torch.randn(256, generator=g), 32, window=window, return_complex=True)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    encoder = torch.nn.TransformerEncoder(layer, 2).eval().requires_grad_(False)
+    seq = torch.randn(4, 8, 16, generator=g)
+    pad = torch.zeros(4, 8, dtype=torch.bool)
+    pad[1, 6:] = True
     L = torch.linalg
     return {
         "torch.linalg.inv": lambda: L.inv(A),
@@ -135,6 +144,10 @@ def catalogue() -> dict[str, Callable[[], Any]]:
         "torch.nn.utils.clip_grad_norm_": lambda: torch.nn.utils.clip_grad_norm_([param], 1.0),
         "Tensor.masked_scatter": lambda: zeros.masked_scatter(bmask, x[:4]),
         "torch._assert_async": lambda: torch._assert_async((x == x).all()),
+        "torch.istft": lambda: torch.istft(spec, 32, window=window),
+        "nn.TransformerEncoder (eval, padding mask)": lambda: encoder(
+            seq, src_key_padding_mask=pad
+        ),
         "x[:n], n a 0-dim tensor": lambda: x[:n],
         "torch.zeros(n)": lambda: torch.zeros(n),
         "x.view(n, -1)": lambda: x.view(n, -1),

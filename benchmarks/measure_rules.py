@@ -56,6 +56,11 @@ CASES: dict[str, str] = {
     "out = torch.zeros(n, device='cuda')",
     "x.topk(k) with a device tensor k": "k = (x[:8] > 0).sum() + 1; out = x.topk(k).values",
     "x[n] with a 0-dim device index": "n = (x[:8] > 0).sum(); out = x[n] * 2",
+    "torch.istft": "w = torch.hann_window(32, device='cuda'); "
+    "s = torch.stft(x[:256], 32, window=w, return_complex=True); "
+    "out = torch.istft(s, 32, window=w)",
+    "torch.as_tensor(device tensor, device='cpu')": "h = torch.as_tensor(x[:4], device='cpu'); "
+    "out = x * 2",
 }
 
 CHILD = r"""

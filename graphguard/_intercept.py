@@ -117,6 +117,38 @@ def _check_cov(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any])
     return Finding("GG106", "torch.cov/corrcoef", "cov", tensor=t)
 
 
+@register_check(torch.istft, _attr(T, "istft"))
+def _check_istft(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    t = args[0] if args else kwargs.get("input")
+    if not is_device(state, t):
+        return None
+    return Finding("GG106", "torch.istft", "istft", tensor=t)
+
+
+@register_check(_attr(torch, "_nested_tensor_from_mask_left_aligned"))
+def _check_mask_left_aligned(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    mask = args[1] if len(args) > 1 else kwargs.get("mask")
+    if not is_device(state, mask):
+        return None
+    return Finding(
+        "GG109", "torch._nested_tensor_from_mask_left_aligned", "left-aligned", tensor=mask
+    )
+
+
+@register_check(_attr(torch, "_nested_tensor_from_mask"))
+def _check_nested_from_mask(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    mask = args[1] if len(args) > 1 else kwargs.get("mask")
+    if not is_device(state, mask):
+        return None
+    return Finding("GG109", "torch._nested_tensor_from_mask", "from-mask", tensor=mask)
+
+
 @register_check(_attr(torch.nn.functional, "one_hot"))
 def _check_one_hot(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -424,9 +456,19 @@ def _check_from_data(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Finding | None:
     data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
-    if (isinstance(data, torch.Tensor) and is_device(state, data)) or _no_elements(data):
-        return None
     dev = kwargs.get("device")
+    if isinstance(data, torch.Tensor) and is_device(state, data):
+        # torch.as_tensor(t, device="cpu") of a device tensor (pack_padded_sequence's lengths)
+        to_host = dev is not None and (
+            target_is_host(dev) if state.emulate else _device_type(dev) == "cpu"
+        )
+        if to_host and not _empty(data):
+            return Finding(
+                "GG103", "torch.tensor/as_tensor(..., device='cpu')", "to-host", tensor=data
+            )
+        return None
+    if _no_elements(data):
+        return None
     if dev is None:
         if state.emulate or torch.get_default_device().type != "cuda":
             return None

@@ -271,14 +271,19 @@ _rule(
             "cov",
             "{api} on {tensor} compares its degrees of freedom with torch.equal on the host, to warn when they are <= 0 {where}",
         ),
+        (
+            "istft",
+            "{api} on {tensor} checks on the host that its window's overlap-add envelope is nonzero {where}",
+        ),
     ),
     slug="host-comparison",
     title="tensors compared into a Python bool",
     why=(
         "`torch.equal`, `torch.allclose` and `torch.is_nonzero` return a Python bool, so the host "
         "must wait for the device reduction, which a capture cannot do. `torch.cov` and "
-        "`torch.corrcoef` do the same inside torch (an `equal` on their degrees of freedom; "
-        "found with a dispatch trace, not yet measured under capture)."
+        "`torch.corrcoef` (an `equal` on their degrees of freedom) and `torch.istft` (an "
+        "`equal` checking its window envelope) do the same inside torch; found with a "
+        "dispatch trace, not yet measured under capture."
     ),
     fix=(
         "Compare on the device (`(a == b).all()`, `torch.isclose(a, b).all()`) and check with "
@@ -349,6 +354,42 @@ _rule(
         "Reported upstream for `torch.linalg.solve` (pytorch/pytorch#96632: the capture is "
         "invalidated; PyTorch's maintainers point to `solve_ex`). Not yet measured here; a "
         "device value read on the host invalidates a capture as `.item()` does (GG101)."
+    ),
+)
+
+_rule(
+    code="GG109",
+    kind="host-sync",
+    messages=(
+        (
+            "left-aligned",
+            "{api} reads the padding mask on the host to decide nn.TransformerEncoder's nested-tensor fast path {where}",
+        ),
+        (
+            "from-mask",
+            "{api} builds a nested tensor whose sizes come from the padding mask's values {where}",
+        ),
+    ),
+    slug="nested-tensor-fast-path",
+    title="nn.TransformerEncoder's nested-tensor fast path",
+    why=(
+        "In eval mode with a `src_key_padding_mask` and gradients off, `nn.TransformerEncoder` "
+        "(with `enable_nested_tensor=True`, its default) checks that the mask is left-aligned "
+        "(`torch._nested_tensor_from_mask_left_aligned`, a Python bool) and packs the batch "
+        "into a nested tensor sized by each row's unpadded length "
+        "(`torch._nested_tensor_from_mask`). Both read the mask on the host; a capture cannot, "
+        "and a graph cannot hold shapes that depend on it."
+    ),
+    fix=(
+        "Construct the encoder with `enable_nested_tensor=False` (the padded batch then runs "
+        "with the mask as an attention mask, on the device), or keep the padding mask out of "
+        "the captured step."
+    ),
+    example="enc = nn.TransformerEncoder(layer, 6)\nenc.eval()\nout = enc(x, src_key_padding_mask=pad)",
+    use_instead="enc = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)",
+    torch_behaviour=(
+        "From `torch/nn/modules/transformer.py` and a dispatch trace on CPU (both ops run in "
+        "the eval forward with a padding mask); not yet measured under capture."
     ),
 )
 

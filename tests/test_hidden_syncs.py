@@ -1,0 +1,94 @@
+"""Host reads inside torch calls (benchmarks/hidden_syncs.py): reported at the user's line.
+
+Each hazard here looks like device work from Python, but torch reads a device value on the host
+inside the call. The legal spelling next to each stays silent and computes the same result as
+an unguarded run. On a machine with CUDA the tensors are CUDA tensors; without, CPU tensors made
+before the region stand for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphguard
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _line_of(marker: str) -> int:
+    lines = Path(__file__).read_text().splitlines()
+    hits = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
+    assert len(hits) == 1, marker
+    return hits[0]
+
+
+@pytest.fixture
+def encoder_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 16, device=DEV)
+    pad = torch.zeros(4, 8, dtype=torch.bool)
+    pad[1, 6:] = True  # left-aligned padding in one row
+    return x, pad.to(DEV)
+
+
+def _encoder(nested: bool) -> torch.nn.Module:
+    torch.manual_seed(1)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested).to(DEV).eval()
+
+
+def test_transformer_encoder_nested_fast_path_is_reported(
+    encoder_inputs: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    x, pad = encoder_inputs
+    enc = _encoder(nested=True)
+    with (
+        torch.no_grad(),
+        pytest.raises(graphguard.HostSyncError) as info,
+        graphguard.capture(mode="audit"),
+    ):
+        enc(x, src_key_padding_mask=pad)  # at:encoder
+    d = info.value.diagnostic
+    assert (d.code, d.lineno) == ("GG109", _line_of("# at:encoder"))
+    assert "TransformerEncoder" in d.message
+
+
+def test_transformer_encoder_without_nested_tensors_is_silent_and_equal(
+    encoder_inputs: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    x, pad = encoder_inputs
+    enc = _encoder(nested=False)
+    with torch.no_grad():
+        with graphguard.capture(mode="audit") as cap:
+            out = enc(x, src_key_padding_mask=pad)
+        expected = enc(x, src_key_padding_mask=pad)
+    assert cap.hazards == []
+    # Not bit for bit: torch turns nn.TransformerEncoderLayer's fused fast path off while any
+    # torch-function mode is active (docs/limits.md), so the region runs its Python path.
+    torch.testing.assert_close(out, expected)
+
+
+def test_istft_is_reported_and_stft_is_not() -> None:
+    window = torch.hann_window(32, device=DEV)
+    signal = torch.randn(256, device=DEV)
+    with graphguard.capture(mode="audit") as cap:
+        spec = torch.stft(signal, 32, window=window, return_complex=True)
+    assert cap.hazards == []
+    with pytest.raises(graphguard.HostSyncError) as info, graphguard.capture(mode="audit"):
+        torch.istft(spec, 32, window=window)  # at:istft
+    d = info.value.diagnostic
+    assert (d.code, d.lineno) == ("GG106", _line_of("# at:istft"))
+
+
+def test_as_tensor_of_a_device_tensor_to_the_host_is_reported() -> None:
+    lengths = torch.tensor([8, 6, 5, 3], device=DEV)
+    with pytest.raises(graphguard.HostSyncError) as info, graphguard.capture(mode="audit"):
+        torch.as_tensor(lengths, device="cpu")  # at:as_tensor
+    d = info.value.diagnostic
+    assert (d.code, d.lineno) == ("GG103", _line_of("# at:as_tensor"))
+    with graphguard.capture(mode="audit") as cap:  # staying on the device is no copy
+        same = torch.as_tensor(lengths, device=lengths.device)
+    assert cap.hazards == [] and same.data_ptr() == lengths.data_ptr()
