@@ -113,3 +113,17 @@ def test_diagnostic_docs_link_resolves_in_a_checkout(ctx) -> None:
         ctx.x.sum().item()
     page = Path(info.value.diagnostic.docs)
     assert page.is_absolute() and page.is_file() and page.name == "GG101.md"
+
+
+def test_hidden_host_reads_recipe_runs_as_printed(tmp_path, capsys) -> None:
+    """docs/recipes.md's variable-length example: the bad step is GG101, the fix is silent."""
+    import runpy
+
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    section = text[text.index("## Host reads hidden inside torch calls") :]
+    script = tmp_path / "recipe.py"
+    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    runpy.run_path(str(script), run_name="recipe")
+    printed = capsys.readouterr().out.splitlines()
+    code, line = printed[-1].split(" ", 1)
+    assert code == "GG101" and line.startswith("return x[:, :n].mean(-1)")
