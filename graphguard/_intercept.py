@@ -117,6 +117,31 @@ def _check_cov(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any])
     return Finding("GG106", "torch.cov/corrcoef", "cov", tensor=t)
 
 
+@register_check(_attr(T, "__contains__"))
+def _check_contains(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    # torch runs ``bool((element == t).any().item())`` inside Tensor.__contains__, out of the
+    # mode's sight: ``if 0 in t:`` is a truth value read on the host.
+    t = args[0] if args else None
+    if not is_device(state, t):
+        return None
+    return Finding("GG102", "`element in tensor`", tensor=t)
+
+
+def _check_lu(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+    # torch.lu / Tensor.lu call _lu_with_info(check_errors=not get_infos) out of the mode's sight
+    if kwargs.get("get_infos", args[2] if len(args) > 2 else False):
+        return None
+    t = args[0] if args else kwargs.get("A")
+    if not is_device(state, t):
+        return None
+    return Finding("GG108", "torch.lu", tensor=t)
+
+
+register_check(_attr(torch, "lu"), _attr(T, "lu"))(_check_lu)
+
+
 @register_check(torch.istft, _attr(T, "istft"))
 def _check_istft(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -324,8 +324,9 @@ _rule(
 _LINALG_CHECKED = (
     "`torch.linalg.inv`, `torch.inverse`, `torch.linalg.cholesky`, `torch.linalg.solve`, "
     "`torch.linalg.lu_factor`, `torch.linalg.ldl_factor`, `torch.linalg.tensorinv`, "
-    "`torch.linalg.tensorsolve`, `torch.linalg.matrix_power` with a negative exponent, and the "
-    "`_ex` variants called with `check_errors=True`"
+    "`torch.linalg.tensorsolve`, `torch.linalg.matrix_power` with a negative exponent, "
+    "`torch.lu` without `get_infos=True`, and the `_ex` variants called with "
+    "`check_errors=True`"
 )
 _rule(
     code="GG108",

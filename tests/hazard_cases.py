@@ -161,6 +161,10 @@ def topk_k_from_tensor(c: Ctx) -> Any:
     return c.x.topk(k)  # HAZARD
 
 
+def contains(c: Ctx) -> Any:
+    return c.x * 2 if 0.5 in c.x else c.x  # HAZARD
+
+
 def covariance(c: Ctx) -> Any:
     return torch.cov(c.x[:16].view(4, 4))  # HAZARD
 
@@ -296,6 +300,7 @@ CASES: list[Case] = [
     Case("where-one-arg", "GG105", where_one_arg),
     Case("equal", "GG106", equal),
     Case("allclose", "GG106", allclose),
+    Case("contains", "GG102", contains),
     Case("covariance", "GG106", covariance),
     Case("slice-bound-from-tensor", "GG101", slice_bound_from_tensor),
     Case("size-from-tensor", "GG101", size_from_tensor),

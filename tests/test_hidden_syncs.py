@@ -92,3 +92,14 @@ def test_as_tensor_of_a_device_tensor_to_the_host_is_reported() -> None:
     with graphguard.capture(mode="audit") as cap:  # staying on the device is no copy
         same = torch.as_tensor(lengths, device=lengths.device)
     assert cap.hazards == [] and same.data_ptr() == lengths.data_ptr()
+
+
+def test_lu_checks_its_infos_unless_asked_for_them() -> None:
+    a = torch.randn(4, 4, device=DEV) + 4 * torch.eye(4, device=DEV)
+    with pytest.raises(graphguard.HostSyncError) as info, graphguard.capture(mode="audit"):
+        torch.lu(a)  # at:lu
+    d = info.value.diagnostic
+    assert (d.code, d.lineno) == ("GG108", _line_of("# at:lu"))
+    with pytest.warns(UserWarning, match="deprecated"), graphguard.capture(mode="audit") as cap:
+        torch.lu(a, get_infos=True)  # torch.lu is deprecated in favour of lu_factor(_ex)
+    assert cap.hazards == []
