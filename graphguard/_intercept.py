@@ -129,6 +129,19 @@ def _check_contains(
     return Finding("GG102", "`element in tensor`", tensor=t)
 
 
+@register_check(_attr(torch.nn.functional, "gaussian_nll_loss"))
+def _check_gaussian_nll(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    # checks ``if torch.any(var < 0): raise`` inside, out of the mode's sight
+    var = args[2] if len(args) > 2 else kwargs.get("var")
+    if not is_device(state, var):
+        return None
+    return Finding(
+        "GG102", "torch.nn.functional.gaussian_nll_loss (its var >= 0 check)", tensor=var
+    )
+
+
 def _check_lu(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
     # torch.lu / Tensor.lu call _lu_with_info(check_errors=not get_infos) out of the mode's sight
     if kwargs.get("get_infos", args[2] if len(args) > 2 else False):

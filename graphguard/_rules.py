@@ -165,7 +165,9 @@ _rule(
     why=(
         "`if t:`, `assert t`, `while t.any():` and `bool(t)` turn a device value into a Python "
         "bool, which needs the GPU's answer now. During capture nothing has run yet, so the "
-        "capture breaks; and even if it did not, a graph can replay only one branch."
+        "capture breaks; and even if it did not, a graph can replay only one branch. "
+        "`element in t` and `F.gaussian_nll_loss` (its `var >= 0` check) do the same inside "
+        "torch."
     ),
     fix=(
         "Make the choice on the device with `torch.where(cond, a, b)`, validate with "

@@ -165,6 +165,11 @@ def contains(c: Ctx) -> Any:
     return c.x * 2 if 0.5 in c.x else c.x  # HAZARD
 
 
+def gaussian_nll(c: Ctx) -> Any:
+    var = c.x[:8].abs() + 0.1
+    return torch.nn.functional.gaussian_nll_loss(c.x[:8], c.x[8:16], var)  # HAZARD
+
+
 def covariance(c: Ctx) -> Any:
     return torch.cov(c.x[:16].view(4, 4))  # HAZARD
 
@@ -301,6 +306,7 @@ CASES: list[Case] = [
     Case("equal", "GG106", equal),
     Case("allclose", "GG106", allclose),
     Case("contains", "GG102", contains),
+    Case("gaussian-nll-loss", "GG102", gaussian_nll),
     Case("covariance", "GG106", covariance),
     Case("slice-bound-from-tensor", "GG101", slice_bound_from_tensor),
     Case("size-from-tensor", "GG101", size_from_tensor),
