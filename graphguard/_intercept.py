@@ -362,6 +362,28 @@ def _device_number(state: GuardState, value: Any) -> Any:
     return value if is_device(state, value) else None
 
 
+def _tensor_argument(
+    args: tuple[Any, ...], kwargs: dict[str, Any] | None, skip_input: bool
+) -> bool:
+    """Whether a size-taking call got any tensor where it takes numbers (cheap, no state)."""
+    for value in args[1:] if skip_input else args:
+        if isinstance(value, torch.Tensor):
+            return True
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return True
+    if kwargs:
+        for key, value in kwargs.items():
+            if key not in _TENSOR_KWARGS and isinstance(value, (torch.Tensor, list, tuple)):
+                return True
+    return False
+
+
+#: The size-taking calls' checkers -> whether their first argument is the input tensor. The
+#: mode runs one only when a tensor is among the numbers (``_tensor_argument``): a view or a
+#: reshape by Python ints stays on the mode's fast path.
+_SIZE_CHECKERS: dict[Checker, bool] = {}
+
+
 def _size_arguments(name: str, *, skip_input: bool) -> Checker:
     """GG101 when a device tensor is passed where the call needs a host int or Scalar (a size,
     a bound, ``k``, a length, a fill value): torch reads it with ``.item()``."""
@@ -378,6 +400,7 @@ def _size_arguments(name: str, *, skip_input: bool) -> Checker:
                     return Finding("GG101", name, "size-argument", tensor=found)
         return None
 
+    _SIZE_CHECKERS[check] = skip_input
     return check
 
 
@@ -660,6 +683,12 @@ class HazardMode(TorchFunctionMode):
         if PENDING:  # a Ctrl-C held back inside torch's mode dispatch (see ``_session``)
             deliver_at_call()
         check = _CHECKS.get(func)
+        if (
+            check is not None
+            and check in _SIZE_CHECKERS
+            and not _tensor_argument(args, kwargs, _SIZE_CHECKERS[check])
+        ):
+            check = None  # sizes given as Python numbers: nothing to check
         if check is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)):
             if self.capture_states and not _is_capturing():
                 # A kernel issued outside the recording stream: the full check below decides.
