@@ -165,9 +165,7 @@ _rule(
     why=(
         "`if t:`, `assert t`, `while t.any():` and `bool(t)` turn a device value into a Python "
         "bool, which needs the GPU's answer now. During capture nothing has run yet, so the "
-        "capture breaks; and even if it did not, a graph can replay only one branch. "
-        "`element in t` and `F.gaussian_nll_loss` (its `var >= 0` check) do the same inside "
-        "torch."
+        "capture breaks; and even if it did not, a graph can replay only one branch."
     ),
     fix=(
         "Make the choice on the device with `torch.where(cond, a, b)`, validate with "
@@ -176,7 +174,10 @@ _rule(
     example="if (scores < 0).any():\n    scores = scores.clamp(min=0)\nassert torch.all(idx >= 0)",
     use_instead="scores = torch.where(scores < 0, 0, scores)\n"
     "torch._assert_async(torch.all(idx >= 0))",
-    torch_behaviour=_POISONS,
+    torch_behaviour=_POISONS
+    + " `element in t` and `F.gaussian_nll_loss` (its `var >= 0` check) make the same read "
+    "inside torch, where graphguard cannot see it; it reports them at the call (not yet "
+    "measured under capture).",
 )
 _rule(
     code="GG103",
