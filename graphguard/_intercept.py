@@ -367,9 +367,14 @@ def _tensor_argument(
 ) -> bool:
     """Whether a size-taking call got any tensor where it takes numbers (cheap, no state)."""
     for value in args[1:] if skip_input else args:
-        if isinstance(value, torch.Tensor):
-            return True
-        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        kind = type(value)
+        if kind is int:
+            continue
+        if kind is tuple or kind is list or kind is torch.Size:
+            for item in value:
+                if type(item) is not int and isinstance(item, torch.Tensor):
+                    return True
+        elif isinstance(value, torch.Tensor):
             return True
     if kwargs:
         for key, value in kwargs.items():
