@@ -56,8 +56,6 @@ LEGAL_READS = {"_assert_async"}
 CPU_ONLY = {
     "F.one_hot(t, num_classes)": "CPU-only: on CUDA torch skips its min/max checks and relies "
     "on a device assert",
-    "x[n], n a 0-dim integer tensor": "not reported: what torch does with a 0-dim CUDA index "
-    "(a select at a host offset, or an index kernel) is not measured yet",
 }
 
 

@@ -55,7 +55,7 @@ CASES: dict[str, str] = {
     "torch.zeros(n) with a device tensor n": "n = (x[:8] > 0).sum() + 1; "
     "out = torch.zeros(n, device='cuda')",
     "x.topk(k) with a device tensor k": "k = (x[:8] > 0).sum() + 1; out = x.topk(k).values",
-    "x[n] with a 0-dim device index": "n = (x[:8] > 0).sum(); out = x[n] * 2",
+    "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "
     "out = torch.istft(s, 32, window=w)",

@@ -307,6 +307,10 @@ def _index_finding(
                 return Finding("GG105", api, "bool-mask", tensor=t)
             if is_host(state, item) and item.dim() > 0:
                 return Finding("GG401", api, "index-tensor", tensor=t)
+            if item.dim() == 0 and is_device(state, item) and not item.is_floating_point():
+                # a 0-dim integer index is read on the host and turned into a select
+                # (pytorch/pytorch#105641); a 1-element 1-dim index stays on the device
+                return Finding("GG101", f"{api} with a 0-dim index", "size-argument", tensor=item)
         elif isinstance(item, list):
             return Finding("GG401", api, "index-list", tensor=t)
     return None

@@ -52,6 +52,8 @@ OPS: list[Op] = [
     Op("slice-bound-tensor", "y = y + y[: idx.max() + 1].sum()", "refused"),
     Op("size-tensor", "y = y + torch.zeros(idx.max() + 1, device=x.device)", "refused"),
     Op("topk-k-tensor", "y = y + y.topk(idx.min() + 1).values.sum()", "refused"),
+    Op("zero-dim-index", "y = y + y[idx[0]]", "refused"),
+    Op("one-element-index", "y = y + y[idx[:1]]", "legal"),
     Op(
         "linalg-inv",
         "y = y + torch.linalg.inv(torch.eye(4, device=x.device) * 4 + y.view(4, 4) * 0.01)"

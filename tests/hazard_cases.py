@@ -146,6 +146,11 @@ def slice_bound_from_tensor(c: Ctx) -> Any:
     return c.x[:n]  # HAZARD
 
 
+def zero_dim_index(c: Ctx) -> Any:
+    row = (c.x[:8] > 0).sum()
+    return c.x[row]  # HAZARD
+
+
 def size_from_tensor(c: Ctx) -> Any:
     n = (c.x[:8] > 0).sum() + 1
     return torch.zeros(n, device=c.x.device)  # HAZARD
@@ -309,6 +314,7 @@ CASES: list[Case] = [
     Case("gaussian-nll-loss", "GG102", gaussian_nll),
     Case("covariance", "GG106", covariance),
     Case("slice-bound-from-tensor", "GG101", slice_bound_from_tensor),
+    Case("zero-dim-index", "GG101", zero_dim_index),
     Case("size-from-tensor", "GG101", size_from_tensor),
     Case("view-size-from-tensor", "GG101", view_size_from_tensor),
     Case("topk-k-from-tensor", "GG101", topk_k_from_tensor),
