@@ -3,8 +3,9 @@
 
 ``tests/realmodel_cases.py`` holds the real-model cases the test suite checks, each with its
 expected verdict. This script goes wide instead: a forward step (and, for decoder LMs, an AdamW
-training step with ``graph_safe_optimizer`` and gradient clipping) of every architecture listed
-below, built tiny from its config with random weights, padded attention masks included. Nobody
+training step with ``graph_safe_optimizer`` and gradient clipping, and a StaticCache decode step)
+of every architecture listed below, built tiny from its config with random weights, padded
+attention masks included. Nobody
 decides a verdict up front:
 
 - ``--cpu``: each step once under ``graphguard.capture(mode="audit")`` on CPU tensors (as CI
@@ -60,6 +61,13 @@ _SIZES = dict(
     ffn_dim=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_dropout=0.0,
     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, dropout=0.0,
 )  # fmt: skip
+
+
+#: realmodel_cases' decoder config (hidden 64, 4 heads) plus what an architecture needs beside it
+_DECODE_SIZES: dict[str, dict[str, Any]] = {
+    arch: {"head_dim": 16} for arch in DECODERS if arch not in ("falcon", "gptj", "codegen")
+}
+_DECODE_SIZES.update(gptj={"rotary_dim": 8}, codegen={"rotary_dim": 8})
 
 
 def _config(arch: str) -> Any:
@@ -140,6 +148,9 @@ def register() -> list[str]:
         steps = [("forward", _forward(arch))]
         if arch in DECODERS:
             steps.append(("train", _train(arch)))
+            # a StaticCache decode step (static token/position buffers), as realmodel_cases
+            # builds it for Llama/Qwen2/Gemma
+            steps.append(("decode", rc.lm_static_decode(arch, **_DECODE_SIZES.get(arch, {}))))
         for kind, build in steps:
             name = f"sweep_{arch}_{kind}"
             case = rc.ModelCase(name, build, rc.LEGAL, f"{arch} {kind}")
