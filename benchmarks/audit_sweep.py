@@ -237,6 +237,8 @@ def main() -> int:
         futures = {pool.submit(_run, n, p, device, args.timeout): (n, p) for n, p in jobs}
         for fut in concurrent.futures.as_completed(futures):
             results[futures[fut]] = fut.result()
+            # one line per finished phase, so that a run cut short still leaves its results
+            print("DONE " + json.dumps(results[futures[fut]], default=str), flush=True)
     rows, disagree = [], 0
     for n in names:
         what = n[len("sweep_") :]

@@ -55,6 +55,23 @@ CASES: dict[str, str] = {
     "torch.zeros(n) with a device tensor n": "n = (x[:8] > 0).sum() + 1; "
     "out = torch.zeros(n, device='cuda')",
     "x.topk(k) with a device tensor k": "k = (x[:8] > 0).sum() + 1; out = x.topk(k).values",
+    "F.grouped_mm float32, device offs (GG103)": "o = torch.arange(1, 4, device='cuda', "
+    "dtype=torch.int32) * 5 + 1; out = torch.nn.functional.grouped_mm(x[:256].view(16, 16), "
+    "x[:768].view(3, 16, 16), offs=o)",
+    "F.grouped_mm bfloat16, device offs": "o = torch.arange(1, 4, device='cuda', "
+    "dtype=torch.int32) * 5 + 1; out = torch.nn.functional.grouped_mm(x[:256].view(16, 16)"
+    ".bfloat16(), x[:768].view(3, 16, 16).bfloat16(), offs=o)",
+    "`0.5 in x` (GG102)": "out = x * (2 if 0.5 in x else 3)",
+    "F.gaussian_nll_loss (GG102)": "out = torch.nn.functional.gaussian_nll_loss(x[:8], x[8:16], "
+    "x[16:24].abs() + 0.1)",
+    "nn.TransformerEncoder eval + padding mask (GG109)": "enc = M.get('e') or M.setdefault('e', "
+    "torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 2, 32, "
+    "batch_first=True), 1).cuda().eval()); pad = x[:8].view(2, 4) > 0.5; "
+    "out = enc(x[:128].view(2, 4, 16), src_key_padding_mask=pad)",
+    "... the same with enable_nested_tensor=False": "enc = M.get('f') or M.setdefault('f', "
+    "torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 2, 32, "
+    "batch_first=True), 1, enable_nested_tensor=False).cuda().eval()); "
+    "pad = x[:8].view(2, 4) > 0.5; out = enc(x[:128].view(2, 4, 16), src_key_padding_mask=pad)",
     "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "
@@ -71,9 +88,10 @@ W = torch.nn.Parameter(torch.randn(8, device="cuda")); W.grad = torch.randn(8, d
 H = torch.empty(1024)
 P = torch.empty(1024, pin_memory=True)
 EV = torch.Event(device="cuda")
+M = {}  # objects a body builds once, during the eager warm-up, and reuses under capture
 res = {}
 def run():
-    ns = dict(torch=torch, x=x, W=W, H=H, P=P, EV=EV)
+    ns = dict(torch=torch, x=x, W=W, H=H, P=P, EV=EV, M=M)
     exec(body, ns)
     return ns["out"]
 s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())

@@ -173,6 +173,41 @@ def _check_one_hot(
     return Finding("GG101", "torch.nn.functional.one_hot(tensor)", "one-hot", tensor=t)
 
 
+_GROUPED_MM_FAST: dict[int, bool] = {}
+
+
+def _grouped_mm_fast_path(t: torch.Tensor, b: Any, out_dtype: Any) -> bool:
+    """torch's CUDA ``_grouped_mm`` takes its CUTLASS kernel (offsets read on the device) only
+    for bfloat16 operands and output on compute capability 9.x/10.x; anything else loops over
+    ``offs.cpu()`` (``aten/src/ATen/native/cuda/GroupedBlas.cpp``). Audit without CUDA assumes
+    such a card, so only the dtype decides there."""
+    bf16 = torch.bfloat16
+    if t.dtype != bf16 or getattr(b, "dtype", None) != bf16 or out_dtype not in (None, bf16):
+        return False
+    if not t.is_cuda:
+        return True
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    fast = _GROUPED_MM_FAST.get(index)
+    if fast is None:
+        fast = _GROUPED_MM_FAST[index] = torch.cuda.get_device_capability(index)[0] in (9, 10)
+    return fast
+
+
+# ``F.grouped_mm`` is a plain Python wrapper of ``torch._grouped_mm``; the mode sees the latter
+@register_check(_attr(torch, "_grouped_mm"))
+def _check_grouped_mm(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+    a = args[0] if args else kwargs.get("self")
+    b = args[1] if len(args) > 1 else kwargs.get("mat2")
+    if not is_device(state, offs) or not is_device(state, a):
+        return None
+    if _grouped_mm_fast_path(a, b, kwargs.get("out_dtype")):
+        return None
+    return Finding("GG103", "grouped_mm", "grouped-mm", tensor=offs)
+
+
 def _linalg_checked(name: str, *, ex: bool = False) -> Checker:
     """GG108 for a linalg call on a device tensor that checks its info codes on the host
     (an ``_ex`` variant only with ``check_errors=True``)."""

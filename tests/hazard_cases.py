@@ -184,6 +184,17 @@ def one_hot_no_classes(c: Ctx) -> Any:
     return torch.nn.functional.one_hot(labels)  # HAZARD
 
 
+def _expert_operands(c: Ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # 16 token rows, 3 experts of 16x16, group ends [6, 11, 16] made on the device
+    offs = torch.arange(1, 4, device=c.x.device, dtype=torch.int32) * 5 + 1
+    return c.x[:256].view(16, 16), c.x[:768].view(3, 16, 16), offs
+
+
+def grouped_mm_float32(c: Ctx) -> Any:
+    a, w, offs = _expert_operands(c)
+    return torch.nn.functional.grouped_mm(a, w, offs=offs)  # HAZARD
+
+
 def _spd(c: Ctx) -> torch.Tensor:
     a = c.x[:16].view(4, 4)
     return a @ a.T + 4 * torch.eye(4, device=c.x.device, dtype=c.x.dtype)
@@ -319,6 +330,7 @@ CASES: list[Case] = [
     Case("view-size-from-tensor", "GG101", view_size_from_tensor),
     Case("topk-k-from-tensor", "GG101", topk_k_from_tensor),
     Case("one-hot-without-classes", "GG101", one_hot_no_classes),
+    Case("grouped-mm-float32", "GG103", grouped_mm_float32),
     Case("linalg-inv", "GG108", linalg_inv),
     Case("linalg-cholesky", "GG108", linalg_cholesky),
     Case("linalg-solve", "GG108", linalg_solve),
@@ -431,6 +443,12 @@ def clean_sizes_from_shapes(c: Ctx) -> Any:
     return head.sum() + top.sum() + fill.sum() + torch.arange(n, device=c.x.device).sum()
 
 
+def clean_grouped_mm_bf16(c: Ctx) -> Any:
+    # bfloat16 operands and output: torch's CUTLASS grouped GEMM reads offs on the device
+    a, w, offs = _expert_operands(c)
+    return torch.nn.functional.grouped_mm(a.bfloat16(), w.bfloat16(), offs=offs).float()
+
+
 def clean_empty_copies(c: Ctx) -> Any:
     # Nothing to copy: torch's copy returns before any transfer (transformers' DynamicLayer
     # starts its cache as torch.tensor([], device=...)).
@@ -452,6 +470,7 @@ CLEAN: list[Case] = [
     Case("mlp", "", clean_mlp),
     Case("bool-mask-scalar", "", clean_bool_mask_scalar),
     Case("empty-copies", "", clean_empty_copies),
+    Case("grouped-mm-bf16", "", clean_grouped_mm_bf16),
     Case("linalg-ex-and-one-hot-classes", "", clean_linalg_ex),
     Case("sizes-from-shapes", "", clean_sizes_from_shapes),
     Case("is-capturing", "", clean_is_capturing, cpu=False),

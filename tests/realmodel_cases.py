@@ -194,9 +194,13 @@ def _lm(model_type: str, device: str, train: bool = False, **over: Any) -> torch
     return model
 
 
-def lm_forward(model_type: str, **over: Any) -> Callable[[str], Step]:
+def lm_forward(
+    model_type: str, dtype: torch.dtype | None = None, **over: Any
+) -> Callable[[str], Step]:
     def build(device: str) -> Step:
         model = _lm(model_type, device, **over)
+        if dtype is not None:
+            model = model.to(dtype)
         ids = _randint(VOCAB, (2, 16)).to(device)
 
         def forward() -> tuple[torch.Tensor, ...]:
@@ -711,8 +715,23 @@ CASES: list[ModelCase] = [
     ModelCase(
         "mixtral_forward",
         lm_forward("mixtral", num_local_experts=4, num_experts_per_tok=2),
+        (
+            Hazard(
+                "GG103",
+                Site(
+                    _lib("transformers.integrations.moe", "_grouped_mm"),
+                    "torch.nn.functional.grouped_mm(input.to(weight.dtype), weight, offs=offs)",
+                ),
+            ),
+        ),
+        "Mixtral MoE forward in float32: grouped_mm leaves its bf16 fast path and copies the "
+        "expert offsets to the host",
+    ),
+    ModelCase(
+        "mixtral_forward_bf16",
+        lm_forward("mixtral", torch.bfloat16, num_local_experts=4, num_experts_per_tok=2),
         LEGAL,
-        "Mixtral MoE forward, no cache (the default grouped_mm experts)",
+        "Mixtral MoE forward in bfloat16 (grouped_mm's fast path on a 9.x/10.x card)",
     ),
     ModelCase(
         "falcon_forward",
