@@ -109,14 +109,25 @@ _COLLECTIVES = (
 _BLOCKING_WAIT_ENVS = ("TORCH_NCCL_BLOCKING_WAIT", "NCCL_BLOCKING_WAIT")
 
 
+_NO_ATTR = object()
+
+
 def initialized() -> bool:
-    """Whether torch.distributed's default process group is initialized (nothing is imported)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None:
+    """Whether torch.distributed's default process group is initialized (nothing is imported).
+
+    Every region asks, so this reads what ``dist.is_initialized()`` reads (the default group
+    of c10d's ``_world``) without its three Python calls; the public API where that is not
+    there.
+    """
+    c10d = sys.modules.get("torch.distributed.distributed_c10d")
+    if c10d is None:  # never imported, or torch built without distributed support
         return False
-    try:
-        return bool(dist.is_available() and dist.is_initialized())
-    except Exception:
+    default_pg = getattr(getattr(c10d, "_world", None), "_default_pg", _NO_ATTR)
+    if default_pg is not _NO_ATTR:
+        return default_pg is not None
+    try:  # pragma: no cover - a torch whose c10d keeps its default group elsewhere
+        return bool(c10d.is_initialized())
+    except Exception:  # pragma: no cover
         return False
 
 

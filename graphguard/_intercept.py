@@ -176,7 +176,7 @@ def _check_one_hot(
 _GROUPED_MM_FAST: dict[int, bool] = {}
 
 
-def _grouped_mm_fast_path(t: torch.Tensor, b: Any, out_dtype: Any) -> bool:
+def _grouped_mm_fast_path(t: Any, b: Any, out_dtype: Any) -> bool:
     """torch's CUDA ``_grouped_mm`` takes its CUTLASS kernel (offsets read on the device) only
     for bfloat16 operands and output on compute capability 9.x/10.x; anything else loops over
     ``offs.cpu()`` (``aten/src/ATen/native/cuda/GroupedBlas.cpp``). Audit without CUDA assumes
@@ -203,7 +203,8 @@ def _check_grouped_mm(
     b = args[1] if len(args) > 1 else kwargs.get("mat2")
     if not is_device(state, offs) or not is_device(state, a):
         return None
-    if _grouped_mm_fast_path(a, b, kwargs.get("out_dtype")):
+    out_dtype = kwargs.get("out_dtype", args[4] if len(args) > 4 else None)
+    if _grouped_mm_fast_path(a, b, out_dtype):
         return None
     return Finding("GG103", "grouped_mm", "grouped-mm", tensor=offs)
 

@@ -98,13 +98,41 @@ def _open_log_file(path: str) -> IO[str]:
 
 
 _env_applied: str | None = None
+#: The raw value of ``GRAPHGUARD_LOG`` last applied, as ``os.environ`` stores it.
+_env_raw: Any = None
+_NOT_READ = object()
+
+
+_env_key: tuple[Any, Any] = (None, None)
+
+
+def _raw_env() -> Any:
+    """``GRAPHGUARD_LOG`` as ``os.environ`` stores it (encoded), read without the Python-level
+    ``os.environ.get``: a region reads it at every entry."""
+    global _env_key
+    environ = os.environ
+    data = getattr(environ, "_data", None)
+    if type(data) is not dict:
+        return _NOT_READ
+    owner, key = _env_key
+    if owner is not environ:
+        encodekey = getattr(environ, "encodekey", None)
+        if encodekey is None:
+            return _NOT_READ
+        key = encodekey(ENV_VAR)
+        _env_key = (environ, key)
+    return data.get(key)
 
 
 def check_env() -> None:
     """Apply ``GRAPHGUARD_LOG``; an invalid value raises ConfigError every time it is read."""
-    global _env_applied
+    global _env_applied, _env_raw
+    raw = _raw_env()
+    if raw is not _NOT_READ and raw == _env_raw and _env_applied is not None:
+        return
     value = os.environ.get(ENV_VAR, "").strip()
     if value == _env_applied:
+        _env_raw = raw
         return
     from ._errors import ConfigError
 
@@ -122,6 +150,7 @@ def check_env() -> None:
     except ConfigError as e:
         raise ConfigError(f"{ENV_VAR}={value!r}: {e}") from None
     _env_applied = value
+    _env_raw = raw
 
 
 _regions_cache: tuple[Any, bool] | None = None

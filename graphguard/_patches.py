@@ -577,14 +577,23 @@ def _region_groups() -> list[_Group]:
     return [group for group in _groups() if group.tier in tiers]
 
 
+_active_cache: dict[tuple[bool, bool], list[_Group]] = {}
+
+
 def _active_groups() -> list[_Group]:
     # Collectives are wrapped only in a process with an initialized default group: zero cost
-    # otherwise.
-    if not _dist.initialized():
-        return _region_groups()
-    if not _dist_group_cache:
-        _dist_group_cache.extend(_build_groups(_dist_target_list()))
-    return [*_region_groups(), *_dist_group_cache]
+    # otherwise. Both lists are made once (a region asks at every entry).
+    dist_on = _dist.initialized()
+    key = (cuda_available(), dist_on)
+    groups = _active_cache.get(key)
+    if groups is None:
+        groups = _region_groups()
+        if dist_on:
+            if not _dist_group_cache:
+                _dist_group_cache.extend(_build_groups(_dist_target_list()))
+            groups = [*groups, *_dist_group_cache]
+        _active_cache[key] = groups
+    return groups
 
 
 # --- the "global" capture tier --------------------------------------------------------------

@@ -46,6 +46,20 @@ OPS: list[Op] = [
         ".flatten()",
         "legal",
     ),
+    Op(
+        "grouped-mm-bf16",
+        "y = y + torch.nn.functional.grouped_mm(y.expand(16, 16).bfloat16(), "
+        "(y[:, None] * y).expand(3, 16, 16).bfloat16(), "
+        "offs=torch.arange(1, 4, device=x.device, dtype=torch.int32) * 5 + 1).float().sum(0) * 1e-3",
+        "legal",
+    ),
+    Op(
+        "grouped-mm-float32",
+        "y = y + torch.nn.functional.grouped_mm(y.expand(16, 16).contiguous(), "
+        "(y[:, None] * y).expand(3, 16, 16).contiguous(), "
+        "offs=torch.arange(1, 4, device=x.device, dtype=torch.int32) * 5 + 1).sum(0) * 1e-3",
+        "refused",
+    ),
     Op("item", "y = y + y.sum().item()", "refused"),
     Op("one-hot", "y = y + torch.nn.functional.one_hot(idx).sum(0)", "refused"),
     Op("cov", "y = y + torch.cov(y.view(4, 4)).flatten()", "refused"),
