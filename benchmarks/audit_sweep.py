@@ -50,6 +50,14 @@ DECODERS = [
 ]  # fmt: skip
 #: encoders: a forward with a padded mask
 ENCODERS = ["bert", "roberta", "distilbert", "albert", "electra", "mpnet"]
+#: encoder-decoders: a forward (padded source, decoder ids) and a training step each
+SEQ2SEQ = [
+    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "m2m_100", "blenderbot", "prophetnet", "led",
+]  # fmt: skip
+#: image classifiers on 32x32 images: a forward and a training step each
+VISION = ["vit", "dinov2", "beit", "convnext", "convnextv2", "resnet", "regnet", "segformer", "cvt"]
+#: speech: Whisper (log-mel features, decoder ids) and CTC models (a padded waveform), forward
+AUDIO = ["whisper", "wav2vec2", "hubert", "wavlm", "data2vec-audio"]
 
 _SIZES = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -70,11 +78,31 @@ _DECODE_SIZES: dict[str, dict[str, Any]] = {
 _DECODE_SIZES.update(gptj={"rotary_dim": 8}, codegen={"rotary_dim": 8})
 
 
-def _config(arch: str) -> Any:
+#: beside _SIZES: image models (32x32 RGB, two stages where they have stages), speech models
+_FAMILY_SIZES: dict[str, dict[str, Any]] = {
+    "seq2seq": dict(decoder_start_token_id=2, decoder_vocab_size=512),
+    "vision": dict(
+        image_size=32, patch_size=8, num_channels=3, hidden_sizes=[16, 32], depths=[1, 1],
+        embed_dim=16, num_labels=3, embedding_size=16, encoder_stride=8,
+    ),
+    "audio": dict(
+        max_source_positions=16, max_target_positions=32, num_mel_bins=16, conv_dim=[16, 16],
+        conv_kernel=[10, 3], conv_stride=[5, 2], num_feat_extract_layers=2, vocab_size=64,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, decoder_start_token_id=1,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_layers=2,
+        decoder_layers=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+    ),
+}  # fmt: skip
+
+
+def _config(arch: str, family: str = "") -> Any:
     from transformers import AutoConfig
 
     cfg = AutoConfig.for_model(arch)
-    for key, value in _SIZES.items():
+    family_sizes = _FAMILY_SIZES.get(family, {})
+    if family == "seq2seq":  # the training loss shifts labels by it; some configs lack it
+        cfg.decoder_start_token_id = family_sizes["decoder_start_token_id"]
+    for key, value in {**_SIZES, **family_sizes}.items():
         if hasattr(cfg, key):
             with contextlib.suppress(Exception):  # a read-only alias of another size
                 setattr(cfg, key, value)
@@ -139,19 +167,138 @@ def _train(arch: str) -> Any:
     return build
 
 
+def _seq2seq(arch: str, train: bool) -> Any:
+    import realmodel_cases as rc
+
+    def build(device: str) -> rc.Step:
+        import torch
+        from transformers import AutoModelForSeq2SeqLM
+
+        import graphguard
+
+        model = AutoModelForSeq2SeqLM.from_config(_config(arch, "seq2seq")).to(device)
+        ids, mask = _inputs(device)
+        gen = torch.Generator().manual_seed(1)
+        decoder_ids = torch.randint(3, 500, (2, 8), generator=gen).to(device)
+        if not train:
+            model.eval()
+
+            def forward() -> tuple[Any, ...]:
+                with torch.no_grad():
+                    out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+                return (out.logits,)
+
+            return rc.Step(forward, modules=[model])
+        model.train()
+        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
+
+        def train_step() -> tuple[Any, ...]:
+            opt.zero_grad(set_to_none=False)
+            loss = model(input_ids=ids, attention_mask=mask, labels=decoder_ids).loss
+            loss.backward()
+            opt.step()
+            return (loss.detach(),)
+
+        return rc.Step(train_step, modules=[model], state=lambda: list(model.parameters()))
+
+    return build
+
+
+def _vision(arch: str, train: bool) -> Any:
+    import realmodel_cases as rc
+
+    def build(device: str) -> rc.Step:
+        import torch
+        from transformers import AutoModelForImageClassification
+
+        import graphguard
+
+        model = AutoModelForImageClassification.from_config(_config(arch, "vision")).to(device)
+        gen = torch.Generator().manual_seed(0)
+        pixels = torch.randn(2, 3, 32, 32, generator=gen).to(device)
+        labels = torch.tensor([0, 2]).to(device)
+        if not train:
+            model.eval()
+
+            def forward() -> tuple[Any, ...]:
+                with torch.no_grad():
+                    return (model(pixel_values=pixels).logits,)
+
+            return rc.Step(forward, modules=[model])
+        model.train()
+        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
+
+        def train_step() -> tuple[Any, ...]:
+            opt.zero_grad(set_to_none=False)
+            loss = model(pixel_values=pixels, labels=labels).loss
+            loss.backward()
+            opt.step()
+            return (loss.detach(),)
+
+        return rc.Step(train_step, modules=[model], state=lambda: list(model.parameters()))
+
+    return build
+
+
+def _audio(arch: str) -> Any:
+    import realmodel_cases as rc
+
+    def build(device: str) -> rc.Step:
+        import torch
+        from transformers import AutoModelForCTC, AutoModelForSpeechSeq2Seq
+
+        gen = torch.Generator().manual_seed(0)
+        if arch == "whisper":
+            model = AutoModelForSpeechSeq2Seq.from_config(_config(arch, "audio"))
+            model = model.to(device).eval()
+            feats = torch.randn(2, 16, 32, generator=gen).to(device)
+            decoder_ids = torch.randint(3, 60, (2, 6), generator=gen).to(device)
+
+            def forward() -> tuple[Any, ...]:
+                with torch.no_grad():
+                    return (model(input_features=feats, decoder_input_ids=decoder_ids).logits,)
+
+            return rc.Step(forward, modules=[model])
+        model = AutoModelForCTC.from_config(_config(arch, "audio")).to(device).eval()
+        wave = torch.randn(2, 1600, generator=gen).to(device)
+        mask = torch.ones(2, 1600, dtype=torch.long)
+        mask[1, 1200:] = 0  # the second waveform is shorter: padded at the end
+        mask = mask.to(device)
+
+        def ctc_forward() -> tuple[Any, ...]:
+            with torch.no_grad():
+                return (model(input_values=wave, attention_mask=mask).logits,)
+
+        return rc.Step(ctc_forward, modules=[model])
+
+    return build
+
+
+def _steps(arch: str) -> list[tuple[str, Any]]:
+    import realmodel_cases as rc
+
+    if arch in SEQ2SEQ:
+        return [("forward", _seq2seq(arch, False)), ("train", _seq2seq(arch, True))]
+    if arch in VISION:
+        return [("forward", _vision(arch, False)), ("train", _vision(arch, True))]
+    if arch in AUDIO:
+        return [("forward", _audio(arch))]
+    steps = [("forward", _forward(arch))]
+    if arch in DECODERS:
+        steps.append(("train", _train(arch)))
+        # a StaticCache decode step (static token/position buffers), as realmodel_cases
+        # builds it for Llama/Qwen2/Gemma
+        steps.append(("decode", rc.lm_static_decode(arch, **_DECODE_SIZES.get(arch, {}))))
+    return steps
+
+
 def register() -> list[str]:
     """Add the sweep's steps to realmodel_cases' registry; return their names."""
     import realmodel_cases as rc
 
     names = []
-    for arch in [*DECODERS, *ENCODERS]:
-        steps = [("forward", _forward(arch))]
-        if arch in DECODERS:
-            steps.append(("train", _train(arch)))
-            # a StaticCache decode step (static token/position buffers), as realmodel_cases
-            # builds it for Llama/Qwen2/Gemma
-            steps.append(("decode", rc.lm_static_decode(arch, **_DECODE_SIZES.get(arch, {}))))
-        for kind, build in steps:
+    for arch in [*DECODERS, *ENCODERS, *SEQ2SEQ, *VISION, *AUDIO]:
+        for kind, build in _steps(arch):
             name = f"sweep_{arch}_{kind}"
             case = rc.ModelCase(name, build, rc.LEGAL, f"{arch} {kind}")
             rc.BY_NAME[name] = case

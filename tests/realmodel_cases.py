@@ -749,6 +749,30 @@ CASES: list[ModelCase] = [
         ),
         "Falcon (multi-query) forward: fused_qkv[..., [-2], :] indexes with a Python list",
     ),
+    ModelCase(
+        "led_forward",
+        seq2seq_forward(
+            "led",
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            attention_window=[16, 16],
+        ),
+        (
+            Hazard(
+                "GG101",
+                Site(
+                    _lib("transformers.models.led.modeling_led", "LEDEncoder.forward"),
+                    "is_global_attn = is_index_global_attn.flatten().any().item()",
+                ),
+            ),
+        ),
+        "LED (Longformer attention) forward: `.item()` decides whether any token attends globally",
+    ),
     ModelCase("bert_forward", encoder_forward("bert"), LEGAL, "BERT encoder forward"),
     ModelCase(
         "t5_forward",
