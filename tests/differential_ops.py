@@ -50,7 +50,8 @@ OPS: list[Op] = [
         "grouped-mm-bf16",
         "y = y + torch.nn.functional.grouped_mm(y.expand(16, 16).bfloat16(), "
         "(y[:, None] * y).expand(3, 16, 16).bfloat16(), "
-        "offs=torch.arange(1, 4, device=x.device, dtype=torch.int32) * 5 + 1).float().sum(0) * 1e-3",
+        "offs=torch.arange(1, 4, device=x.device, dtype=torch.int32) * 5 + 1)"
+        ".float().sum(0) * 1e-3",
         "legal",
     ),
     Op(
