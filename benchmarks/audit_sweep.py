@@ -141,101 +141,82 @@ def _forward(arch: str) -> Any:
     return build
 
 
-def _train(arch: str) -> Any:
+def _step(
+    model: Any, train: bool, eval_inputs: dict[str, Any], train_inputs: dict[str, Any], clip: bool
+) -> Any:
+    """A no-grad forward returning the logits, or an AdamW training step on the model's loss."""
     import realmodel_cases as rc
+    import torch
 
-    def build(device: str) -> rc.Step:
-        import torch
+    import graphguard
+
+    if not train:
+        model.eval()
+
+        def forward() -> tuple[Any, ...]:
+            with torch.no_grad():
+                return (model(**eval_inputs).logits,)
+
+        return rc.Step(forward, modules=[model])
+    model.train()
+    opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
+
+    def train_step() -> tuple[Any, ...]:
+        opt.zero_grad(set_to_none=False)
+        loss = model(**train_inputs).loss
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return (loss.detach(),)
+
+    return rc.Step(train_step, modules=[model], state=lambda: list(model.parameters()))
+
+
+def _train(arch: str) -> Any:
+    def build(device: str) -> Any:
         from transformers import AutoModelForCausalLM
 
-        import graphguard
-
-        model = AutoModelForCausalLM.from_config(_config(arch)).to(device).train()
-        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
+        model = AutoModelForCausalLM.from_config(_config(arch)).to(device)
         ids, mask = _inputs(device)
-
-        def train_step() -> tuple[Any, ...]:
-            opt.zero_grad(set_to_none=False)
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            return (loss.detach(),)
-
-        return rc.Step(train_step, modules=[model], state=lambda: list(model.parameters()))
+        inputs = dict(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False)
+        return _step(model, True, {}, inputs, clip=True)
 
     return build
 
 
 def _seq2seq(arch: str, train: bool) -> Any:
-    import realmodel_cases as rc
-
-    def build(device: str) -> rc.Step:
+    def build(device: str) -> Any:
         import torch
         from transformers import AutoModelForSeq2SeqLM
-
-        import graphguard
 
         model = AutoModelForSeq2SeqLM.from_config(_config(arch, "seq2seq")).to(device)
         ids, mask = _inputs(device)
         gen = torch.Generator().manual_seed(1)
         decoder_ids = torch.randint(3, 500, (2, 8), generator=gen).to(device)
-        if not train:
-            model.eval()
-
-            def forward() -> tuple[Any, ...]:
-                with torch.no_grad():
-                    out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
-                return (out.logits,)
-
-            return rc.Step(forward, modules=[model])
-        model.train()
-        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
-
-        def train_step() -> tuple[Any, ...]:
-            opt.zero_grad(set_to_none=False)
-            loss = model(input_ids=ids, attention_mask=mask, labels=decoder_ids).loss
-            loss.backward()
-            opt.step()
-            return (loss.detach(),)
-
-        return rc.Step(train_step, modules=[model], state=lambda: list(model.parameters()))
+        source = dict(input_ids=ids, attention_mask=mask)
+        # training passes labels alone: the model shifts them into decoder inputs itself
+        return _step(
+            model, train, {**source, "decoder_input_ids": decoder_ids},
+            {**source, "labels": decoder_ids}, clip=False,
+        )  # fmt: skip
 
     return build
 
 
 def _vision(arch: str, train: bool) -> Any:
-    import realmodel_cases as rc
-
-    def build(device: str) -> rc.Step:
+    def build(device: str) -> Any:
         import torch
         from transformers import AutoModelForImageClassification
-
-        import graphguard
 
         model = AutoModelForImageClassification.from_config(_config(arch, "vision")).to(device)
         gen = torch.Generator().manual_seed(0)
         pixels = torch.randn(2, 3, 32, 32, generator=gen).to(device)
         labels = torch.tensor([0, 2]).to(device)
-        if not train:
-            model.eval()
-
-            def forward() -> tuple[Any, ...]:
-                with torch.no_grad():
-                    return (model(pixel_values=pixels).logits,)
-
-            return rc.Step(forward, modules=[model])
-        model.train()
-        opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
-
-        def train_step() -> tuple[Any, ...]:
-            opt.zero_grad(set_to_none=False)
-            loss = model(pixel_values=pixels, labels=labels).loss
-            loss.backward()
-            opt.step()
-            return (loss.detach(),)
-
-        return rc.Step(train_step, modules=[model], state=lambda: list(model.parameters()))
+        return _step(
+            model, train, {"pixel_values": pixels}, {"pixel_values": pixels, "labels": labels},
+            clip=False,
+        )  # fmt: skip
 
     return build
 
