@@ -103,3 +103,67 @@ def test_lu_checks_its_infos_unless_asked_for_them() -> None:
     with pytest.warns(UserWarning, match="deprecated"), graphguard.capture(mode="audit") as cap:
         torch.lu(a, get_infos=True)  # torch.lu is deprecated in favour of lu_factor(_ex)
     assert cap.hazards == []
+
+
+# --- grouped_mm: the CUTLASS path reads offs on the device; the fallback loops over offs.cpu() ---
+def _experts() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    a, w = torch.randn(16, 16, device=DEV), torch.randn(3, 16, 16, device=DEV)
+    return a, w, torch.tensor([6, 11, 16], dtype=torch.int32, device=DEV)
+
+
+def test_grouped_mm_outside_its_bf16_path_is_reported_at_the_call() -> None:
+    a, w, offs = _experts()
+    with pytest.raises(graphguard.HostSyncError) as err, graphguard.capture(mode="audit"):
+        torch.nn.functional.grouped_mm(a, w, offs=offs)  # GROUPED_MM_FLOAT32
+    d = err.value.diagnostic
+    assert (d.code, d.lineno) == ("GG103", _line_of("# GROUPED_MM_FLOAT32"))
+    assert "offsets" in d.message
+
+
+def test_grouped_mm_in_bfloat16_is_silent_and_computes_the_same() -> None:
+    if DEV == "cuda" and torch.cuda.get_device_capability()[0] not in (9, 10):
+        pytest.skip("torch's bf16 grouped_mm kernel needs a 9.x or 10.x card")
+    a, w, offs = _experts()
+    a, w = a.bfloat16(), w.bfloat16()
+    expected = torch.nn.functional.grouped_mm(a, w, offs=offs)
+    with graphguard.capture(mode="audit", on_hazard="warn") as cap:
+        got = torch.nn.functional.grouped_mm(a, w, offs=offs)
+    assert cap.hazards == []
+    assert torch.equal(got, expected)
+
+
+class _FakeCudaTensor:
+    """What the fast-path test reads of a CUDA operand: dtype, is_cuda, device."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype, self.is_cuda, self.device = dtype, True, torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "out", "capability", "fast"),
+    [
+        (torch.bfloat16, torch.bfloat16, None, (9, 0), True),
+        (torch.bfloat16, torch.bfloat16, None, (10, 0), True),
+        (torch.bfloat16, torch.bfloat16, torch.bfloat16, (9, 0), True),
+        (torch.bfloat16, torch.bfloat16, None, (8, 0), False),  # Ampere: the loop over offs
+        (torch.bfloat16, torch.bfloat16, None, (12, 0), False),
+        (torch.bfloat16, torch.bfloat16, torch.float32, (9, 0), False),
+        (torch.float16, torch.float16, None, (9, 0), False),
+        (torch.float32, torch.float32, None, (9, 0), False),
+        (torch.bfloat16, torch.float32, None, (9, 0), False),
+    ],
+)
+def test_grouped_mm_fast_path_follows_torchs_dispatch(
+    monkeypatch: pytest.MonkeyPatch,
+    a: torch.dtype,
+    b: torch.dtype,
+    out: torch.dtype | None,
+    capability: tuple[int, int],
+    fast: bool,
+) -> None:
+    from graphguard import _intercept
+
+    monkeypatch.setattr(_intercept, "_GROUPED_MM_FAST", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    assert _intercept._grouped_mm_fast_path(_FakeCudaTensor(a), _FakeCudaTensor(b), out) is fast
