@@ -159,6 +159,14 @@ CASES: list[VerifyCase] = [
         "Mistral sliding-window decode, StaticCache (a Python int offset in the cache layer)",
         ("transformers",),
     ),
+    VerifyCase(
+        "gemma2_sliding_static_decode",
+        rc.lm_static_decode("gemma2", head_dim=16),
+        "GG901",
+        "Gemma2 decode (sliding-window layers), StaticCache: raw capture replays it wrong "
+        "(audit_sweep-gpu-h200.md)",
+        ("transformers",),
+    ),
     VerifyCase("helper_module_float", helper_float, "GG901", "a float read in another module"),
     VerifyCase(
         "llama_static_decode",
