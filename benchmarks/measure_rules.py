@@ -72,6 +72,20 @@ CASES: dict[str, str] = {
     "torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 2, 32, "
     "batch_first=True), 1, enable_nested_tensor=False).cuda().eval()); "
     "pad = x[:8].view(2, 4) > 0.5; out = enc(x[:128].view(2, 4, 16), src_key_padding_mask=pad)",
+    "torch.histc(x, 10): min == max (GG101)": "out = torch.histc(x, 10)",
+    "torch.histc(x, 10, -4, 4)": "out = torch.histc(x, 10, -4, 4)",
+    # F.ctc_loss with length tensors on the device: the cuDNN form (float32, 1-D int32 targets,
+    # int32 lengths, blank 0) asserts on the device under capture; other forms may copy the
+    # lengths to the host (LossCTC.cpp). Not a rule yet: measured first.
+    "F.ctc_loss, int64 device lengths": "lp = x[:80].view(8, 2, 5).log_softmax(-1); "
+    "tg = torch.arange(1, 7, device='cuda').view(2, 3) % 4 + 1; "
+    "n = torch.full((2,), 8, device='cuda'); m = torch.full((2,), 3, device='cuda'); "
+    "out = torch.nn.functional.ctc_loss(lp, tg, n, m)",
+    "F.ctc_loss, cuDNN form (int32)": "lp = x[:80].view(8, 2, 5).log_softmax(-1); "
+    "tg = (torch.arange(1, 7, device='cuda', dtype=torch.int32) % 4 + 1); "
+    "n = torch.full((2,), 8, device='cuda', dtype=torch.int32); "
+    "m = torch.full((2,), 3, device='cuda', dtype=torch.int32); "
+    "out = torch.nn.functional.ctc_loss(lp, tg, n, m)",
     "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "

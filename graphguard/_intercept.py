@@ -173,6 +173,25 @@ def _check_one_hot(
     return Finding("GG101", "torch.nn.functional.one_hot(tensor)", "one-hot", tensor=t)
 
 
+@register_check(torch.histc, _attr(T, "histc"))
+def _check_histc(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    # torch's CUDA histc finds its range with ``aminmax().item()`` when min == max
+    # (aten/src/ATen/native/cuda/SummaryOps.cu)
+    t = args[0] if args else kwargs.get("input")
+    low = args[2] if len(args) > 2 else kwargs.get("min", 0)
+    high = args[3] if len(args) > 3 else kwargs.get("max", 0)
+    for bound in (low, high):
+        if isinstance(bound, torch.Tensor):  # a Scalar argument: torch reads it on the host
+            if is_device(state, bound):
+                return Finding("GG101", "torch.histc", "size-argument", tensor=bound)
+            return None
+    if low != high or not is_device(state, t) or _empty(t):
+        return None
+    return Finding("GG101", "torch.histc", "histc-range", tensor=t)
+
+
 _GROUPED_MM_FAST: dict[int, bool] = {}
 
 

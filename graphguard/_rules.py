@@ -131,6 +131,10 @@ _rule(
             "size-argument",
             "{api} needs a host number for a size, bound or scalar, so the device tensor passed there ({tensor}) is read on the host {where}",
         ),
+        (
+            "histc-range",
+            "{api} with min == max reads the smallest and largest value of {tensor} on the host to find its range {where}",
+        ),
     ),
     slug="scalar-read",
     title="a device value is read on the host",
@@ -142,12 +146,15 @@ _rule(
         "`t.max().item()` to size its output. So does a device tensor passed where torch needs a "
         "number: a slice bound (`x[:n]`), a size (`torch.zeros(n)`, `x.view(n, -1)`, "
         "`x.repeat(n, 1)`), a `k`, a length or an `arange` bound. Shapes, strides and offsets "
-        "live on the host, and torch converts such a tensor with `.item()`."
+        "live on the host, and torch converts such a tensor with `.item()`. `torch.histc` with "
+        "`min == max` (its default, 0 and 0) reads the input's minimum and maximum on the host "
+        "to find its range."
     ),
     fix=(
         "Keep the value on the device: use the tensor directly in later ops, validate with "
         "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region. "
-        "Give `F.one_hot` its `num_classes`. Sizes and slice bounds must be Python ints known "
+        "Give `F.one_hot` its `num_classes` and `torch.histc` its `min` and `max`. Sizes and "
+        "slice bounds must be Python ints known "
         "before capture (a graph has fixed shapes): use `x.shape`, a fixed maximum with a mask, "
         "or `torch.narrow`/indexing by a device index tensor (`x.index_select`)."
     ),
@@ -158,7 +165,9 @@ _rule(
     + " Measured on an H200 (torch 2.11) also for the reads torch makes inside a call: "
     "`x[:n]`, `torch.zeros(n, ...)` and `x.topk(k)` with a device tensor `n`/`k`, `x[n]` "
     "with a 0-dim device index, and `F.one_hot(t)` without `num_classes` "
-    "(`F.one_hot(t, num_classes=2)` captures and replays equal to eager).",
+    "(`F.one_hot(t, num_classes=2)` captures and replays equal to eager). `torch.histc` with "
+    "`min == max`: from torch's source (`aminmax()` then `.item()` in "
+    "`aten/src/ATen/native/cuda/SummaryOps.cu`), not yet measured under capture.",
 )
 _rule(
     code="GG102",

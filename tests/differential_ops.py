@@ -61,6 +61,8 @@ OPS: list[Op] = [
         "offs=torch.arange(1, 4, device=x.device, dtype=torch.int32) * 5 + 1).sum(0) * 1e-3",
         "refused",
     ),
+    Op("histc-range", "y = y + torch.histc(y, 16, -4, 4) * 0.01", "legal"),
+    Op("histc-default", "y = y + torch.histc(y, 16) * 0.01", "refused"),
     Op("item", "y = y + y.sum().item()", "refused"),
     Op("one-hot", "y = y + torch.nn.functional.one_hot(idx).sum(0)", "refused"),
     Op("cov", "y = y + torch.cov(y.view(4, 4)).flatten()", "refused"),

@@ -184,6 +184,10 @@ def one_hot_no_classes(c: Ctx) -> Any:
     return torch.nn.functional.one_hot(labels)  # HAZARD
 
 
+def histc_default_range(c: Ctx) -> Any:
+    return torch.histc(c.x, bins=10)  # HAZARD
+
+
 def _expert_operands(c: Ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # 16 token rows, 3 experts of 16x16, group ends [6, 11, 16] made on the device
     offs = torch.arange(1, 4, device=c.x.device, dtype=torch.int32) * 5 + 1
@@ -331,6 +335,7 @@ CASES: list[Case] = [
     Case("topk-k-from-tensor", "GG101", topk_k_from_tensor),
     Case("one-hot-without-classes", "GG101", one_hot_no_classes),
     Case("grouped-mm-float32", "GG103", grouped_mm_float32),
+    Case("histc-default-range", "GG101", histc_default_range),
     Case("linalg-inv", "GG108", linalg_inv),
     Case("linalg-cholesky", "GG108", linalg_cholesky),
     Case("linalg-solve", "GG108", linalg_solve),
@@ -431,7 +436,8 @@ def clean_linalg_ex(c: Ctx) -> Any:
     chol, _ = torch.linalg.cholesky_ex(spd)
     sol, _ = torch.linalg.solve_ex(spd, c.x[:4])
     labels = torch.nn.functional.one_hot((c.x[:8] > 0).long(), num_classes=2)
-    return inv.sum() + chol.sum() + sol.sum() + labels.sum()
+    counts = torch.histc(c.x, bins=10, min=-4.0, max=4.0)  # a range given: nothing is read
+    return inv.sum() + chol.sum() + sol.sum() + labels.sum() + counts.sum()
 
 
 def clean_sizes_from_shapes(c: Ctx) -> Any:
