@@ -10,6 +10,7 @@ check that ordinary CUDA work and RNG still run. The table says what a rule page
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import subprocess
@@ -136,17 +137,25 @@ print("RESULT " + json.dumps(res))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out")
+    parser.add_argument(
+        "--jobs", type=int, default=4, help="cases measured at once (each in its own process)"
+    )
+    parser.add_argument("--only", default="", help="only the cases whose name contains this")
     args = parser.parse_args()
     import torch
 
-    rows = []
-    for name, body in CASES.items():
+    def measure(body: str) -> tuple[str, str]:
         proc = subprocess.run(
             [sys.executable, "-c", CHILD, body], capture_output=True, text=True, timeout=120
         )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         res = json.loads(line[7:]) if line else {"capture": f"crashed: {proc.stderr[-200:]}"}
-        rows.append((name, res.get("capture", "?"), res.get("healthy", "?")))
+        return res.get("capture", "?"), res.get("healthy", "?")
+
+    cases = {name: body for name, body in CASES.items() if args.only in name}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {name: pool.submit(measure, body) for name, body in cases.items()}
+        rows = [(name, *futures[name].result()) for name in cases]
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     lines = [
         f"# torch under raw capture, per rule case ({card}, torch {torch.__version__}, "
