@@ -104,6 +104,9 @@ _NOT_READ = object()
 
 
 _env_key: tuple[Any, Any] = (None, None)
+#: The JSON logger ``GRAPHGUARD_LOG`` set up, so that unsetting the variable removes it (and
+#: not one the application set up itself with ``enable_json_logs``).
+_env_logger: Any = None
 
 
 def _raw_env() -> Any:
@@ -126,7 +129,7 @@ def _raw_env() -> Any:
 
 def check_env() -> None:
     """Apply ``GRAPHGUARD_LOG``; an invalid value raises ConfigError every time it is read."""
-    global _env_applied, _env_raw
+    global _env_applied, _env_raw, _env_logger
     raw = _raw_env()
     if raw is not _NOT_READ and raw == _env_raw and _env_applied is not None:
         return
@@ -138,11 +141,15 @@ def check_env() -> None:
 
     try:
         if not value:
-            pass
+            if _env_logger is not None and _json_logger is _env_logger:
+                disable_json_logs()  # the variable was unset: its JSON output ends with it
+            _env_logger = None
         elif value == "json":
             enable_json_logs()
+            _env_logger = _json_logger
         elif value.startswith("json:") and value[len("json:") :]:
             enable_json_logs(value[len("json:") :])
+            _env_logger = _json_logger
         else:
             raise ConfigError(
                 f"{ENV_VAR}={value!r} is not valid; allowed values: 'json', 'json:<path>'"

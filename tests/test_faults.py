@@ -323,6 +323,32 @@ def test_invalid_graphguard_log_fails_every_region(restore_log_env) -> None:
             pass
 
 
+def test_graphguard_log_changed_between_regions_is_applied(restore_log_env, tmp_path) -> None:
+    """Each region start reads GRAPHGUARD_LOG again: a new path, or none, takes effect."""
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    x = torch.ones(2, device=DEV)
+
+    def region() -> None:
+        with graphguard.capture(mode="audit", on_hazard="warn"):
+            x.sum().item()
+
+    def events(path) -> int:
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    restore_log_env.setenv("GRAPHGUARD_LOG", f"json:{first}")
+    region()
+    assert (events(first), events(second)) == (1, 0)
+    restore_log_env.setenv("GRAPHGUARD_LOG", f"json:{second}")
+    region()
+    assert (events(first), events(second)) == (1, 1)
+    restore_log_env.delenv("GRAPHGUARD_LOG")
+    region()
+    assert (events(first), events(second)) == (1, 1)
+    restore_log_env.setenv("GRAPHGUARD_LOG", f"json:{first}")
+    region()
+    assert (events(first), events(second)) == (2, 1)
+
+
 @pytest.mark.parametrize(
     ("make_path", "problem"),
     [
