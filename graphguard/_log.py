@@ -174,8 +174,13 @@ def _regions_enabled() -> bool:
         return _json_regions
     if not structlog.is_configured():
         return False
-    config = structlog.get_config()
-    key = (config.get("wrapper_class"), config.get("logger_factory"))
+    # what decides the answer, read without building get_config()'s dict (every region asks)
+    internal = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+    if internal is not None and hasattr(internal, "default_wrapper_class"):
+        key = (internal.default_wrapper_class, internal.logger_factory)
+    else:  # pragma: no cover - a structlog that keeps its configuration elsewhere
+        config = structlog.get_config()
+        key = (config.get("wrapper_class"), config.get("logger_factory"))
     if _regions_cache is not None and _regions_cache[0] == key:
         return _regions_cache[1]
     logger = structlog.get_logger(_LOGGER_NAME).bind()
