@@ -42,10 +42,10 @@ if want bench; then
   cat "$out/overhead.md" "$out/graphed.md"
 fi
 if want sweep; then
-  run benchmarks/audit_sweep.py --gpu --jobs 8 --out "$out/audit_sweep.md"
+  run benchmarks/audit_sweep.py --gpu --jobs 14 --out "$out/audit_sweep.md"
 fi
 if want measure; then
-  run benchmarks/measure_rules.py --out "$out/measure-rules.md"
+  run benchmarks/measure_rules.py --jobs 6 --out "$out/measure-rules.md"
 fi
 if want measure && [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   for raw in "" "--raw"; do
