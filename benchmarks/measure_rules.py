@@ -73,6 +73,11 @@ CASES: dict[str, str] = {
     "torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 2, 32, "
     "batch_first=True), 1, enable_nested_tensor=False).cuda().eval()); "
     "pad = x[:8].view(2, 4) > 0.5; out = enc(x[:128].view(2, 4, 16), src_key_padding_mask=pad)",
+    "F.pad(x, (0, n)) with a device tensor n (GG101)": "n = (x[:8] > 0).sum(); "
+    "out = torch.nn.functional.pad(x, (0, n))[:1024]",
+    "x.split(n) with a device tensor n (GG101)": "n = (x[:8] > 0).sum() + 1; out = x.split(n)[0]",
+    "F.interpolate(size=n) with a device tensor n (GG101)": "n = (x[:8] > 0).sum() + 1; "
+    "out = torch.nn.functional.interpolate(x.view(1, 1, -1), size=n)",
     "torch.histc(x, 10): min == max (GG101)": "out = torch.histc(x, 10)",
     "torch.histc(x, 10, -4, 4)": "out = torch.histc(x, 10, -4, 4)",
     # F.ctc_loss with length tensors on the device: the cuDNN form (float32, 1-D int32 targets,

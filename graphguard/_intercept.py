@@ -451,6 +451,20 @@ for _name in ("reshape", "tile", "narrow", "select", "topk", "kthvalue", "roll",
     register_check(_attr(torch, _name), _attr(T, _name))(
         _size_arguments(f"{_name}()", skip_input=True)
     )
+# Split sizes, chunk counts, window sizes, diagonal offsets, sample counts, paddings and output
+# sizes: torch's argument parser turns a one-element tensor given for an int into a host number
+# (``.item()``) in C++, where the mode does not see it.
+for _name in ("split", "chunk", "diagonal", "tril", "triu", "diag", "diag_embed", "multinomial"):
+    register_check(_attr(torch, _name), _attr(T, _name))(
+        _size_arguments(f"{_name}()", skip_input=True)
+    )
+register_check(_attr(T, "unfold"))(_size_arguments("Tensor.unfold()", skip_input=True))
+for _name in ("linspace", "logspace", "eye"):
+    register_check(_attr(torch, _name))(_size_arguments(f"torch.{_name}()", skip_input=False))
+for _name in ("pad", "interpolate"):
+    register_check(_attr(torch.nn.functional, _name))(
+        _size_arguments(f"torch.nn.functional.{_name}()", skip_input=True)
+    )
 
 
 # --- copies between host and device -----------------------------------------------------------

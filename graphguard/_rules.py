@@ -145,7 +145,9 @@ _rule(
         "`F.one_hot(t)` without `num_classes` does the same inside torch: it reads "
         "`t.max().item()` to size its output. So does a device tensor passed where torch needs a "
         "number: a slice bound (`x[:n]`), a size (`torch.zeros(n)`, `x.view(n, -1)`, "
-        "`x.repeat(n, 1)`), a `k`, a length or an `arange` bound. Shapes, strides and offsets "
+        "`x.repeat(n, 1)`), a `k`, a length, an `arange`/`linspace` bound, a padding "
+        "(`F.pad(x, (0, n))`), a split size or chunk count, an `F.interpolate` size, a "
+        "diagonal offset or a `multinomial` sample count. Shapes, strides and offsets "
         "live on the host, and torch converts such a tensor with `.item()`. `torch.histc` with "
         "`min == max` (its default, 0 and 0) reads the input's minimum and maximum on the host "
         "to find its range."
@@ -165,7 +167,10 @@ _rule(
     + " Measured on an H200 (torch 2.11) also for the reads torch makes inside a call: "
     "`x[:n]`, `torch.zeros(n, ...)` and `x.topk(k)` with a device tensor `n`/`k`, `x[n]` "
     "with a 0-dim device index, and `F.one_hot(t)` without `num_classes` "
-    "(`F.one_hot(t, num_classes=2)` captures and replays equal to eager). `torch.histc` with "
+    "(`F.one_hot(t, num_classes=2)` captures and replays equal to eager). Paddings, split "
+    "sizes, chunk counts, `interpolate` sizes, diagonal offsets, `linspace` bounds and "
+    "`multinomial` counts from a device tensor: the same conversion in torch's argument "
+    "parser, not yet measured under capture. `torch.histc` with "
     "`min == max`: from torch's source (`aminmax()` then `.item()` in "
     "`aten/src/ATen/native/cuda/SummaryOps.cu`), not yet measured under capture.",
 )

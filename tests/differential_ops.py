@@ -63,6 +63,8 @@ OPS: list[Op] = [
     ),
     Op("histc-range", "y = y + torch.histc(y, 16, -4, 4) * 0.01", "legal"),
     Op("histc-default", "y = y + torch.histc(y, 16) * 0.01", "refused"),
+    Op("pad-tensor", "y = y + torch.nn.functional.pad(y, (0, idx[3] * 0 + 2))[:16]", "refused"),
+    Op("pad-int", "y = y + torch.nn.functional.pad(y, (0, 2))[:16]", "legal"),
     Op("item", "y = y + y.sum().item()", "refused"),
     Op("one-hot", "y = y + torch.nn.functional.one_hot(idx).sum(0)", "refused"),
     Op("cov", "y = y + torch.cov(y.view(4, 4)).flatten()", "refused"),

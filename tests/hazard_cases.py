@@ -161,6 +161,21 @@ def view_size_from_tensor(c: Ctx) -> Any:
     return c.x.view(rows, -1)  # HAZARD
 
 
+def pad_from_tensor(c: Ctx) -> Any:
+    pad = (c.x[:8] > 0).sum()  # e.g. a padding to the longest sequence, computed on the device
+    return torch.nn.functional.pad(c.x[:16].view(4, 4), (0, pad))  # HAZARD
+
+
+def split_from_tensor(c: Ctx) -> Any:
+    size = c.x.new_ones(()).long() * 4
+    return c.x.split(size)  # HAZARD
+
+
+def interpolate_size_from_tensor(c: Ctx) -> Any:
+    size = c.x.new_ones(()).long() * 8
+    return torch.nn.functional.interpolate(c.x[:16].view(1, 1, 16), size=size)  # HAZARD
+
+
 def topk_k_from_tensor(c: Ctx) -> Any:
     k = (c.x[:8] > 0).sum() + 1
     return c.x.topk(k)  # HAZARD
@@ -332,6 +347,9 @@ CASES: list[Case] = [
     Case("zero-dim-index", "GG101", zero_dim_index),
     Case("size-from-tensor", "GG101", size_from_tensor),
     Case("view-size-from-tensor", "GG101", view_size_from_tensor),
+    Case("pad-from-tensor", "GG101", pad_from_tensor),
+    Case("split-from-tensor", "GG101", split_from_tensor),
+    Case("interpolate-size-from-tensor", "GG101", interpolate_size_from_tensor),
     Case("topk-k-from-tensor", "GG101", topk_k_from_tensor),
     Case("one-hot-without-classes", "GG101", one_hot_no_classes),
     Case("grouped-mm-float32", "GG103", grouped_mm_float32),
@@ -443,7 +461,9 @@ def clean_linalg_ex(c: Ctx) -> Any:
 def clean_sizes_from_shapes(c: Ctx) -> Any:
     # Sizes, bounds and k from Python ints (shapes): nothing is read from the device.
     n = c.x.shape[0] // 4
-    head = c.x[:n].view(n // 4, -1).repeat(2, 1)
+    parts = c.x[:n].split(n // 4)
+    padded = torch.nn.functional.pad(parts[0], (0, 4))
+    head = c.x[:n].view(n // 4, -1).repeat(2, 1) + padded.sum()
     top = c.x.topk(4).values
     fill = torch.full((4,), 2.0, device=c.x.device)
     return head.sum() + top.sum() + fill.sum() + torch.arange(n, device=c.x.device).sum()
