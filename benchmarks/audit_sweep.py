@@ -95,6 +95,18 @@ _FAMILY_SIZES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+#: per architecture, after the family's: configs whose per-stage lists must agree in length
+#: (older transformers read the stage count from a field of its own)
+_ARCH_SIZES: dict[str, dict[str, Any]] = {
+    "convnext": dict(num_stages=2),
+    "convnextv2": dict(num_stages=2),
+    "segformer": dict(
+        num_encoder_blocks=2, sr_ratios=[2, 1], patch_sizes=[7, 3], strides=[4, 2],
+        num_attention_heads=[1, 2], mlp_ratios=[4, 4], decoder_hidden_size=32,
+    ),
+}  # fmt: skip
+
+
 def _config(arch: str, family: str = "") -> Any:
     from transformers import AutoConfig
 
@@ -102,7 +114,7 @@ def _config(arch: str, family: str = "") -> Any:
     family_sizes = _FAMILY_SIZES.get(family, {})
     if family == "seq2seq":  # the training loss shifts labels by it; some configs lack it
         cfg.decoder_start_token_id = family_sizes["decoder_start_token_id"]
-    for key, value in {**_SIZES, **family_sizes}.items():
+    for key, value in {**_SIZES, **family_sizes, **_ARCH_SIZES.get(arch, {})}.items():
         if hasattr(cfg, key):
             with contextlib.suppress(Exception):  # a read-only alias of another size
                 setattr(cfg, key, value)
