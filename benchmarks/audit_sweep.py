@@ -118,6 +118,18 @@ def _config(arch: str, family: str = "") -> Any:
         if hasattr(cfg, key):
             with contextlib.suppress(Exception):  # a read-only alias of another size
                 setattr(cfg, key, value)
+    # every dropout, drop-path and layer-drop rate to 0, whatever the config calls it (T5's
+    # dropout_rate, BEiT's drop_path_rate, CvT's per-stage lists): a random step replays other
+    # draws than its eager twin, and the raw column compares the two
+    for key, value in cfg.to_dict().items():
+        if "drop" not in key or not hasattr(cfg, key):
+            continue
+        if isinstance(value, float) and value > 0:
+            with contextlib.suppress(Exception):
+                setattr(cfg, key, 0.0)
+        elif isinstance(value, list) and all(isinstance(v, float) for v in value):
+            with contextlib.suppress(Exception):
+                setattr(cfg, key, [0.0] * len(value))
     return cfg
 
 

@@ -92,6 +92,27 @@ CASES: dict[str, str] = {
     "n = torch.full((2,), 8, device='cuda', dtype=torch.int32); "
     "m = torch.full((2,), 3, device='cuda', dtype=torch.int32); "
     "out = torch.nn.functional.ctc_loss(lp, tg, n, m)",
+    "F.ctc_loss, lengths as lists": "lp = x[:80].view(8, 2, 5).log_softmax(-1); "
+    "tg = torch.arange(1, 7, device='cuda').view(2, 3) % 4 + 1; "
+    "out = torch.nn.functional.ctc_loss(lp, tg, [8, 8], [3, 3])",
+    "F.ctc_loss, lengths as CPU tensors": "lp = x[:80].view(8, 2, 5).log_softmax(-1); "
+    "tg = torch.arange(1, 7, device='cuda').view(2, 3) % 4 + 1; "
+    "out = torch.nn.functional.ctc_loss(lp, tg, torch.full((2,), 8), torch.full((2,), 3))",
+    # indexed writes: index_put_ moves a host 0-dim value (a Python number becomes one) with
+    # value.to(self.device()) unless the write goes to masked_fill_ (TensorAdvancedIndexing.cpp)
+    "x[idx] = 0.0, idx a device index tensor (GG401)": "y = x.clone(); "
+    "i = torch.arange(0, 8, device='cuda'); y[i] = 0.0; out = y",
+    "x[(i, j)] = 1, device index tensors (GG401)": "y = x[:64].clone().view(8, 8); "
+    "i = torch.arange(8, device='cuda'); y[(i, i)] = 1; out = y",
+    "x.index_put_((idx,), torch.tensor(1.0)) (GG401)": "y = x.clone(); "
+    "i = torch.arange(0, 8, device='cuda'); y.index_put_((i,), torch.tensor(1.0)); out = y",
+    "x[idx] = x.new_full((), 0.0)": "y = x.clone(); i = torch.arange(0, 8, device='cuda'); "
+    "y[i] = y.new_full((), 0.0); out = y",
+    "x.index_put_((idx,), device 0-dim, accumulate=True)": "y = x.clone(); "
+    "i = torch.arange(0, 8, device='cuda'); y.index_put_((i,), x[0], accumulate=True); out = y",
+    "x[:, mask] = 0.0": "y = x[:64].clone().view(8, 8); y[:, y[0] > 0] = 0.0; out = y",
+    "x[mask] = torch.tensor(0.0) (a host 0-dim value)": "y = x.clone(); "
+    "y[y < 0] = torch.tensor(0.0); out = y",
     "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "

@@ -8,6 +8,7 @@ keeps the process usable afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import sys
@@ -64,6 +65,21 @@ def _default_capture_stream() -> Any:
         if stream is None:
             stream = _capture_streams[device] = torch.cuda.Stream()
         return stream
+
+
+def _reset_cuda_generators() -> None:
+    """Take the CUDA generators out of capture mode after a capture torch could not end.
+
+    ``CUDAGraph::capture_end`` raises before it runs the generators' capture epilogue when the
+    capture was invalidated (a call graphguard does not intercept, such as the first cuBLAS
+    use of a thread inside the capture). Each generator then stays in capture mode, and every
+    later random op in the process raises "Offset increment outside graph capture encountered
+    unexpectedly". A clone of a generator's state keeps its seed and offset and is not
+    capturing; installing it makes the process usable again.
+    """
+    for gen in getattr(torch.cuda, "default_generators", ()):
+        with contextlib.suppress(Exception):  # an older torch without graph-safe states
+            gen.graphsafe_set_state(gen.clone_state())
 
 
 def _capture_begin_kwargs(pool: Any, capture_error_mode: str) -> dict[str, Any]:
@@ -327,6 +343,7 @@ class Capture:
                     self.graph.capture_end()
                 except BaseException as e:  # an illegal call graphguard does not intercept
                     end_error = e
+                    _reset_cuda_generators()
                 if failed or end_error is not None:
                     self._retire_graph()
         self._stream_ctx.__exit__(None, None, None)
@@ -356,7 +373,12 @@ class Capture:
                 return "logged"
             self.capturing = False
             _patches.end_global_capture(id(self))
-            self.graph.capture_end()
+            try:
+                self.graph.capture_end()
+            except BaseException:  # invalidated earlier by a call graphguard does not see
+                _reset_cuda_generators()
+                self._retire_graph()
+                raise
             # The work before the hazard was recorded, not run; running the recorded prefix
             # once gives its tensors the values the eager continuation expects.
             self.graph.replay()

@@ -69,13 +69,39 @@ def _device_type(dev: Any) -> str:
 
 
 def _is_python_number(value: Any) -> bool:
-    """What torch turns ``x[mask] = v`` into ``masked_fill_`` for without reading the mask.
-
-    Measured on an H200 (torch 2.11): a Python number captures and replays equal to eager; a
-    0-dim device tensor, like any tensor value, goes through ``index_put_`` and invalidates
-    the capture.
-    """
     return isinstance(value, (numbers.Number, bool)) and not isinstance(value, torch.Tensor)
+
+
+def _host_scalar_value(state: GuardState, value: Any) -> bool:
+    """Whether an indexed write's value reaches ``index_put_`` as a host (CPU) 0-dim tensor.
+
+    ``x[...] = 0.0`` on a CUDA ``x`` wraps the number in a CPU 0-dim tensor
+    (python_variable_indexing.cpp), as a 0-dim CPU tensor value already is.
+    """
+    if _is_python_number(value):
+        return True
+    return isinstance(value, torch.Tensor) and value.dim() == 0 and is_host(state, value)
+
+
+def _masked_fill_dispatch(
+    state: GuardState, items: tuple[Any, ...], value: Any, accumulate: bool = False
+) -> bool:
+    """Whether torch sends an indexed write to ``masked_fill_``, which reads nothing on the host.
+
+    torch's ``canDispatchToMaskedFill`` (TensorAdvancedIndexing.cpp): no accumulation, a host
+    0-dim value (a Python number becomes one), and exactly one index tensor, a boolean mask on
+    the written tensor's device (slices, ints and ``None`` beside it are applied as views).
+    Measured on an H200 (torch 2.11): ``x[mask] = 0.0`` captures and replays equal to eager; a
+    0-dim device tensor value goes through ``index_put_`` and invalidates the capture.
+    """
+    if accumulate or not _host_scalar_value(state, value):
+        return False
+    tensors = [i for i in items if isinstance(i, torch.Tensor)]
+    return (
+        len(tensors) == 1
+        and tensors[0].dtype in (torch.bool, torch.uint8)
+        and is_device(state, tensors[0])
+    )
 
 
 # --- host-sync: scalar reads, truth values, host copies, printing -----------------------------
@@ -228,6 +254,23 @@ def _check_grouped_mm(
     return Finding("GG103", "grouped_mm", "grouped-mm", tensor=offs)
 
 
+# ``F.ctc_loss`` hands its arguments to the mode before ``torch.ctc_loss``; the mode sees one
+@register_check(torch.ctc_loss, _attr(torch.nn.functional, "ctc_loss"))
+def _check_ctc_loss(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    # LossCTC.cpp copies length tensors to the host; LossCTC.cu builds the lengths and the
+    # targets' batch offsets on the host and copies them to the device (``at::tensor``, ``.cuda()``)
+    log_probs = args[0] if args else kwargs.get("log_probs")
+    if not is_device(state, log_probs) or _empty(log_probs):
+        return None
+    for i, name in ((2, "input_lengths"), (3, "target_lengths")):
+        lengths = args[i] if len(args) > i else kwargs.get(name)
+        if is_device(state, lengths):
+            return Finding("GG103", "ctc_loss", "ctc-loss", tensor=lengths)
+    return Finding("GG401", "ctc_loss", "ctc-loss", tensor=log_probs)
+
+
 def _linalg_checked(name: str, *, ex: bool = False) -> Checker:
     """GG108 for a linalg call on a device tensor that checks its info codes on the host
     (an ``_ex`` variant only with ``check_errors=True``)."""
@@ -318,7 +361,14 @@ def _check_where(
 
 
 def _index_finding(
-    state: GuardState, t: Any, index: Any, api: str, *, value: Any = None
+    state: GuardState,
+    t: Any,
+    index: Any,
+    api: str,
+    *,
+    write: bool = False,
+    value: Any = None,
+    accumulate: bool = False,
 ) -> Finding | None:
     items = index if isinstance(index, tuple) else (index,)
     for item in items:
@@ -329,14 +379,14 @@ def _index_finding(
                         "GG101", f"{api} with a slice bound", "size-argument", tensor=bound
                     )
         elif isinstance(item, torch.Tensor):
-            if item.dtype is torch.bool:
-                # ``x[mask] = 0.0`` is sent to masked_fill_ by torch: no sync. Any other use
-                # (a tensor value, a read) sizes a result from the mask's contents.
-                if api == "Tensor.__setitem__" and len(items) == 1 and _is_python_number(value):
-                    return None
-                return Finding("GG105", api, "bool-mask", tensor=t)
             if is_host(state, item) and item.dim() > 0:
                 return Finding("GG401", api, "index-tensor", tensor=t)
+            if item.dtype in (torch.bool, torch.uint8):
+                # ``x[mask] = 0.0`` is sent to masked_fill_ by torch: no sync. Any other use
+                # (a tensor value, a read) sizes a result from the mask's contents.
+                if write and _masked_fill_dispatch(state, items, value, accumulate):
+                    return None
+                return Finding("GG105", api, "bool-mask", tensor=t)
             if item.dim() == 0 and is_device(state, item) and not item.is_floating_point():
                 # a 0-dim integer index is read on the host and turned into a select
                 # (pytorch/pytorch#105641); a 1-element 1-dim index stays on the device
@@ -362,12 +412,36 @@ def _check_setitem(
     if len(args) < 3 or not is_device(state, args[0]):
         return None
     value = args[2]
-    finding = _index_finding(state, args[0], args[1], "Tensor.__setitem__", value=value)
+    finding = _index_finding(state, args[0], args[1], "Tensor.__setitem__", write=True, value=value)
     if finding is not None:
         return finding
     if is_host(state, value) and value.dim() > 0:
         return Finding("GG401", "Tensor.__setitem__", "setitem-value", tensor=args[0])
-    return None
+    items = args[1] if isinstance(args[1], tuple) else (args[1],)
+    return _scalar_value_copy(state, args[0], items, value, "Tensor.__setitem__")
+
+
+def _scalar_value_copy(
+    state: GuardState,
+    t: Any,
+    items: tuple[Any, ...],
+    value: Any,
+    api: str,
+    accumulate: bool = False,
+) -> Finding | None:
+    """``x[idx] = 0.0`` with an index tensor: ``index_put_`` copies the host 0-dim value.
+
+    TensorAdvancedIndexing.cpp: a value on another device with one element and no dims is moved
+    with ``value.to(self.device())``, a copy from pageable memory, unless the write went to
+    ``masked_fill_``. (wav2vec2's ``attention_mask[(rows, lengths - 1)] = 1`` is one.)
+    """
+    if not any(isinstance(i, torch.Tensor) for i in items):
+        return None  # basic indexing: a view and a fill, no index_put_
+    if not _host_scalar_value(state, value) or _masked_fill_dispatch(
+        state, items, value, accumulate
+    ):
+        return None
+    return Finding("GG401", api, "index-put-scalar", tensor=t)
 
 
 @register_check(torch.index_put, torch.index_put_, _attr(T, "index_put"), _attr(T, "index_put_"))
@@ -377,7 +451,14 @@ def _check_index_put(
     if len(args) < 2 or not is_device(state, args[0]):
         return None
     indices = tuple(i for i in args[1] if i is not None)
-    return _index_finding(state, args[0], indices, "index_put")
+    value = args[2] if len(args) > 2 else kwargs.get("values")
+    accumulate = bool(args[3] if len(args) > 3 else kwargs.get("accumulate", False))
+    finding = _index_finding(
+        state, args[0], indices, "index_put", write=True, value=value, accumulate=accumulate
+    )
+    if finding is not None:
+        return finding
+    return _scalar_value_copy(state, args[0], indices, value, "index_put", accumulate)
 
 
 # --- device tensors where torch needs a host number --------------------------------------------

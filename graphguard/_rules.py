@@ -167,12 +167,14 @@ _rule(
     + " Measured on an H200 (torch 2.11) also for the reads torch makes inside a call: "
     "`x[:n]`, `torch.zeros(n, ...)` and `x.topk(k)` with a device tensor `n`/`k`, `x[n]` "
     "with a 0-dim device index, and `F.one_hot(t)` without `num_classes` "
-    "(`F.one_hot(t, num_classes=2)` captures and replays equal to eager). Paddings, split "
-    "sizes, chunk counts, `interpolate` sizes, diagonal offsets, `linspace` bounds and "
-    "`multinomial` counts from a device tensor: the same conversion in torch's argument "
-    "parser, not yet measured under capture. `torch.histc` with "
-    "`min == max`: from torch's source (`aminmax()` then `.item()` in "
-    "`aten/src/ATen/native/cuda/SummaryOps.cu`), not yet measured under capture.",
+    "(`F.one_hot(t, num_classes=2)` captures and replays equal to eager), and a device "
+    "tensor as an `F.pad` padding, a `split` size or an `F.interpolate` size (torch's "
+    "argument parser converts it). Chunk counts, `unfold` windows, diagonal offsets, "
+    "`linspace`/`logspace`/`eye` numbers and `multinomial` counts take the same parser "
+    "path and were not measured separately. `torch.histc` with `min == max` (its CUDA "
+    "kernel runs `aminmax()` then `.item()`, `aten/src/ATen/native/cuda/SummaryOps.cu`) "
+    'raised "Cannot copy between CPU and CUDA tensors" instead, and the process stayed '
+    "usable; `torch.histc(x, 10, -4, 4)` captures and replays equal to eager.",
 )
 _rule(
     code="GG102",
@@ -209,6 +211,7 @@ _rule(
             "grouped-mm",
             "{api} outside its bf16 fast path copies its group offsets ({tensor}) to the host {where}",
         ),
+        ("ctc-loss", "{api} copies its length tensors ({tensor}) to the host {where}"),
     ),
     slug="blocking-host-copy",
     title="a device tensor is copied to the host",
@@ -220,13 +223,15 @@ _rule(
         "`torch.nn.functional.grouped_mm`/`torch._grouped_mm` (the grouped GEMM of mixture-of-"
         "experts layers) make the same copy inside: outside its fast path (bfloat16 operands "
         "and output on a compute-capability 9.x or 10.x card) torch runs a loop of GEMMs over "
-        "`offs.cpu()`."
+        "`offs.cpu()`. `F.ctc_loss` on the device copies length tensors on the device to the "
+        "host before it starts."
     ),
     fix=(
         "Copy into a preallocated device buffer inside the step and read it on the host after "
         "`replay()`; or drop the read from the captured step. For `grouped_mm`, run the experts "
         "in bfloat16 on a Hopper or Blackwell card (the fast path reads `offs` on the device), "
-        "or use a batched formulation that takes no offsets."
+        "or use a batched formulation that takes no offsets. Keep `F.ctc_loss` out of the "
+        "captured part (capture the model, compute the loss eagerly on its static output)."
     ),
     example="ids = logits.argmax(-1).tolist()",
     use_instead="ids_buf.copy_(logits.argmax(-1))   # static device buffer\n"
@@ -240,7 +245,9 @@ _rule(
         "(torch 2.11): `torch.tensor([], device='cuda')`, an empty host tensor `.to('cuda')` "
         "and an empty device tensor `.cpu()` capture and replay equal to eager. A float32 "
         "`grouped_mm` with device offsets (a transformers Mixtral forward) raised the same "
-        "copy error under raw capture on an H200 (torch 2.11, transformers 5.17)."
+        "copy error under raw capture on an H200 (torch 2.11, transformers 5.17), as did "
+        "`F.ctc_loss` with int64 device lengths and in its cuDNN form (float32, int32 device "
+        "targets and lengths)."
     ),
 )
 _rule(
@@ -540,6 +547,14 @@ _rule(
             "from-data",
             "a device tensor built from host data ({api}) is a pageable host-to-device copy {where}",
         ),
+        (
+            "index-put-scalar",
+            "writing a host number into {tensor} through an index tensor ({api}) copies it from pageable memory {where}",
+        ),
+        (
+            "ctc-loss",
+            "{api} on {tensor} copies its lengths and target offsets from pageable host memory {where}",
+        ),
     ),
     slug="pageable-host-to-device",
     title="a host-to-device copy from pageable memory",
@@ -547,11 +562,18 @@ _rule(
         "A device tensor built from Python data (`torch.tensor([...], device='cuda')`, "
         "`t.new_tensor([...])`), indexing "
         "a device tensor with a Python list or a CPU tensor, and `.to('cuda')`/`.cuda()` of a "
-        "pageable CPU tensor all copy from pageable host memory, which CUDA cannot record."
+        "pageable CPU tensor all copy from pageable host memory, which CUDA cannot record. "
+        "So does `x[idx] = 0.0` with an index tensor `idx`: `index_put_` moves the number, "
+        "held in a CPU 0-dim tensor, to the device; only a single boolean mask "
+        "(`x[mask] = 0.0`, sent to `masked_fill_`) avoids the copy. `F.ctc_loss` on the device "
+        "given its lengths as lists or CPU tensors copies them, and the targets' batch offsets, "
+        "to the device the same way (`aten/src/ATen/native/cuda/LossCTC.cu`)."
     ),
     fix=(
         "Create constants on the device before capture and reuse them; index with device "
-        "tensors; copy inputs into static device buffers before `replay()`."
+        "tensors; copy inputs into static device buffers before `replay()`. For an indexed "
+        "write of a number, give `index_put_` a device value: "
+        "`x.index_put_((idx,), x.new_full((), 0.0))`, or `x.index_fill_(0, idx, 0.0)`."
     ),
     example="x = x + torch.tensor([1.0]).cuda()\nrows = table[[0, 2, 5]]",
     use_instead="one = torch.ones(1, device='cuda')            # before capture\n"
@@ -564,7 +586,14 @@ _rule(
         "is not reported: torch's copy returns before any transfer when there is nothing to "
         "copy (`aten/src/ATen/native/Copy.cpp`), ahead of that check; measured on an H200 "
         "(torch 2.11): `torch.tensor([], device='cuda')` and an empty host tensor "
-        "`.to('cuda')` capture and replay equal to eager."
+        "`.to('cuda')` capture and replay equal to eager. Measured the same day: "
+        "`x[idx] = 0.0` and `x[(i, j)] = 1` with device index tensors, "
+        "`x.index_put_((idx,), torch.tensor(1.0))` and `F.ctc_loss` with its lengths as "
+        "lists or CPU tensors raise the copy error; `x[idx] = x.new_full((), 0.0)`, "
+        "`index_put_(..., accumulate=True)` of a device value, `x[:, mask] = 0.0` and "
+        "`x[mask] = torch.tensor(0.0)` (one boolean mask, a host 0-dim value) capture and "
+        "replay equal to eager. A transformers wav2vec2, HuBERT and Data2VecAudio forward "
+        "with a padding mask raised it at `mask[(rows, lengths - 1)] = 1`."
     ),
 )
 

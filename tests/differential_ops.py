@@ -61,6 +61,19 @@ OPS: list[Op] = [
         "offs=torch.arange(1, 4, device=x.device, dtype=torch.int32) * 5 + 1).sum(0) * 1e-3",
         "refused",
     ),
+    Op("index-write-number", "y = y.clone(); y[idx[:4]] = 0.5", "refused"),
+    Op("index-write-device", "y = y.clone(); y[idx[:4]] = y.new_full((), 0.5)", "legal"),
+    Op(
+        "mask-write-cols",
+        "y = y.view(4, 4).clone(); y[:, y[0] > 0] = 0.0; y = y.flatten()",
+        "legal",
+    ),
+    Op(
+        "ctc-loss",
+        "y = y + torch.nn.functional.ctc_loss(y.view(4, 1, 4).log_softmax(-1), "
+        "idx[:2].view(1, 2) % 3 + 1, [4], [2])",
+        "refused",
+    ),
     Op("histc-range", "y = y + torch.histc(y, 16, -4, 4) * 0.01", "legal"),
     Op("histc-default", "y = y + torch.histc(y, 16) * 0.01", "refused"),
     Op("pad-tensor", "y = y + torch.nn.functional.pad(y, (0, idx[3] * 0 + 2))[:16]", "refused"),

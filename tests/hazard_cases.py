@@ -203,6 +203,38 @@ def histc_default_range(c: Ctx) -> Any:
     return torch.histc(c.x, bins=10)  # HAZARD
 
 
+def index_write_number(c: Ctx) -> Any:
+    # wav2vec2's _get_feature_vector_attention_mask does this: index_put_ copies the number
+    y = c.x[:64].clone().view(8, 8)
+    rows = torch.arange(8, device=c.x.device)
+    y[(rows, rows)] = 1  # HAZARD
+    return y
+
+
+def index_put_host_value(c: Ctx) -> Any:
+    y = c.x.clone()
+    rows = torch.arange(8, device=c.x.device)
+    return y.index_put_((rows,), torch.ones(()))  # HAZARD
+
+
+def _ctc_operands(c: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    # 8 frames, batch 2, 5 classes; targets of 3 labels in 1..4 made on the device
+    log_probs = c.x[:80].view(8, 2, 5).log_softmax(-1)
+    return log_probs, torch.arange(1, 7, device=c.x.device).view(2, 3) % 4 + 1
+
+
+def ctc_loss_device_lengths(c: Ctx) -> Any:
+    log_probs, targets = _ctc_operands(c)
+    frames = torch.full((2,), 8, device=c.x.device)
+    labels = torch.full((2,), 3, device=c.x.device)
+    return torch.nn.functional.ctc_loss(log_probs, targets, frames, labels)  # HAZARD
+
+
+def ctc_loss_list_lengths(c: Ctx) -> Any:
+    log_probs, targets = _ctc_operands(c)
+    return torch.nn.functional.ctc_loss(log_probs, targets, [8, 8], [3, 3])  # HAZARD
+
+
 def _expert_operands(c: Ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # 16 token rows, 3 experts of 16x16, group ends [6, 11, 16] made on the device
     offs = torch.arange(1, 4, device=c.x.device, dtype=torch.int32) * 5 + 1
@@ -354,6 +386,10 @@ CASES: list[Case] = [
     Case("one-hot-without-classes", "GG101", one_hot_no_classes),
     Case("grouped-mm-float32", "GG103", grouped_mm_float32),
     Case("histc-default-range", "GG101", histc_default_range),
+    Case("index-write-number", "GG401", index_write_number),
+    Case("index-put-host-value", "GG401", index_put_host_value),
+    Case("ctc-loss-device-lengths", "GG103", ctc_loss_device_lengths),
+    Case("ctc-loss-list-lengths", "GG401", ctc_loss_list_lengths),
     Case("linalg-inv", "GG108", linalg_inv),
     Case("linalg-cholesky", "GG108", linalg_cholesky),
     Case("linalg-solve", "GG108", linalg_solve),
@@ -424,7 +460,17 @@ def clean_bool_mask_scalar(c: Ctx) -> Any:
     y = c.x.clone()
     y[y < 0] = 0.0
     y[y > 2] = -1
-    return y
+    z = c.x[:64].clone().view(8, 8)
+    z[:, z[0] > 0] = 0.0  # one mask after a slice: masked_fill_ as well
+    return y.sum() + z.sum()
+
+
+def clean_index_write_device_value(c: Ctx) -> Any:
+    # a device 0-dim value needs no copy: index_put_ reads it where it is
+    y = c.x.clone()
+    rows = torch.arange(8, device=c.x.device)
+    y[rows] = y.new_full((), 0.5)
+    return y.index_put_((rows,), c.x[0], accumulate=True)
 
 
 def clean_is_capturing(c: Ctx) -> Any:
@@ -496,6 +542,7 @@ CLEAN: list[Case] = [
     Case("mlp", "", clean_mlp),
     Case("bool-mask-scalar", "", clean_bool_mask_scalar),
     Case("empty-copies", "", clean_empty_copies),
+    Case("index-write-device-value", "", clean_index_write_device_value),
     Case("grouped-mm-bf16", "", clean_grouped_mm_bf16),
     Case("linalg-ex-and-one-hot-classes", "", clean_linalg_ex),
     Case("sizes-from-shapes", "", clean_sizes_from_shapes),

@@ -296,6 +296,34 @@ def seq2seq_forward(model_type: str, **over: Any) -> Callable[[str], Step]:
     return build
 
 
+def ctc_forward(model_type: str, **over: Any) -> Callable[[str], Step]:
+    """A speech CTC model's forward on two waveforms, the second padded (an attention mask)."""
+
+    def build(device: str) -> Step:
+        from transformers import AutoModelForCTC
+
+        sizes: dict[str, Any] = dict(
+            conv_dim=[16, 16], conv_kernel=[10, 3], conv_stride=[5, 2], num_feat_extract_layers=2,
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=32,
+            hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0,
+            feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0,
+        )  # fmt: skip
+        sizes.update(over)
+        model = AutoModelForCTC.from_config(_small_config(model_type, **sizes)).to(device).eval()
+        wave = torch.randn(2, 1600, generator=_gen()).to(device)
+        mask = torch.ones(2, 1600, dtype=torch.long)
+        mask[1, 1200:] = 0
+        mask = mask.to(device)
+
+        def forward() -> tuple[torch.Tensor, ...]:
+            with torch.no_grad():
+                return (model(input_values=wave, attention_mask=mask).logits,)
+
+        return Step(forward, modules=[model])
+
+    return build
+
+
 @dataclass
 class _Decoder:
     """A StaticCache decode step: static token and position buffers, refilled before each call
@@ -772,6 +800,24 @@ CASES: list[ModelCase] = [
             ),
         ),
         "LED (Longformer attention) forward: `.item()` decides whether any token attends globally",
+    ),
+    ModelCase(
+        "wav2vec2_forward",
+        ctc_forward("wav2vec2"),
+        (
+            Hazard(
+                "GG401",
+                Site(
+                    _lib(
+                        "transformers.models.wav2vec2.modeling_wav2vec2",
+                        "Wav2Vec2PreTrainedModel._get_feature_vector_attention_mask",
+                    ),
+                    "output_lengths - 1)] = 1",
+                ),
+            ),
+        ),
+        "wav2vec2 CTC forward with a padding mask: `mask[(rows, lengths - 1)] = 1` makes "
+        "index_put_ copy the number 1 from host memory",
     ),
     ModelCase("bert_forward", encoder_forward("bert"), LEGAL, "BERT encoder forward"),
     ModelCase(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -29,6 +31,9 @@ def collect_garbage_first() -> None:
 def gctx() -> Ctx:
     """A step context on the GPU, with CUDA objects made before any region starts."""
     x = torch.randn(1024, device="cuda")
+    # cuBLAS makes its handle at a thread's first matmul, which a capture cannot contain
+    # (CUBLAS_STATUS_NOT_INITIALIZED): warm it up as any capture must
+    (x[:16].view(4, 4) @ x[:16].view(4, 4)).sum()
     event = torch.cuda.Event()
     event.record()
     ctx = Ctx(x=x, pinned=torch.randn(1024).pin_memory(), stream=torch.cuda.Stream(), event=event)
@@ -224,3 +229,44 @@ def test_other_threads_legal_work_is_not_reported() -> None:
     cap.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(y, x * 2)
+
+
+_FIRST_MATMUL_IN_CAPTURE = """
+import torch, graphguard
+x = torch.randn(16, 16, device="cuda")  # no matmul before the region: no cuBLAS handle yet
+try:
+    with graphguard.capture():
+        y = x @ x
+except Exception as e:
+    print("raised:", type(e).__name__, str(e).splitlines()[0][:120])
+else:
+    print("raised: nothing")
+# the process is usable: random ops, matmuls and a fresh capture with RNG in it
+torch.randn(8, device="cuda").sum().item()
+(x @ x).sum().item()
+g = torch.cuda.CUDAGraph()
+s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(s):
+    out = x @ x + torch.rand_like(x)
+torch.cuda.current_stream().wait_stream(s)
+with torch.cuda.graph(g):
+    out = x @ x + torch.rand_like(x)
+g.replay(); torch.cuda.synchronize()
+print("healthy")
+"""
+
+
+def test_a_capture_torch_cannot_end_leaves_the_random_generators_usable() -> None:
+    """A call graphguard does not intercept invalidates the capture (here the thread's first
+    cuBLAS use inside it); torch's capture_end then raises before the CUDA generators leave
+    capture mode. graphguard takes them out, so the process stays usable."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_MATMUL_IN_CAPTURE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "healthy", done.stdout + done.stderr[-2000:]
+    assert lines[0].startswith("raised:") and lines[0] != "raised: nothing", done.stdout
