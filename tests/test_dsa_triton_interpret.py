@@ -325,3 +325,54 @@ def test_fill_index_mask_through_a_transposed_view() -> None:
     _triton_topk.fill_index_mask(mask, HAND_IDX)
     assert torch.equal(mask, expected)
     assert torch.equal(storage.t(), expected)
+
+
+# ------------------------------------------------------------------ the final sort in short lists
+
+
+@pytest.mark.parametrize(("k", "sort_lists"), [(24, 2), (100, 4), (600, 2), (600, 8), (64, 64)])
+def test_split_sort_gives_the_one_sort_result(k: int, sort_lists: int) -> None:
+    """Picks sorted as several lists and placed by counting give the single sort's result:
+    ties (lower index first), NaN and +inf slots, hidden keys, rows shorter than k."""
+    gen = torch.Generator().manual_seed(k + sort_lists)
+    scores = torch.randint(-20, 21, (4, 700), generator=gen).float() / 4
+    scores[1, 50:] = NEG_INF
+    scores[2, 3] = NAN
+    scores[2, 10:13] = POS_INF
+    scores[3, :] = NEG_INF
+    single = torch.full_like(scores, 2.0)
+    split = torch.full_like(scores, 2.0)
+    has_single = torch.empty(4, dtype=torch.uint8)
+    has_split = torch.empty(4, dtype=torch.uint8)
+    want = _triton_topk.topk_mask(scores, k, single, has_keys=has_single, sort_lists=1)
+    got = _triton_topk.topk_mask(scores, k, split, has_keys=has_split, sort_lists=sort_lists)
+    assert torch.equal(got, want)
+    assert torch.equal(split, single)
+    assert torch.equal(has_split, has_single)
+    short = scores[:, : k // 2]  # fewer keys than k: trailing -1
+    assert torch.equal(
+        _triton_topk.topk_mask(short, k, sort_lists=sort_lists),
+        _triton_topk.topk_mask(short, k, sort_lists=1),
+    )
+    distinct = distinct_scores((3, 700), seed=k)  # no ties: the reference order itself
+    assert torch.equal(
+        _triton_topk.topk_mask(distinct, k, sort_lists=sort_lists), select_topk(distinct, k)
+    )
+
+
+def test_split_sort_after_a_segmented_first_launch() -> None:
+    """The second launch of a two-launch selection sorts its picks the same way."""
+    scores = distinct_scores((2, 3000), seed=77)
+    want = select_topk(scores, 256)
+    for sort_lists in (1, 2, 8):
+        got = _triton_topk.topk_mask(scores, 256, segments=4, sort_lists=sort_lists)
+        assert torch.equal(got, want)
+
+
+def test_sort_lists_is_validated() -> None:
+    scores = torch.randn(2, 64)
+    for bad in (0, 3, 128):
+        with pytest.raises(ValueError, match="sort_lists"):
+            _triton_topk.topk_mask(scores, 48, sort_lists=bad)
+    assert _triton_topk.default_sort_lists(2048) == 4
+    assert _triton_topk.default_sort_lists(512) == 1
