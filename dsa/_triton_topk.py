@@ -58,7 +58,6 @@ from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 __all__ = [
     "MAX_TOPK",
     "default_segments",
-    "default_sort_lists",
     "fill_index_mask",
     "topk_mask",
     "topk_unsupported_reason",
@@ -162,7 +161,6 @@ def _load() -> tuple[Any, Any]:
         CANDIDATES: tl.constexpr,
         MASK_MODE: tl.constexpr,
         WRITE_HAS_KEYS: tl.constexpr,
-        SORT_LISTS: tl.constexpr,
     ):
         # One program selects the top k of one segment [seg_start, seg_end) of one row.
         # PACKED_INPUT: the row holds packed (key, index) int64 candidates, not float scores.
@@ -258,7 +256,7 @@ def _load() -> tuple[Any, Any]:
             # Empty slots get the smallest packed value: a key below -inf's, never a real pick.
             filler = tl.full([K_BLOCK], -9223372036854775808, tl.int64)
             tl.store(out_row + slots, filler, mask=(slots >= take) & (slots < k))
-        elif SORT_LISTS == 1:
+        else:
             # 3. Sort the picks (descending key, then ascending index) and write indices.
             tl.debug_barrier()  # the compaction stores above are read back by other threads
             packed = tl.load(out_row + slots, mask=slots < take, other=-9223372036854775808)
@@ -270,43 +268,6 @@ def _load() -> tuple[Any, Any]:
             tl.store(out_row + slots, tl.where(real, index, -1), mask=slots < k)
             if WRITE_HAS_KEYS:
                 tl.store(has_keys_ptr + row, (tl.sum(real.to(tl.int32), axis=0) > 0).to(tl.uint8))
-        else:
-            # 3'. The same order from SORT_LISTS shorter sorts: the picks, seen as SORT_LISTS
-            # lists of W, are sorted list by list, and each pick's place in the whole order is
-            # the number of picks above it, counted in every sorted list by a binary search.
-            # Packed values are unique (indices differ), so the count is exact. Slots at or past
-            # k are not stored; they hold filler (below every pick) and read back as filler.
-            W: tl.constexpr = K_BLOCK // SORT_LISTS
-            filler: tl.constexpr = -9223372036854775808
-            flat = tl.arange(0, SORT_LISTS)[:, None] * W + tl.arange(0, W)[None, :]
-            tl.debug_barrier()  # the compaction stores above are read back by other threads
-            packed = tl.load(out_row + flat, mask=flat < take, other=filler)
-            packed = tl.sort(packed, dim=1, descending=True)
-            tl.debug_barrier()  # every thread has read its picks before any is overwritten
-            tl.store(out_row + flat, packed, mask=flat < k)
-            tl.debug_barrier()  # the sorted lists are complete before any search reads them
-            place = tl.zeros([SORT_LISTS, W], tl.int32)
-            for other in tl.static_range(SORT_LISTS):
-                # picks above `packed` in list `other`: its first `above` entries (descending)
-                above = tl.zeros([SORT_LISTS, W], tl.int32)
-                for b in tl.static_range(12):  # steps W/2, W/4, ..., 1 (W <= 4096)
-                    if (W >> (b + 1)) > 0:
-                        probe = other * W + above + (W >> (b + 1)) - 1
-                        seen = tl.load(out_row + probe, mask=probe < k, other=filler)
-                        above += tl.where(seen > packed, W >> (b + 1), 0)
-                probe = other * W + above
-                seen = tl.load(out_row + probe, mask=probe < k, other=filler)
-                place += above + (seen > packed).to(tl.int32)
-            pick = packed != filler
-            signed_key = (packed >> 32).to(tl.int32)
-            index = 2147483647 - (packed & 2147483647)
-            real = pick & (signed_key > -2139095041) & (signed_key < 2139095040)
-            tl.debug_barrier()  # every search is done before the indices overwrite the lists
-            tl.store(out_row + place, tl.where(real, index, -1), mask=pick)
-            tl.store(out_row + slots, tl.full([K_BLOCK], -1, tl.int64), mask=(slots >= take) & (slots < k))
-            if WRITE_HAS_KEYS:
-                has = tl.sum(tl.sum(real.to(tl.int32), axis=1), axis=0) > 0
-                tl.store(has_keys_ptr + row, has.to(tl.uint8))
 
     @triton.jit
     def _fill_index_mask_kernel(
@@ -385,17 +346,6 @@ def default_segments(rows: int, length: int, k: int, device: torch.device) -> in
     return max(1, min(by_length, 1 << (by_sms.bit_length() - 1)))
 
 
-def default_sort_lists(k: int) -> int:
-    """How many lists the final sort of the k picks is split into (1: one sort of all).
-
-    A bitonic sort of n packed values in one program costs more than twice that of n / 2
-    (on an H200, k=2048: 27.6 µs against 11.2 µs for 1024, `tl.sort` of int64 alone), while
-    counting a pick's place in S sorted lists costs S binary searches. Lists of 512 (S =
-    next_power_of_two(k) / 512) for k above 512; a shape-only choice.
-    """
-    return max(1, _next_power_of_two(k) // 512)
-
-
 def topk_mask(
     scores: Tensor,
     k: int,
@@ -404,7 +354,6 @@ def topk_mask(
     segments: int | None = None,
     has_keys: Tensor | None = None,
     num_warps: int | None = None,
-    sort_lists: int | None = None,
 ) -> Tensor:
     """``select_topk(scores, k)`` in fused kernels; when ``mask`` is given, also write it.
 
@@ -419,10 +368,6 @@ def topk_mask(
             (packed, in index order; the mask row is filled with -inf in the same pass), then a
             second launch selects the top k of the S * k candidates, sorts them, writes the
             indices and the zeros of the mask. The result does not depend on S.
-        sort_lists: how many lists the final sort of the k picks is split into, a power of
-            two up to next_power_of_two(k) (``default_sort_lists`` when None; 1: one bitonic
-            sort). Each list is sorted, then each pick is placed by counting the picks above it
-            in every list. The result does not depend on it.
 
     Returns int64 indices [..., k] equal to ``select_topk(scores, k)`` (see the module
     docstring for the tie rule). Raises ValueError when ``topk_unsupported_reason`` names a
@@ -444,13 +389,6 @@ def topk_mask(
         raise ValueError(f"segments must be >= 1; got {segments}")
     if num_warps is not None and num_warps not in (4, 8, 16):
         raise ValueError(f"num_warps must be 4, 8 or 16; got {num_warps}")
-    k_block = _next_power_of_two(k)
-    if sort_lists is None:
-        sort_lists = default_sort_lists(k)
-    elif sort_lists < 1 or sort_lists & (sort_lists - 1) or sort_lists > k_block:
-        raise ValueError(
-            f"sort_lists must be a power of two in [1, {k_block}] for k={k}; got {sort_lists}"
-        )
     length = scores.shape[-1]
     lead = scores.shape[:-1]
     if has_keys is not None and (
@@ -487,6 +425,7 @@ def topk_mask(
     segments = min(segments, length)
     seg_len = -(-length // segments)
     segments = -(-length // seg_len)  # no empty segment
+    k_block = _next_power_of_two(k)
     kernel, _ = _load()
     mask_arg = mask_rows if mask_rows is not None else flat_scores
     mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
@@ -509,7 +448,6 @@ def topk_mask(
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 1,
                 WRITE_HAS_KEYS=has_keys is not None,
-                SORT_LISTS=sort_lists,
                 num_warps=num_warps or _warps(_chunk(length), k_block),
             )
         else:
@@ -531,7 +469,6 @@ def topk_mask(
                 CANDIDATES=True,
                 MASK_MODE=0 if mask_rows is None else 2,
                 WRITE_HAS_KEYS=False,
-                SORT_LISTS=1,
                 num_warps=num_warps or _warps(_chunk(seg_len), k_block),
             )
             width = segments * k
@@ -552,7 +489,6 @@ def topk_mask(
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 3,
                 WRITE_HAS_KEYS=has_keys is not None,
-                SORT_LISTS=sort_lists,
                 num_warps=num_warps or _warps(_chunk(width), k_block),
             )
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
