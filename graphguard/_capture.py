@@ -67,6 +67,44 @@ def _default_capture_stream() -> Any:
         return stream
 
 
+#: Capture failures torch reports in words that name no cause a user can act on, with the
+#: cause; the note is added to torch's own exception (PEP 678), which is left as it is.
+_TORCH_CAPTURE_ERRORS = (
+    (
+        "CUBLAS_STATUS_NOT_INITIALIZED",
+        "cuBLAS makes its handle at a thread's first matrix product, which a CUDA graph "
+        "capture cannot contain: run the step once before capturing (a warm-up on a side "
+        "stream, as @graphguard.graphed does).",
+    ),
+    (
+        "operation not permitted when stream is capturing",
+        "a call inside the capture synchronised with the GPU or touched pinned host memory, "
+        "and no graphguard rule names it. The capture was ended and the process stays usable; "
+        "run the step under graphguard.capture(mode='audit') or eagerly to find the call.",
+    ),
+    (
+        "Cannot copy between CPU and CUDA tensors during CUDA graph capture",
+        "a copy between host and device happened inside a call no graphguard rule names. The "
+        "capture was ended and the process stays usable; keep host data out of the step "
+        "(static device buffers filled before replay()).",
+    ),
+)
+
+
+def explain_torch_error(exc: BaseException) -> None:
+    """Add graphguard's reading to a torch error known to come from a capture (once)."""
+    if not isinstance(exc, RuntimeError) or not hasattr(exc, "add_note"):
+        return
+    notes = getattr(exc, "__notes__", ())
+    if any(note.startswith("graphguard: ") for note in notes):
+        return
+    text = str(exc)
+    for needle, note in _TORCH_CAPTURE_ERRORS:
+        if needle in text:
+            exc.add_note("graphguard: " + note)
+            return
+
+
 def _reset_cuda_generators() -> None:
     """Take the CUDA generators out of capture mode after a capture torch could not end.
 
@@ -294,7 +332,10 @@ class Capture:
             end_error = self._leave(failed=exc_type is not None, exc_info=(exc_type, exc, tb))
             if isinstance(exc, HazardError):
                 trim_traceback(exc)
+            elif exc is not None:
+                explain_torch_error(exc)
             if exc is None and end_error is not None:
+                explain_torch_error(end_error)
                 raise end_error
             region_event(
                 "graphguard.capture.end",

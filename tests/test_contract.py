@@ -366,3 +366,28 @@ def test_uncaught_hazard_traceback_ends_in_user_code(entry, tmp_path) -> None:
     last = max(i for i, line in enumerate(lines) if line.startswith('  File "'))
     assert "# HAZARD" in lines[last + 1]
     assert any(line.startswith("graphguard._errors.HostSyncError: GG101") for line in lines[last:])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need Python 3.11")
+def test_a_known_torch_capture_error_gets_one_note_naming_its_cause() -> None:
+    """torch's own capture failures pass through unchanged, with graphguard's reading added
+    as a note (once, however many regions they cross); other errors get none."""
+    message = "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`"
+    with (
+        pytest.raises(RuntimeError) as info,
+        graphguard.capture(mode="audit"),
+        graphguard.capture(mode="audit"),
+    ):
+        raise RuntimeError(message)
+    assert str(info.value) == message
+    notes = getattr(info.value, "__notes__", [])
+    assert len(notes) == 1 and notes[0].startswith("graphguard: cuBLAS makes its handle")
+    with pytest.raises(RuntimeError) as info, graphguard.capture(mode="audit"):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    assert "no graphguard rule names it" in info.value.__notes__[0]
+    with pytest.raises(RuntimeError) as info, graphguard.capture(mode="audit"):
+        raise RuntimeError("some other failure")
+    assert not getattr(info.value, "__notes__", [])
+    with pytest.raises(ValueError) as other, graphguard.capture(mode="audit"):
+        raise ValueError(message)  # not a torch runtime error: left alone
+    assert not getattr(other.value, "__notes__", [])
