@@ -5,7 +5,8 @@
 expected verdict. This script goes wide instead: a forward step (and, for decoder LMs, an AdamW
 training step with ``graph_safe_optimizer`` and gradient clipping, and a StaticCache decode step)
 of every architecture listed below, built tiny from its config with random weights, padded
-attention masks included. Nobody
+attention masks included. Where diffusers is installed, its family joins: a UNet forward and
+training step, a VAE round trip and one sampling-loop step per scheduler. Nobody
 decides a verdict up front:
 
 - ``--cpu``: each step once under ``graphguard.capture(mode="audit")`` on CPU tensors (as CI
@@ -27,6 +28,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import subprocess
@@ -58,6 +60,9 @@ SEQ2SEQ = [
 VISION = ["vit", "dinov2", "beit", "convnext", "convnextv2", "resnet", "regnet", "segformer", "cvt"]
 #: speech: Whisper (log-mel features, decoder ids) and CTC models (a padded waveform), forward
 AUDIO = ["whisper", "wav2vec2", "hubert", "wavlm", "data2vec-audio"]
+#: diffusers (when installed): a conditional UNet (forward, training step), a VAE round trip,
+#: and one denoising step of a sampling loop (UNet + scheduler.step) per scheduler
+DIFFUSION = ["unet", "vae", "ddim", "euler", "dpmsolver"]
 
 _SIZES = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -279,9 +284,106 @@ def _audio(arch: str) -> Any:
     return build
 
 
+def _tiny_unet(device: str) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=8,
+    ).to(device)  # fmt: skip
+
+
+def _diffusion(arch: str, kind: str) -> Any:
+    def build(device: str) -> Any:
+        import realmodel_cases as rc
+        import torch
+
+        import graphguard
+
+        gen = torch.Generator().manual_seed(0)
+        latents = torch.randn(2, 4, 16, 16, generator=gen).to(device)
+        text = torch.randn(2, 8, 32, generator=gen).to(device)
+        if arch == "vae":
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL(
+                in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+                down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                block_out_channels=(16, 32), sample_size=32,
+            ).to(device).eval()  # fmt: skip
+            images = torch.randn(2, 3, 32, 32, generator=gen).to(device)
+
+            def round_trip() -> tuple[Any, ...]:
+                with torch.no_grad():
+                    z = vae.encode(images).latent_dist.mode()
+                    return (vae.decode(z).sample,)
+
+            return rc.Step(round_trip, modules=[vae])
+        unet = _tiny_unet(device)
+        t = torch.full((2,), 500, device=device)
+        if kind == "forward":
+            unet.eval()
+
+            def forward() -> tuple[Any, ...]:
+                with torch.no_grad():
+                    return (unet(latents, t, encoder_hidden_states=text).sample,)
+
+            return rc.Step(forward, modules=[unet])
+        if kind == "train":
+            opt = graphguard.graph_safe_optimizer(torch.optim.AdamW(unet.parameters(), lr=1e-4))
+            noise = torch.randn(2, 4, 16, 16, generator=gen).to(device)
+
+            def train_step() -> tuple[Any, ...]:
+                opt.zero_grad(set_to_none=False)
+                pred = unet(latents, t, encoder_hidden_states=text).sample
+                loss = torch.nn.functional.mse_loss(pred, noise)
+                loss.backward()
+                opt.step()
+                return (loss.detach(),)
+
+            return rc.Step(train_step, modules=[unet], state=lambda: list(unet.parameters()))
+        # one step of a sampling loop, as a pipeline runs it: the timestep is a device scalar
+        # from scheduler.timesteps (set_timesteps(device=...)), refilled before each call
+        import diffusers
+
+        cls = {
+            "ddim": diffusers.DDIMScheduler,
+            "euler": diffusers.EulerDiscreteScheduler,
+            "dpmsolver": diffusers.DPMSolverMultistepScheduler,
+        }[arch]
+        scheduler = cls(num_train_timesteps=1000)
+        scheduler.set_timesteps(20, device=device)
+        unet.eval()
+        step_t = scheduler.timesteps[0].clone()
+        sample = latents.clone()
+
+        def before_step(k: int) -> None:
+            step_t.copy_(scheduler.timesteps[k % len(scheduler.timesteps)])
+
+        def denoise() -> tuple[Any, ...]:
+            with torch.no_grad():
+                model_in = scheduler.scale_model_input(sample, step_t)
+                eps = unet(model_in, step_t, encoder_hidden_states=text).sample
+                sample.copy_(scheduler.step(eps, step_t, sample).prev_sample)
+            return (sample,)
+
+        return rc.Step(denoise, modules=[unet], before_step=before_step)
+
+    return build
+
+
 def _steps(arch: str) -> list[tuple[str, Any]]:
     import realmodel_cases as rc
 
+    if arch in DIFFUSION:
+        if arch == "unet":
+            return [("forward", _diffusion(arch, "forward")), ("train", _diffusion(arch, "train"))]
+        if arch == "vae":
+            return [("forward", _diffusion(arch, "forward"))]
+        return [("denoise", _diffusion(arch, "denoise"))]
     if arch in SEQ2SEQ:
         return [("forward", _seq2seq(arch, False)), ("train", _seq2seq(arch, True))]
     if arch in VISION:
@@ -302,7 +404,10 @@ def register() -> list[str]:
     import realmodel_cases as rc
 
     names = []
-    for arch in [*DECODERS, *ENCODERS, *SEQ2SEQ, *VISION, *AUDIO]:
+    families = [*DECODERS, *ENCODERS, *SEQ2SEQ, *VISION, *AUDIO]
+    if importlib.util.find_spec("diffusers") is not None:
+        families += DIFFUSION
+    for arch in families:
         for kind, build in _steps(arch):
             name = f"sweep_{arch}_{kind}"
             case = rc.ModelCase(name, build, rc.LEGAL, f"{arch} {kind}")

@@ -113,6 +113,17 @@ CASES: dict[str, str] = {
     "x[:, mask] = 0.0": "y = x[:64].clone().view(8, 8); y[:, y[0] > 0] = 0.0; out = y",
     "x[mask] = torch.tensor(0.0) (a host 0-dim value)": "y = x.clone(); "
     "y[y < 0] = torch.tensor(0.0); out = y",
+    "host_table[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); "
+    "t = torch.linspace(0.0, 1.0, 16); out = x * t[n]",
+    # fill values given as tensors: masked_fill/index_fill take value.item() (C++), full_like's
+    # parser converts its Scalar; fill_ copies a device value on the device
+    "x.masked_fill(mask, device 0-dim) (GG101)": "out = x.masked_fill(x > 0, x[0])",
+    "x.masked_fill(mask, torch.tensor(0.5)) (host value)": "out = x.masked_fill(x > 0, "
+    "torch.tensor(0.5))",
+    "x.index_fill_(0, idx, device 0-dim) (GG101)": "out = x.clone().index_fill_(0, "
+    "torch.arange(4, device='cuda'), x[0])",
+    "torch.full_like(x, device 0-dim) (GG101)": "out = torch.full_like(x, x[0])",
+    "x.fill_(device 0-dim)": "out = x.clone().fill_(x[0])",
     "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "

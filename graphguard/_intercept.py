@@ -396,12 +396,33 @@ def _index_finding(
     return None
 
 
+def _device_number_in_index(state: GuardState, index: Any, api: str) -> Finding | None:
+    """A host tensor indexed with a device number: torch reads it with ``.item()``.
+
+    ``alphas_cumprod[t]`` with a CPU table and a 0-dim device timestep (diffusers' DDIM step)
+    selects by ``t.item()`` whatever device the table is on (``handleDimInMultiDimIndexing``).
+    """
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:
+        if (
+            isinstance(item, torch.Tensor)
+            and item.dim() == 0
+            and item.dtype not in (torch.bool, torch.uint8)
+            and not item.is_floating_point()
+            and is_device(state, item)
+        ):
+            return Finding("GG101", f"{api} with a 0-dim index", "size-argument", tensor=item)
+    return None
+
+
 @register_check(_attr(T, "__getitem__"))
 def _check_getitem(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Finding | None:
-    if len(args) < 2 or not is_device(state, args[0]):
+    if len(args) < 2:
         return None
+    if not is_device(state, args[0]):
+        return _device_number_in_index(state, args[1], "Tensor.__getitem__")
     return _index_finding(state, args[0], args[1], "Tensor.__getitem__")
 
 
@@ -409,8 +430,10 @@ def _check_getitem(
 def _check_setitem(
     state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Finding | None:
-    if len(args) < 3 or not is_device(state, args[0]):
+    if len(args) < 3:
         return None
+    if not is_device(state, args[0]):
+        return _device_number_in_index(state, args[1], "Tensor.__setitem__")
     value = args[2]
     finding = _index_finding(state, args[0], args[1], "Tensor.__setitem__", write=True, value=value)
     if finding is not None:
@@ -546,6 +569,36 @@ for _name in ("pad", "interpolate"):
     register_check(_attr(torch.nn.functional, _name))(
         _size_arguments(f"torch.nn.functional.{_name}()", skip_input=True)
     )
+
+
+#: The fill-value calls' checkers -> where their value argument is (position, keyword); the
+#: mode runs one only when that value is a tensor.
+_FILL_CHECKERS: dict[Checker, tuple[int, str]] = {}
+
+
+def _fill_value(name: str, position: int, key: str) -> Checker:
+    """GG101 for a device tensor given as the value of ``masked_fill``/``index_fill``: torch
+    takes a 0-dim value tensor and fills with ``value.item()`` (TensorAdvancedIndexing.cpp,
+    ``masked_fill__cuda`` in Indexing.cu); a host value is read without a sync."""
+
+    def check(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+        value = args[position] if len(args) > position else kwargs.get(key)
+        if is_device(state, value):
+            return Finding("GG101", name, "size-argument", tensor=value)
+        return None
+
+    _FILL_CHECKERS[check] = (position, key)
+    return check
+
+
+register_check(_attr(torch, "masked_fill"), _attr(T, "masked_fill"), _attr(T, "masked_fill_"))(
+    _fill_value("masked_fill()", 2, "value")
+)
+register_check(_attr(torch, "index_fill"), _attr(T, "index_fill"), _attr(T, "index_fill_"))(
+    _fill_value("index_fill()", 3, "value")
+)
+# full_like(input, fill_value): a tensor fill value is converted to a Scalar by the parser
+register_check(_attr(torch, "full_like"))(_size_arguments("torch.full_like()", skip_input=True))
 
 
 # --- copies between host and device -----------------------------------------------------------
@@ -817,12 +870,15 @@ class HazardMode(TorchFunctionMode):
         if PENDING:  # a Ctrl-C held back inside torch's mode dispatch (see ``_session``)
             deliver_at_call()
         check = _CHECKS.get(func)
-        if (
-            check is not None
-            and check in _SIZE_CHECKERS
-            and not _tensor_argument(args, kwargs, _SIZE_CHECKERS[check])
-        ):
-            check = None  # sizes given as Python numbers: nothing to check
+        if check is not None:
+            if check in _SIZE_CHECKERS:
+                if not _tensor_argument(args, kwargs, _SIZE_CHECKERS[check]):
+                    check = None  # sizes given as Python numbers: nothing to check
+            elif check in _FILL_CHECKERS:
+                position, key = _FILL_CHECKERS[check]
+                value = args[position] if len(args) > position else (kwargs or {}).get(key)
+                if not isinstance(value, torch.Tensor):
+                    check = None  # a Python number for a fill value: nothing to check
         if check is None and (not kwargs or _SPECIAL_KWARGS.isdisjoint(kwargs)):
             if self.capture_states and not _is_capturing():
                 # A kernel issued outside the recording stream: the full check below decides.

@@ -147,15 +147,20 @@ _rule(
         "number: a slice bound (`x[:n]`), a size (`torch.zeros(n)`, `x.view(n, -1)`, "
         "`x.repeat(n, 1)`), a `k`, a length, an `arange`/`linspace` bound, a padding "
         "(`F.pad(x, (0, n))`), a split size or chunk count, an `F.interpolate` size, a "
-        "diagonal offset or a `multinomial` sample count. Shapes, strides and offsets "
-        "live on the host, and torch converts such a tensor with `.item()`. `torch.histc` with "
+        "diagonal offset or a `multinomial` sample count, a 0-dim integer index (`x[n]`, "
+        "whatever device `x` is on: a host table indexed by a device step number too), or the "
+        "fill value of `masked_fill`, `index_fill` or `torch.full_like`. Shapes, strides and "
+        "offsets live on the host, and torch converts such a tensor with `.item()`. "
+        "`torch.histc` with "
         "`min == max` (its default, 0 and 0) reads the input's minimum and maximum on the host "
         "to find its range."
     ),
     fix=(
         "Keep the value on the device: use the tensor directly in later ops, validate with "
         "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region. "
-        "Give `F.one_hot` its `num_classes` and `torch.histc` its `min` and `max`. Sizes and "
+        "Give `F.one_hot` its `num_classes` and `torch.histc` its `min` and `max`. For a fill "
+        "value on the device, `torch.where(mask, value, x)` or `x.fill_(value)` keep it there; "
+        "move a lookup table to the device before capture. Sizes and "
         "slice bounds must be Python ints known "
         "before capture (a graph has fixed shapes): use `x.shape`, a fixed maximum with a mask, "
         "or `torch.narrow`/indexing by a device index tensor (`x.index_select`)."
@@ -174,7 +179,12 @@ _rule(
     "path and were not measured separately. `torch.histc` with `min == max` (its CUDA "
     "kernel runs `aminmax()` then `.item()`, `aten/src/ATen/native/cuda/SummaryOps.cu`) "
     'raised "Cannot copy between CPU and CUDA tensors" instead, and the process stayed '
-    "usable; `torch.histc(x, 10, -4, 4)` captures and replays equal to eager.",
+    "usable; `torch.histc(x, 10, -4, 4)` captures and replays equal to eager. From torch's "
+    "source, not yet measured under capture: a host table indexed by a 0-dim device index "
+    "(`handleDimInMultiDimIndexing` reads the index with `.item()`; diffusers' DDIM step does "
+    "`alphas_cumprod[timestep]`), and a device fill value of `masked_fill`/`index_fill` "
+    "(`value.item()` in C++) or `torch.full_like` (the argument parser); `fill_` with a "
+    "device value copies it on the device and is not reported.",
 )
 _rule(
     code="GG102",

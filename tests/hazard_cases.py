@@ -211,6 +211,27 @@ def index_write_number(c: Ctx) -> Any:
     return y
 
 
+def host_table_device_index(c: Ctx) -> Any:
+    # diffusers' DDIM step: alphas_cumprod (a CPU table) indexed by a device timestep
+    table = torch.linspace(0.0, 1.0, 16, device="cpu")
+    step = (c.x[:8] > 0).sum()
+    return table[step]  # HAZARD
+
+
+def masked_fill_device_value(c: Ctx) -> Any:
+    # torch fills with value.item(): a device value is read on the host
+    return c.x.masked_fill(c.x > 0, c.x[0])  # HAZARD
+
+
+def index_fill_device_value(c: Ctx) -> Any:
+    rows = torch.arange(4, device=c.x.device)
+    return c.x.clone().index_fill_(0, rows, c.x[0])  # HAZARD
+
+
+def full_like_device_value(c: Ctx) -> Any:
+    return torch.full_like(c.x, c.x[0])  # HAZARD
+
+
 def index_put_host_value(c: Ctx) -> Any:
     y = c.x.clone()
     rows = torch.arange(8, device=c.x.device)
@@ -388,6 +409,10 @@ CASES: list[Case] = [
     Case("histc-default-range", "GG101", histc_default_range),
     Case("index-write-number", "GG401", index_write_number),
     Case("index-put-host-value", "GG401", index_put_host_value),
+    Case("host-table-device-index", "GG101", host_table_device_index),
+    Case("masked-fill-device-value", "GG101", masked_fill_device_value),
+    Case("index-fill-device-value", "GG101", index_fill_device_value),
+    Case("full-like-device-value", "GG101", full_like_device_value),
     Case("ctc-loss-device-lengths", "GG103", ctc_loss_device_lengths),
     Case("ctc-loss-list-lengths", "GG401", ctc_loss_list_lengths),
     Case("linalg-inv", "GG108", linalg_inv),
@@ -463,6 +488,13 @@ def clean_bool_mask_scalar(c: Ctx) -> Any:
     z = c.x[:64].clone().view(8, 8)
     z[:, z[0] > 0] = 0.0  # one mask after a slice: masked_fill_ as well
     return y.sum() + z.sum()
+
+
+def clean_fill_values(c: Ctx) -> Any:
+    # a host value is read without a sync; fill_ with a device value copies it on the device
+    host_value = torch.tensor(0.5)
+    y = c.x.masked_fill(c.x > 0, host_value).index_fill(0, torch.arange(4, device=c.x.device), -1.0)
+    return y + torch.full_like(c.x, 2.0) + c.x.clone().fill_(c.x[0])
 
 
 def clean_index_write_device_value(c: Ctx) -> Any:
@@ -543,6 +575,7 @@ CLEAN: list[Case] = [
     Case("bool-mask-scalar", "", clean_bool_mask_scalar),
     Case("empty-copies", "", clean_empty_copies),
     Case("index-write-device-value", "", clean_index_write_device_value),
+    Case("fill-values", "", clean_fill_values),
     Case("grouped-mm-bf16", "", clean_grouped_mm_bf16),
     Case("linalg-ex-and-one-hot-classes", "", clean_linalg_ex),
     Case("sizes-from-shapes", "", clean_sizes_from_shapes),
