@@ -1,14 +1,16 @@
-"""Decode-step speed of the DSA lightning indexer, per backend: PyTorch, Triton, Triton + fp8 keys.
+"""Decode-step speed of the DSA lightning indexer, per backend (PyTorch, Triton, fp8, index order).
 
 The timed step is one decode step of ``dsa.DSAIndexer`` at H=64, D=128, k=2048: scores, top-k
 and the index mask (the -inf fill inside the step), captured once in a CUDA graph and replayed.
-Three backends, side by side in one run, on the same inputs:
+Four backends, side by side in one run, on the same inputs:
 
 - PyTorch: ``backend="torch"`` (bf16 bmm scorer, ``torch.topk``, fill + branchless update);
 - Triton: ``backend="triton"`` with a bf16 key cache (fused scorer, then one fused top-k + mask
   kernel);
 - Triton + fp8: the same on an e4m3 key cache with one float32 scale per key (132 bytes per key;
-  the cache is quantised once, outside the step, as a serving stack stores it).
+  the cache is quantised once, outside the step, as a serving stack stores it);
+- Triton, index order: the Triton step with ``order="index"``: the same picks and mask, the
+  picks by position, so the fused kernel skips its sort of the k picks.
 
 Each row also shows the time to read the bf16 key cache once (B * L * D * 2 bytes) and the fp8
 one (B * L * (D + 4) bytes) at the bandwidth of a large device-to-device copy, the published H200
@@ -61,8 +63,13 @@ H200_ANCHOR_US = {
 }  # fmt: skip
 # Goals of issue 14, graph replay of the whole step on an H200.
 GOAL_US = {(1, 4096): 20.0, (1, 65536): 45.0, (64, 4096): 35.0, (64, 65536): 200.0}
-BACKENDS = ("torch", "triton", "triton_fp8")
-BACKEND_TITLES = {"torch": "PyTorch", "triton": "Triton", "triton_fp8": "Triton + fp8"}
+BACKENDS = ("torch", "triton", "triton_fp8", "triton_index")
+BACKEND_TITLES = {
+    "torch": "PyTorch",
+    "triton": "Triton",
+    "triton_fp8": "Triton + fp8",
+    "triton_index": "Triton, index order",
+}
 
 Timer = Callable[[Callable[[], object]], float]
 
@@ -132,10 +139,12 @@ def bench_config(batch: int, length: int, timer: Timer, *, eager: bool) -> dict[
     mask = torch.empty(batch, 1, length, device="cuda")
     plain = DSAIndexer(HEADS, DIM, TOPK, backend="torch")
     fused = DSAIndexer(HEADS, DIM, TOPK, backend="triton")
+    by_index = DSAIndexer(HEADS, DIM, TOPK, backend="triton", order="index")
     steps: dict[str, Callable[[], Any]] = {
         "torch": lambda: plain(q, k, w, seq_lens, mask),
         "triton": lambda: fused(q, k, w, seq_lens, mask),
         "triton_fp8": lambda: fused(q, k_fp8, w, seq_lens, mask, k_scale=k_scale),
+        "triton_index": lambda: by_index(q, k, w, seq_lens, mask),
     }
 
     row: dict[str, Any] = {"B": batch, "L": length, "us": {}, "notes": {}}
@@ -359,7 +368,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "PyTorch: bf16 bmm scorer, torch.topk, -inf fill and branchless scatter update. Triton: "
         "the fused scorer, then one kernel that selects the top k (radix select), sorts the "
         "picks and writes the whole mask row. Triton + fp8: the same on e4m3 keys with a "
-        "float32 scale per key.",
+        "float32 scale per key. Triton, index order: the Triton step with "
+        '`order="index"` (the picks by position: no sort of the k picks).',
     ]
     return "\n".join(lines) + "\n"
 

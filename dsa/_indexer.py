@@ -63,6 +63,10 @@ class DSAIndexer(nn.Module):
     ``patched=False`` keeps the branchy mask update whatever the backend (its top-k follows the
     backend, so both forms return identical outputs).
 
+    ``order="index"`` returns each row's picks by ascending key position instead of by
+    descending score (the same set, the same mask, -1 still last): sparse attention gathers by
+    index and needs no order, and the fused kernel then skips its sort of the picks.
+
     ``fp8_keys=True`` stores nothing but changes what ``forward`` expects: float keys are
     quantised per key to e4m3 with a float32 scale (``quantize_keys_fp8``) before scoring, and
     keys that already are float8_e4m3fn are scored with their ``k_scale`` as given (the fast
@@ -80,6 +84,7 @@ class DSAIndexer(nn.Module):
         mask_dtype: torch.dtype = torch.float32,
         backend: str = "auto",
         fp8_keys: bool = False,
+        order: str = "score",
     ) -> None:
         super().__init__()
         if n_heads < 1 or head_dim < 1 or topk < 1:
@@ -90,6 +95,9 @@ class DSAIndexer(nn.Module):
             raise TypeError(f"mask_dtype must be a floating dtype; got {mask_dtype}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if order not in _triton_topk.ORDERS:
+            raise ValueError(f"order must be one of {_triton_topk.ORDERS}; got {order!r}")
+        self.order = order
         self.n_heads = n_heads
         self.head_dim = head_dim
         self.topk = topk
@@ -102,7 +110,7 @@ class DSAIndexer(nn.Module):
         return (
             f"n_heads={self.n_heads}, head_dim={self.head_dim}, topk={self.topk}, "
             f"patched={self.patched}, mask_dtype={self.mask_dtype}, backend={self.backend!r}, "
-            f"fp8_keys={self.fp8_keys}"
+            f"fp8_keys={self.fp8_keys}, order={self.order!r}"
         )
 
     def forward(
@@ -158,12 +166,14 @@ class DSAIndexer(nn.Module):
             # The fused kernel(s) write the picks, the whole mask row (-inf fill and selected
             # zeros) and row_has_keys; nothing else is launched.
             has_keys = torch.empty(scores.shape[:-1], dtype=torch.uint8, device=scores.device)
-            indices = _triton_topk.topk_mask(scores, self.topk, mask, has_keys=has_keys)
+            indices = _triton_topk.topk_mask(
+                scores, self.topk, mask, has_keys=has_keys, order=self.order
+            )
             return IndexerOutput(indices, mask, has_keys.view(torch.bool))
         if fused:
-            indices = _triton_topk.topk_mask(scores, self.topk)
+            indices = _triton_topk.topk_mask(scores, self.topk, order=self.order)
         else:
-            indices = select_topk(scores, self.topk)
+            indices = select_topk(scores, self.topk, order=self.order)
         mask.fill_(float("-inf"))
         update = update_index_mask if self.patched else update_index_mask_unpatched
         update(mask, indices)

@@ -33,7 +33,7 @@ def use_fused_topk(backend: str, scores: Tensor, k: int) -> bool:
     return True
 
 
-def select_topk(scores: Tensor, k: int, *, backend: str = "torch") -> Tensor:
+def select_topk(scores: Tensor, k: int, *, backend: str = "torch", order: str = "score") -> Tensor:
     """Return int64 indices [..., k] of the k largest finite scores along the last dim.
 
     Slots that have no finite score to take hold the sentinel -1 (the vLLM, SGLang and FlashMLA
@@ -51,17 +51,26 @@ def select_topk(scores: Tensor, k: int, *, backend: str = "torch") -> Tensor:
     which returns the same picks in the same order and resolves what is unspecified above
     deterministically, lower index first; "auto" takes "triton" for CUDA scores it supports
     and "torch" otherwise.
+
+    ``order="index"`` returns the same picks by ascending position instead (the -1 still
+    after every real pick): for consumers that gather by index and need no order, such as
+    sparse attention. The fused kernel then skips its sort of the k picks.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
+    if order not in _triton_topk.ORDERS:
+        raise ValueError(f"order must be one of {_triton_topk.ORDERS}; got {order!r}")
     if use_fused_topk(backend, scores, k):
-        return _triton_topk.topk_mask(scores, k)
+        return _triton_topk.topk_mask(scores, k, order=order)
     width = scores.shape[-1]
     take = min(k, width)
     if take == 0:
         return torch.full((*scores.shape[:-1], k), -1, dtype=torch.long, device=scores.device)
     values, indices = torch.topk(scores, take, dim=-1, largest=True, sorted=True)
     indices = indices.masked_fill_(~torch.isfinite(values), -1)
+    if order == "index":  # the real picks by position, then -1 (sorted last as `width`)
+        indices = indices.masked_fill_(indices < 0, width).sort(dim=-1).values
+        indices = indices.masked_fill_(indices == width, -1)
     if take < k:
         indices = F.pad(indices, (0, k - take), value=-1)
     return indices

@@ -57,12 +57,15 @@ from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 
 __all__ = [
     "MAX_TOPK",
+    "ORDERS",
     "default_segments",
     "fill_index_mask",
     "topk_mask",
     "topk_unsupported_reason",
 ]
 
+#: How the picks of a row are ordered: by descending score, or by ascending position.
+ORDERS = ("score", "index")
 # The picks of one row are sorted in registers: next_power_of_two(k) int64 values per program.
 MAX_TOPK = 4096
 # Positions are packed into 31 bits next to the key.
@@ -161,6 +164,7 @@ def _load() -> tuple[Any, Any]:
         CANDIDATES: tl.constexpr,
         MASK_MODE: tl.constexpr,
         WRITE_HAS_KEYS: tl.constexpr,
+        BY_SCORE: tl.constexpr,
     ):
         # One program selects the top k of one segment [seg_start, seg_end) of one row.
         # PACKED_INPUT: the row holds packed (key, index) int64 candidates, not float scores.
@@ -256,6 +260,22 @@ def _load() -> tuple[Any, Any]:
             # Empty slots get the smallest packed value: a key below -inf's, never a real pick.
             filler = tl.full([K_BLOCK], -9223372036854775808, tl.int64)
             tl.store(out_row + slots, filler, mask=(slots >= take) & (slots < k))
+        elif not BY_SCORE:
+            # 3'. Index order: the finite picks as compacted (ascending position), then -1.
+            tl.debug_barrier()  # the compaction stores above are read back by other threads
+            packed = tl.load(out_row + slots, mask=slots < take, other=-9223372036854775808)
+            signed_key = (packed >> 32).to(tl.int32)
+            index = 2147483647 - (packed & 2147483647)
+            real = (slots < take) & (signed_key > -2139095041) & (signed_key < 2139095040)
+            real_i = real.to(tl.int32)
+            place = tl.cumsum(real_i, axis=0) - real_i
+            count = tl.sum(real_i, axis=0)
+            tl.debug_barrier()  # every thread has read its picks before any is overwritten
+            tl.store(out_row + place, index, mask=real)
+            unused = (slots >= count) & (slots < k)
+            tl.store(out_row + slots, tl.full([K_BLOCK], -1, tl.int64), mask=unused)
+            if WRITE_HAS_KEYS:
+                tl.store(has_keys_ptr + row, (count > 0).to(tl.uint8))
         else:
             # 3. Sort the picks (descending key, then ascending index) and write indices.
             tl.debug_barrier()  # the compaction stores above are read back by other threads
@@ -354,6 +374,7 @@ def topk_mask(
     segments: int | None = None,
     has_keys: Tensor | None = None,
     num_warps: int | None = None,
+    order: str = "score",
 ) -> Tensor:
     """``select_topk(scores, k)`` in fused kernels; when ``mask`` is given, also write it.
 
@@ -368,6 +389,10 @@ def topk_mask(
             (packed, in index order; the mask row is filled with -inf in the same pass), then a
             second launch selects the top k of the S * k candidates, sorts them, writes the
             indices and the zeros of the mask. The result does not depend on S.
+        order: "score" (default): the picks by descending score, as ``select_topk``; "index":
+            the finite picks by ascending position, then -1 (the same set and the same mask,
+            without the sort of the k picks; for consumers that gather by index and need no
+            order, such as sparse attention).
 
     Returns int64 indices [..., k] equal to ``select_topk(scores, k)`` (see the module
     docstring for the tie rule). Raises ValueError when ``topk_unsupported_reason`` names a
@@ -389,6 +414,8 @@ def topk_mask(
         raise ValueError(f"segments must be >= 1; got {segments}")
     if num_warps is not None and num_warps not in (4, 8, 16):
         raise ValueError(f"num_warps must be 4, 8 or 16; got {num_warps}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
     length = scores.shape[-1]
     lead = scores.shape[:-1]
     if has_keys is not None and (
@@ -448,6 +475,7 @@ def topk_mask(
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 1,
                 WRITE_HAS_KEYS=has_keys is not None,
+                BY_SCORE=order == "score",
                 num_warps=num_warps or _warps(_chunk(length), k_block),
             )
         else:
@@ -469,6 +497,7 @@ def topk_mask(
                 CANDIDATES=True,
                 MASK_MODE=0 if mask_rows is None else 2,
                 WRITE_HAS_KEYS=False,
+                BY_SCORE=True,
                 num_warps=num_warps or _warps(_chunk(seg_len), k_block),
             )
             width = segments * k
@@ -489,6 +518,7 @@ def topk_mask(
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 3,
                 WRITE_HAS_KEYS=has_keys is not None,
+                BY_SCORE=order == "score",
                 num_warps=num_warps or _warps(_chunk(width), k_block),
             )
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():

@@ -693,3 +693,55 @@ def test_fp8_selection_overlaps_the_float_selection() -> None:
         f = set(fp8.indices[b, 0].tolist()) - {-1}
         assert len(a) == len(f) == 128
         assert len(a & f) >= 0.9 * 128
+
+
+# ------------------------------------------------------------------ index order (no sort)
+
+
+def test_index_order_gives_the_score_order_picks_by_position() -> None:
+    """order="index": the same picks as order="score", ascending by position, -1 last, for
+    hidden keys, non-finite scores and k wider than the row."""
+    gen = torch.Generator().manual_seed(21)
+    scores = torch.randn(4, 3, 50, generator=gen)
+    scores[0, :, 20:] = NEG_INF  # hidden keys
+    scores[1, 0, 5] = float("nan")
+    scores[1, 1, 7] = float("inf")
+    scores[2] = NEG_INF  # a row with nothing to pick
+    for k in (1, 8, 50, 64):
+        by_score = select_topk(scores, k)
+        by_index = select_topk(scores, k, order="index")
+        assert by_index.shape == by_score.shape
+        real = by_score >= 0
+        expect = torch.where(real, by_score, scores.shape[-1]).sort(dim=-1).values
+        expect = expect.masked_fill(expect == scores.shape[-1], -1)
+        assert torch.equal(by_index, expect)
+        # -1 only after every real pick
+        count = real.sum(-1, keepdim=True)
+        slots = torch.arange(k)
+        assert torch.equal(by_index >= 0, slots < count)
+
+
+def test_index_order_leaves_the_mask_and_row_flags_unchanged() -> None:
+    q, k, w = make_inputs(2, 3, 4, 16, 40, seed=23)
+    lengths = torch.tensor([40, 0])
+    default = DSAIndexer(4, 16, topk=16)(q, k, w, lengths)
+    by_index = DSAIndexer(4, 16, topk=16, order="index")(q, k, w, lengths)
+    assert torch.equal(by_index.mask, default.mask)
+    assert torch.equal(by_index.row_has_keys, default.row_has_keys)
+    assert torch.equal(by_index.indices.sort(-1).values, default.indices.sort(-1).values)
+    assert "order='index'" in repr(DSAIndexer(order="index"))
+
+
+def test_index_order_reads_nothing_back_to_host() -> None:
+    q, k, w = make_inputs(2, 4, 4, 16, 32, seed=24)
+    indexer = DSAIndexer(4, 16, topk=8, order="index")
+    with recording() as recorder:
+        indexer(q, k, w, torch.tensor([32, 3]), causal_positions=torch.arange(4) + 10)
+    assert recorder.host_reads == []
+
+
+def test_order_is_validated() -> None:
+    with pytest.raises(ValueError, match="order"):
+        select_topk(torch.randn(2, 8), 4, order="position")
+    with pytest.raises(ValueError, match="order"):
+        DSAIndexer(order="random")

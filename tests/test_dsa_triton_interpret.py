@@ -325,3 +325,53 @@ def test_fill_index_mask_through_a_transposed_view() -> None:
     _triton_topk.fill_index_mask(mask, HAND_IDX)
     assert torch.equal(mask, expected)
     assert torch.equal(storage.t(), expected)
+
+
+# ------------------------------------------------------------------ index order (no sort)
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+def test_index_order_equals_the_torch_index_order(segments: int) -> None:
+    """order="index" in the kernel: the torch path's result bit for bit (tie-free rows), with
+    hidden keys, NaN and +inf, an empty row and k wider than some rows; the same mask and row
+    flags as order="score"."""
+    scores = distinct_scores((4, 600), seed=90 + segments)
+    scores[0, 100:] = NEG_INF
+    scores[1, 3] = NAN
+    scores[1, 10:12] = POS_INF
+    scores[2] = NEG_INF
+    for k in (7, 64, 200):
+        want = select_topk(scores, k, order="index")
+        mask_by_index = torch.full_like(scores, 2.0)
+        mask_by_score = torch.full_like(scores, 2.0)
+        has_by_index = torch.empty(4, dtype=torch.uint8)
+        has_by_score = torch.empty(4, dtype=torch.uint8)
+        got = _triton_topk.topk_mask(
+            scores, k, mask_by_index, segments=segments, has_keys=has_by_index, order="index"
+        )
+        _triton_topk.topk_mask(scores, k, mask_by_score, segments=segments, has_keys=has_by_score)
+        assert torch.equal(got, want)
+        assert torch.equal(mask_by_index, mask_by_score)
+        assert torch.equal(has_by_index, has_by_score)
+    assert torch.equal(
+        select_topk(scores, 7, backend="triton", order="index"),
+        select_topk(scores, 7, order="index"),
+    )
+
+
+def test_indexer_step_in_index_order_triton_equals_torch() -> None:
+    """DSAIndexer(order="index") on the Triton path equals the PyTorch path, and its mask the
+    score-ordered step's."""
+    gen = torch.Generator().manual_seed(19)
+    q = torch.randn(3, 1, 16, 32, generator=gen).half()
+    k = torch.randn(3, 300, 32, generator=gen).half()
+    w = torch.randn(3, 1, 16, generator=gen) * 0.05
+    seq_lens = torch.tensor([300, 50, 0])
+    fused = DSAIndexer(16, 32, 64, backend="triton", order="index")(q, k, w, seq_lens)
+    plain = DSAIndexer(16, 32, 64, backend="torch", order="index")
+    reference = plain(q.float(), k.float(), w, seq_lens)
+    by_score = DSAIndexer(16, 32, 64, backend="triton")(q, k, w, seq_lens)
+    assert torch.equal(fused.indices, reference.indices)
+    assert torch.equal(fused.mask, reference.mask)
+    assert torch.equal(fused.mask, by_score.mask)
+    assert torch.equal(fused.row_has_keys, by_score.row_has_keys)
