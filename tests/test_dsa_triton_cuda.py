@@ -552,3 +552,37 @@ def test_certify_passes_with_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> 
     cert = _certify.certify("dsa", quick=True)
     assert cert.certified, cert.summary()
     assert TOPK in calls, "the replayed step did not run the fused top-k"
+
+
+@pytest.mark.parametrize(
+    ("rows", "length", "segments"), [(4, 4096, 1), (2, 65536, 4), (3, 65536, 1)]
+)
+def test_fused_topk_in_index_order_equals_the_torch_index_order(
+    rows: int, length: int, segments: int
+) -> None:
+    """order="index": the PyTorch path's picks by position, bit for bit on tie-free rows, and
+    the score-ordered kernel's mask and row flags, under graph replay too."""
+    k = 2048
+    gen = torch.Generator().manual_seed(rows * 7 + length + segments)
+    scores = distinct_scores(rows, length, gen)
+    scores[1, 1000:] = NEG_INF
+    scores[0, 5] = float("nan")
+    mask = torch.empty(rows, length, device="cuda")
+    flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+    by_score_mask = torch.empty(rows, length, device="cuda")
+    by_score_flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+    _triton_topk.topk_mask(scores, k, by_score_mask, segments=segments, has_keys=by_score_flags)
+
+    def step() -> Tensor:
+        return _triton_topk.topk_mask(
+            scores, k, mask, segments=segments, has_keys=flags, order="index"
+        )
+
+    want = select_topk(scores, k, order="index")
+    assert torch.equal(step(), want)
+    graph, out = capture(step)
+    mask.fill_(7.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+    assert torch.equal(mask, by_score_mask) and torch.equal(flags, by_score_flags)
