@@ -124,6 +124,14 @@ CASES: dict[str, str] = {
     "torch.arange(4, device='cuda'), x[0])",
     "torch.full_like(x, device 0-dim) (GG101)": "out = torch.full_like(x, x[0])",
     "x.fill_(device 0-dim)": "out = x.clone().fill_(x[0])",
+    # torch.multinomial checks its probabilities with .item() without replacement or for one
+    # sample (Distributions.cpp); with replacement and several samples it does not
+    "torch.multinomial(p, 1) (GG101)": "p = x[:64].view(4, 16).softmax(-1); "
+    "out = torch.multinomial(p, 1)",
+    "torch.multinomial(p, 4, replacement=True)": "p = x[:64].view(4, 16).softmax(-1); "
+    "out = torch.multinomial(p, 4, replacement=True)",
+    "exponential race (p / Exp(1)).argmax()": "p = x[:64].view(4, 16).softmax(-1); "
+    "out = (p / torch.empty_like(p).exponential_()).argmax(-1)",
     "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "

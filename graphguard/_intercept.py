@@ -558,10 +558,35 @@ for _name in ("reshape", "tile", "narrow", "select", "topk", "kthvalue", "roll",
 # Split sizes, chunk counts, window sizes, diagonal offsets, sample counts, paddings and output
 # sizes: torch's argument parser turns a one-element tensor given for an int into a host number
 # (``.item()``) in C++, where the mode does not see it.
-for _name in ("split", "chunk", "diagonal", "tril", "triu", "diag", "diag_embed", "multinomial"):
+for _name in ("split", "chunk", "diagonal", "tril", "triu", "diag", "diag_embed"):
     register_check(_attr(torch, _name), _attr(T, _name))(
         _size_arguments(f"{_name}()", skip_input=True)
     )
+_multinomial_count = _size_arguments("multinomial()", skip_input=True)
+del _SIZE_CHECKERS[_multinomial_count]  # checked whatever its count: see below
+
+
+@register_check(_attr(torch, "multinomial"), _attr(T, "multinomial"))
+def _check_multinomial(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    # Without replacement, or for one sample, torch checks the probabilities on the host before
+    # it samples: ``((p.max() < inf) & (p.min() >= 0)).item()`` and ``(p.sum() == 0).item()``
+    # (aten/src/ATen/native/Distributions.cpp, the gumbel fast path); with replacement and
+    # more than one sample it samples on the device without a check.
+    found = _multinomial_count(state, args, kwargs)
+    if found is not None:
+        return found
+    probs = args[0] if args else kwargs.get("input")
+    if not is_device(state, probs) or _empty(probs):
+        return None
+    count = args[1] if len(args) > 1 else kwargs.get("num_samples")
+    replacement = args[2] if len(args) > 2 else kwargs.get("replacement", False)
+    if replacement and count != 1:
+        return None
+    return Finding("GG101", "torch.multinomial", "multinomial", tensor=probs)
+
+
 register_check(_attr(T, "unfold"))(_size_arguments("Tensor.unfold()", skip_input=True))
 for _name in ("linspace", "logspace", "eye"):
     register_check(_attr(torch, _name))(_size_arguments(f"torch.{_name}()", skip_input=False))

@@ -135,6 +135,10 @@ _rule(
             "histc-range",
             "{api} with min == max reads the smallest and largest value of {tensor} on the host to find its range {where}",
         ),
+        (
+            "multinomial",
+            "{api} without replacement, or for one sample, checks the probabilities ({tensor}) on the host before it samples {where}",
+        ),
     ),
     slug="scalar-read",
     title="a device value is read on the host",
@@ -151,6 +155,9 @@ _rule(
         "whatever device `x` is on: a host table indexed by a device step number too), or the "
         "fill value of `masked_fill`, `index_fill` or `torch.full_like`. Shapes, strides and "
         "offsets live on the host, and torch converts such a tensor with `.item()`. "
+        "`torch.multinomial` without replacement or for one sample (the usual "
+        "`torch.multinomial(probs, 1)` of a sampling step, and `Categorical(...).sample()`) "
+        "checks its probabilities with `.item()` before it samples. "
         "`torch.histc` with "
         "`min == max` (its default, 0 and 0) reads the input's minimum and maximum on the host "
         "to find its range."
@@ -159,7 +166,10 @@ _rule(
         "Keep the value on the device: use the tensor directly in later ops, validate with "
         "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region. "
         "Give `F.one_hot` its `num_classes` and `torch.histc` its `min` and `max`. For a fill "
-        "value on the device, `torch.where(mask, value, x)` or `x.fill_(value)` keep it there; "
+        "value on the device, `torch.where(mask, value, x)` or `x.fill_(value)` keep it there. "
+        "Sample one token per row without `torch.multinomial`: "
+        "`(probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)` draws "
+        "from the same distribution (torch's own algorithm, without its host checks); "
         "move a lookup table to the device before capture. Sizes and "
         "slice bounds must be Python ints known "
         "before capture (a graph has fixed shapes): use `x.shape`, a fixed maximum with a mask, "
@@ -184,7 +194,8 @@ _rule(
     "(`handleDimInMultiDimIndexing` reads the index with `.item()`; diffusers' DDIM step does "
     "`alphas_cumprod[timestep]`), and a device fill value of `masked_fill`/`index_fill` "
     "(`value.item()` in C++) or `torch.full_like` (the argument parser); `fill_` with a "
-    "device value copies it on the device and is not reported.",
+    "device value copies it on the device and is not reported. `torch.multinomial`'s host "
+    "checks: from torch's source (`Distributions.cpp`), not yet measured under capture.",
 )
 _rule(
     code="GG102",

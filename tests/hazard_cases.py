@@ -232,6 +232,11 @@ def full_like_device_value(c: Ctx) -> Any:
     return torch.full_like(c.x, c.x[0])  # HAZARD
 
 
+def multinomial_one_sample(c: Ctx) -> Any:
+    probs = torch.softmax(c.x[:64].view(4, 16), dim=-1)
+    return torch.multinomial(probs, 1)  # HAZARD
+
+
 def index_put_host_value(c: Ctx) -> Any:
     y = c.x.clone()
     rows = torch.arange(8, device=c.x.device)
@@ -413,6 +418,7 @@ CASES: list[Case] = [
     Case("masked-fill-device-value", "GG101", masked_fill_device_value),
     Case("index-fill-device-value", "GG101", index_fill_device_value),
     Case("full-like-device-value", "GG101", full_like_device_value),
+    Case("multinomial-one-sample", "GG101", multinomial_one_sample),
     Case("ctc-loss-device-lengths", "GG103", ctc_loss_device_lengths),
     Case("ctc-loss-list-lengths", "GG401", ctc_loss_list_lengths),
     Case("linalg-inv", "GG108", linalg_inv),
@@ -497,6 +503,15 @@ def clean_fill_values(c: Ctx) -> Any:
     return y + torch.full_like(c.x, 2.0) + c.x.clone().fill_(c.x[0])
 
 
+def clean_sampling(c: Ctx) -> Any:
+    # with replacement and several samples torch samples on the device; the exponential race
+    # draws one sample per row from the same distribution without host checks
+    probs = torch.softmax(c.x[:64].view(4, 16), dim=-1)
+    several = torch.multinomial(probs, 4, replacement=True)
+    one = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
+    return (several >= 0).sum() + (one < 16).sum()  # random draws; a value that is not
+
+
 def clean_index_write_device_value(c: Ctx) -> Any:
     # a device 0-dim value needs no copy: index_put_ reads it where it is
     y = c.x.clone()
@@ -576,6 +591,7 @@ CLEAN: list[Case] = [
     Case("empty-copies", "", clean_empty_copies),
     Case("index-write-device-value", "", clean_index_write_device_value),
     Case("fill-values", "", clean_fill_values),
+    Case("sampling", "", clean_sampling),
     Case("grouped-mm-bf16", "", clean_grouped_mm_bf16),
     Case("linalg-ex-and-one-hot-classes", "", clean_linalg_ex),
     Case("sizes-from-shapes", "", clean_sizes_from_shapes),
