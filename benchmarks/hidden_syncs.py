@@ -13,6 +13,11 @@ ops torch's composites decompose into, and the same call under ``graphguard.capt
 rule, to be confirmed under a real capture on the GPU (``test_differential_cuda.py``).
 
     python benchmarks/hidden_syncs.py [--out FILE]
+    python benchmarks/hidden_syncs.py --opinfo 2 [--out FILE]   # torch's OpInfo samples
+
+``--opinfo N`` replaces the catalogue with the first N samples of every OpInfo in torch's test
+suite (``torch.testing._internal``; it needs the ``expecttest`` package) and lists only the
+calls where the trace and audit disagree.
 
 Limits: only what reaches the Python dispatcher is seen. A read inside a backend kernel (a CUDA
 kernel that copies a length back; CPU-only checks such as ``one_hot``'s ``min() >= 0``, which
@@ -185,9 +190,63 @@ def audit(fn: Callable[[], Any]) -> str:
     return ", ".join(dict.fromkeys(d.code for d in cap.hazards)) or "silent"
 
 
+def opinfo_rows(samples_per_op: int) -> tuple[list[str], dict[str, int]]:
+    """Every OpInfo of torch's test suite (float32 where supported, its first samples): the
+    host-reading ops of its CPU trace against audit's verdict; only disagreements are listed."""
+    import torch
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    counts = {"ops": 0, "samples": 0, "agree": 0, "missed": 0, "extra": 0, "errors": 0}
+    rows = []
+    for op in op_db:
+        dtypes = op.supported_dtypes("cpu")
+        dtype = next((d for d in (torch.float32, torch.int64, torch.bool) if d in dtypes), None)
+        if dtype is None:
+            continue
+        try:
+            samples = list(op.sample_inputs("cpu", dtype, requires_grad=False))[:samples_per_op]
+        except Exception:
+            counts["errors"] += 1
+            continue
+        counts["ops"] += 1
+        for i, sample in enumerate(samples):
+
+            def call(op: Any = op, sample: Any = sample) -> Any:
+                return op(sample.input, *sample.args, **sample.kwargs)
+
+            try:
+                reads = [r for r in trace(call) if r not in LEGAL_READS]
+            except Exception:
+                counts["errors"] += 1
+                continue
+            counts["samples"] += 1
+            verdict = audit(call)
+            if verdict.startswith("error"):
+                counts["errors"] += 1
+                continue
+            name = f"{op.name}{'.' + op.variant_test_name if op.variant_test_name else ''}[{i}]"
+            if reads and verdict == "silent":
+                counts["missed"] += 1
+                rows.append(f"| `{name}` | {', '.join(reads)} | silent | **missed** |")
+            elif not reads and verdict != "silent":
+                counts["extra"] += 1
+                rows.append(f"| `{name}` | - | {verdict} | reported without a traced read |")
+            else:
+                counts["agree"] += 1
+    return rows, counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--opinfo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the catalogue, the first N samples of every OpInfo in torch's test "
+        "suite (needs the expecttest package); lists only the disagreements",
+    )
     args = parser.parse_args()
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # audit on CPU tensors standing for device tensors
     warnings.simplefilter("ignore")
@@ -197,6 +256,28 @@ def main() -> int:
     import graphguard
 
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    if args.opinfo:
+        rows, counts = opinfo_rows(args.opinfo)
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        text = "\n".join(
+            [
+                "# Host reads in torch's OpInfo samples (CPU dispatch trace) vs graphguard audit",
+                "",
+                f"- torch {torch.__version__}, graphguard {graphguard.__version__}, "
+                f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                f"- command: `python benchmarks/hidden_syncs.py --opinfo {args.opinfo}`",
+                f"- {summary}",
+                "",
+                "| op[sample] | host-reading aten ops in its trace | audit | |",
+                "| --- | --- | --- | --- |",
+                *rows,
+                "",
+            ]
+        )
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return 0
     rows = []
     for name, fn in catalogue().items():
         reads = [r for r in trace(fn) if r not in LEGAL_READS]

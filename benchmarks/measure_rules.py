@@ -132,6 +132,7 @@ CASES: dict[str, str] = {
     "out = torch.multinomial(p, 4, replacement=True)",
     "exponential race (p / Exp(1)).argmax()": "p = x[:64].view(4, 16).softmax(-1); "
     "out = (p / torch.empty_like(p).exponential_()).argmax(-1)",
+    "torch.combinations(x[:6], 2) (GG105)": "out = torch.combinations(x[:6], 2)",
     "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "

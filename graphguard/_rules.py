@@ -308,7 +308,8 @@ _rule(
         "tensor value), `unique`, "
         "`repeat_interleave` without `output_size`, `bincount` and one-argument `torch.where` "
         "must read device data to size their output. A graph has fixed shapes, and the read "
-        "is a host synchronisation."
+        "is a host synchronisation. `torch.combinations` makes the same read inside: it picks "
+        "its pairs with `masked_select` over a triangular mask."
     ),
     fix=(
         "Keep shapes static: `torch.where(mask, x, fill)` instead of `x[mask]`, "

@@ -237,6 +237,10 @@ def multinomial_one_sample(c: Ctx) -> Any:
     return torch.multinomial(probs, 1)  # HAZARD
 
 
+def combinations(c: Ctx) -> Any:
+    return torch.combinations(c.x[:6], r=2)  # HAZARD
+
+
 def index_put_host_value(c: Ctx) -> Any:
     y = c.x.clone()
     rows = torch.arange(8, device=c.x.device)
@@ -419,6 +423,7 @@ CASES: list[Case] = [
     Case("index-fill-device-value", "GG101", index_fill_device_value),
     Case("full-like-device-value", "GG101", full_like_device_value),
     Case("multinomial-one-sample", "GG101", multinomial_one_sample),
+    Case("combinations", "GG105", combinations),
     Case("ctc-loss-device-lengths", "GG103", ctc_loss_device_lengths),
     Case("ctc-loss-list-lengths", "GG401", ctc_loss_list_lengths),
     Case("linalg-inv", "GG108", linalg_inv),
