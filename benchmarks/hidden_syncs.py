@@ -179,6 +179,22 @@ def trace(fn: Callable[[], Any]) -> list[str]:
     return seen
 
 
+def trace_native(fn: Callable[[], Any]) -> list[str]:
+    """Like ``trace``, but through torch's profiler, which also records the ops a native
+    kernel calls inside itself (``multinomial``'s ``.item()``): more reads, and more of them
+    CPU-only checks that a CUDA kernel does not make."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    seen: list[str] = []
+    for event in prof.events():
+        name = event.name.removeprefix("aten::")
+        if name in HOST_READS and name not in seen:
+            seen.append(name)
+    return seen
+
+
 def audit(fn: Callable[[], Any]) -> str:
     import graphguard
 
@@ -190,7 +206,7 @@ def audit(fn: Callable[[], Any]) -> str:
     return ", ".join(dict.fromkeys(d.code for d in cap.hazards)) or "silent"
 
 
-def opinfo_rows(samples_per_op: int) -> tuple[list[str], dict[str, int]]:
+def opinfo_rows(samples_per_op: int, native: bool = False) -> tuple[list[str], dict[str, int]]:
     """Every OpInfo of torch's test suite (float32 where supported, its first samples): the
     host-reading ops of its CPU trace against audit's verdict; only disagreements are listed."""
     import torch
@@ -215,7 +231,8 @@ def opinfo_rows(samples_per_op: int) -> tuple[list[str], dict[str, int]]:
                 return op(sample.input, *sample.args, **sample.kwargs)
 
             try:
-                reads = [r for r in trace(call) if r not in LEGAL_READS]
+                reads = [r for r in (trace_native if native else trace)(call)]
+                reads = [r for r in reads if r not in LEGAL_READS]
             except Exception:
                 counts["errors"] += 1
                 continue
@@ -247,6 +264,12 @@ def main() -> int:
         help="instead of the catalogue, the first N samples of every OpInfo in torch's test "
         "suite (needs the expecttest package); lists only the disagreements",
     )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --opinfo: trace through torch's profiler, which also sees the reads native "
+        "kernels make inside themselves",
+    )
     args = parser.parse_args()
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # audit on CPU tensors standing for device tensors
     warnings.simplefilter("ignore")
@@ -257,7 +280,7 @@ def main() -> int:
 
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
     if args.opinfo:
-        rows, counts = opinfo_rows(args.opinfo)
+        rows, counts = opinfo_rows(args.opinfo, args.native)
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         text = "\n".join(
             [
@@ -265,7 +288,8 @@ def main() -> int:
                 "",
                 f"- torch {torch.__version__}, graphguard {graphguard.__version__}, "
                 f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-                f"- command: `python benchmarks/hidden_syncs.py --opinfo {args.opinfo}`",
+                f"- command: `python benchmarks/hidden_syncs.py --opinfo {args.opinfo}"
+                f"{' --native' if args.native else ''}`",
                 f"- {summary}",
                 "",
                 "| op[sample] | host-reading aten ops in its trace | audit | |",

@@ -133,6 +133,26 @@ CASES: dict[str, str] = {
     "exponential race (p / Exp(1)).argmax()": "p = x[:64].view(4, 16).softmax(-1); "
     "out = (p / torch.empty_like(p).exponential_()).argmax(-1)",
     "torch.combinations(x[:6], 2) (GG105)": "out = torch.combinations(x[:6], 2)",
+    # leads of the OpInfo trace through the profiler (hidden_syncs.py --opinfo 2 --native)
+    "torch.linalg.eigh (GG108)": "A = x[:16].view(4, 4); out = torch.linalg.eigh(A @ A.T)[0]",
+    "torch.linalg.svdvals (GG108)": "out = torch.linalg.svdvals(x[:16].view(4, 4))",
+    "torch.linalg.matrix_norm(ord='nuc') (GG108)": "out = torch.linalg.matrix_norm("
+    "x[:16].view(4, 4), ord='nuc')",
+    "torch.linalg.lstsq (GG108)": "A = x[:16].view(4, 4) + 4 * torch.eye(4, device='cuda'); "
+    "out = torch.linalg.lstsq(A, x[:4, None]).solution",
+    "torch.cholesky_solve (GG108)": "A = x[:16].view(4, 4); A = A @ A.T + 4 * torch.eye(4, "
+    "device='cuda'); L = torch.linalg.cholesky_ex(A)[0]; "
+    "out = torch.cholesky_solve(x[:4, None], L)",
+    "torch.linalg.matrix_exp (GG103)": "out = torch.linalg.matrix_exp(x[:16].view(4, 4) * 0.1)",
+    "torch.linalg.lu_solve": "A = x[:16].view(4, 4) + 4 * torch.eye(4, device='cuda'); "
+    "LU, piv, _ = torch.linalg.lu_factor_ex(A); out = torch.linalg.lu_solve(LU, piv, x[:4, None])",
+    "torch.quantile(x, 0.5)": "out = torch.quantile(x[:64], 0.5)",
+    "torch.quantile(x, device q)": "out = torch.quantile(x[:64], x[:2].sigmoid())",
+    "x.var()": "out = x.var()",
+    "x.to_sparse() (GG105)": "out = x[:64].view(8, 8).relu().to_sparse().values()",
+    "x.repeat_interleave(2)": "out = x[:8].repeat_interleave(2)",
+    "F.multilabel_margin_loss": "t = torch.arange(8, device='cuda').view(2, 4) % 3; "
+    "out = torch.nn.functional.multilabel_margin_loss(x[:8].view(2, 4), t)",
     "x[n] with a 0-dim device index (GG101)": "n = (x[:8] > 0).sum(); out = x[n] * 2",
     "torch.istft": "w = torch.hann_window(32, device='cuda'); "
     "s = torch.stft(x[:256], 32, window=w, return_complex=True); "

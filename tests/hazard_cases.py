@@ -237,6 +237,19 @@ def multinomial_one_sample(c: Ctx) -> Any:
     return torch.multinomial(probs, 1)  # HAZARD
 
 
+def eigh(c: Ctx) -> Any:
+    a = c.x[:16].view(4, 4)
+    return torch.linalg.eigh(a @ a.T)  # HAZARD
+
+
+def svd_norm(c: Ctx) -> Any:
+    return torch.linalg.matrix_norm(c.x[:16].view(4, 4), ord="nuc")  # HAZARD
+
+
+def matrix_exp(c: Ctx) -> Any:
+    return torch.linalg.matrix_exp(c.x[:16].view(4, 4) * 0.1)  # HAZARD
+
+
 def combinations(c: Ctx) -> Any:
     return torch.combinations(c.x[:6], r=2)  # HAZARD
 
@@ -424,6 +437,9 @@ CASES: list[Case] = [
     Case("full-like-device-value", "GG101", full_like_device_value),
     Case("multinomial-one-sample", "GG101", multinomial_one_sample),
     Case("combinations", "GG105", combinations),
+    Case("eigh", "GG108", eigh),
+    Case("svd-norm", "GG108", svd_norm),
+    Case("matrix-exp", "GG103", matrix_exp),
     Case("ctc-loss-device-lengths", "GG103", ctc_loss_device_lengths),
     Case("ctc-loss-list-lengths", "GG401", ctc_loss_list_lengths),
     Case("linalg-inv", "GG108", linalg_inv),
@@ -553,7 +569,9 @@ def clean_linalg_ex(c: Ctx) -> Any:
     sol, _ = torch.linalg.solve_ex(spd, c.x[:4])
     labels = torch.nn.functional.one_hot((c.x[:8] > 0).long(), num_classes=2)
     counts = torch.histc(c.x, bins=10, min=-4.0, max=4.0)  # a range given: nothing is read
-    return inv.sum() + chol.sum() + sol.sum() + labels.sum() + counts.sum()
+    # vector norms and the Frobenius norm need no decomposition
+    norms = torch.linalg.norm(c.x, 2) + torch.linalg.matrix_norm(spd) + torch.norm(c.x, p=2)
+    return inv.sum() + chol.sum() + sol.sum() + labels.sum() + counts.sum() + norms
 
 
 def clean_sizes_from_shapes(c: Ctx) -> Any:
