@@ -74,6 +74,22 @@ OPS: list[Op] = [
         "idx[:2].view(1, 2) % 3 + 1, [4], [2])",
         "refused",
     ),
+    # from torch's source (benchmarks/hidden_syncs.py --opinfo --native and reading), labels
+    # checked against raw capture by test_differential_cuda.py
+    Op("masked-fill-number", "y = y.masked_fill(y > 0, 0.5)", "legal"),
+    Op("masked-fill-device", "y = y.masked_fill(y > 0, y[0])", "refused"),
+    Op(
+        "multinomial-one",
+        "y = y + torch.multinomial(y.view(4, 4).softmax(-1), 1).sum() * 0.01",
+        "refused",
+    ),
+    Op("combinations", "y = y + torch.combinations(y[:4], 2).sum() * 0.01", "refused"),
+    Op(
+        "eigh",
+        "y = y + torch.linalg.eigh(y.view(4, 4) @ y.view(4, 4).T)[0].repeat(4) * 0.01",
+        "refused",
+    ),
+    Op("matrix-exp", "y = y + torch.linalg.matrix_exp(y.view(4, 4) * 0.01).flatten()", "refused"),
     Op("histc-range", "y = y + torch.histc(y, 16, -4, 4) * 0.01", "legal"),
     Op("histc-default", "y = y + torch.histc(y, 16) * 0.01", "refused"),
     Op("pad-tensor", "y = y + torch.nn.functional.pad(y, (0, idx[3] * 0 + 2))[:16]", "refused"),
