@@ -129,3 +129,18 @@ def test_hidden_host_reads_recipe_runs_as_printed(tmp_path, capsys) -> None:
     assert len(printed) == 1
     code, line = printed[0].split(" ", 1)
     assert code == "GG101" and line.startswith("return x[:, :n].mean(-1)")
+
+
+def test_sampling_recipe_runs_as_printed(tmp_path, capsys) -> None:
+    """docs/recipes.md's sampling example: multinomial is GG101, the exponential race silent."""
+    import runpy
+
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    section = text[text.index("## Sampling a token inside a captured step") :]
+    script = tmp_path / "recipe.py"
+    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    runpy.run_path(str(script), run_name="recipe")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("GG")]
+    assert len(printed) == 1
+    code, line = printed[0].split(" ", 1)
+    assert code == "GG101" and line.startswith("return torch.multinomial(probs, 1)")
