@@ -445,6 +445,11 @@ def _index_finding(
     value: Any = None,
     accumulate: bool = False,
 ) -> Finding | None:
+    """What indexing ``t`` by ``index`` reads on the host or copies from it. For a host ``t``
+    only the device numbers torch reads (a slice bound, a 0-dim integer index) count: a CPU
+    table indexed by a device step number (diffusers' DDIM ``alphas_cumprod[t]``) selects by
+    ``t.item()`` whatever device the table is on (``handleDimInMultiDimIndexing``)."""
+    on_device = is_device(state, t)
     items = index if isinstance(index, tuple) else (index,)
     for item in items:
         if isinstance(item, slice):
@@ -454,9 +459,11 @@ def _index_finding(
                         "GG101", f"{api} with a slice bound", "size-argument", tensor=bound
                     )
         elif isinstance(item, torch.Tensor):
-            if is_host(state, item) and item.dim() > 0:
+            if on_device and is_host(state, item) and item.dim() > 0:
                 return Finding("GG401", api, "index-tensor", tensor=t)
             if item.dtype in (torch.bool, torch.uint8):
+                if not on_device:
+                    continue
                 # ``x[mask] = 0.0`` is sent to masked_fill_ by torch: no sync. Any other use
                 # (a tensor value, a read) sizes a result from the mask's contents.
                 if write and _masked_fill_dispatch(state, items, value, accumulate):
@@ -466,27 +473,8 @@ def _index_finding(
                 # a 0-dim integer index is read on the host and turned into a select
                 # (pytorch/pytorch#105641); a 1-element 1-dim index stays on the device
                 return Finding("GG101", f"{api} with a 0-dim index", "size-argument", tensor=item)
-        elif isinstance(item, list):
+        elif isinstance(item, list) and on_device:
             return Finding("GG401", api, "index-list", tensor=t)
-    return None
-
-
-def _device_number_in_index(state: GuardState, index: Any, api: str) -> Finding | None:
-    """A host tensor indexed with a device number: torch reads it with ``.item()``.
-
-    ``alphas_cumprod[t]`` with a CPU table and a 0-dim device timestep (diffusers' DDIM step)
-    selects by ``t.item()`` whatever device the table is on (``handleDimInMultiDimIndexing``).
-    """
-    items = index if isinstance(index, tuple) else (index,)
-    for item in items:
-        if (
-            isinstance(item, torch.Tensor)
-            and item.dim() == 0
-            and item.dtype not in (torch.bool, torch.uint8)
-            and not item.is_floating_point()
-            and is_device(state, item)
-        ):
-            return Finding("GG101", f"{api} with a 0-dim index", "size-argument", tensor=item)
     return None
 
 
@@ -496,8 +484,6 @@ def _check_getitem(
 ) -> Finding | None:
     if len(args) < 2:
         return None
-    if not is_device(state, args[0]):
-        return _device_number_in_index(state, args[1], "Tensor.__getitem__")
     return _index_finding(state, args[0], args[1], "Tensor.__getitem__")
 
 
@@ -507,11 +493,9 @@ def _check_setitem(
 ) -> Finding | None:
     if len(args) < 3:
         return None
-    if not is_device(state, args[0]):
-        return _device_number_in_index(state, args[1], "Tensor.__setitem__")
     value = args[2]
     finding = _index_finding(state, args[0], args[1], "Tensor.__setitem__", write=True, value=value)
-    if finding is not None:
+    if finding is not None or not is_device(state, args[0]):
         return finding
     if is_host(state, value) and value.dim() > 0:
         return Finding("GG401", "Tensor.__setitem__", "setitem-value", tensor=args[0])
@@ -602,7 +586,7 @@ def _tensor_argument(
 _SIZE_CHECKERS: dict[Checker, bool] = {}
 
 
-def _size_arguments(name: str, *, skip_input: bool) -> Checker:
+def _size_arguments(name: str, *, skip_input: bool, prefilter: bool = True) -> Checker:
     """GG101 when a device tensor is passed where the call needs a host int or Scalar (a size,
     a bound, ``k``, a length, a fill value): torch reads it with ``.item()``."""
 
@@ -618,7 +602,8 @@ def _size_arguments(name: str, *, skip_input: bool) -> Checker:
                     return Finding("GG101", name, "size-argument", tensor=found)
         return None
 
-    _SIZE_CHECKERS[check] = skip_input
+    if prefilter:
+        _SIZE_CHECKERS[check] = skip_input
     return check
 
 
@@ -637,8 +622,8 @@ for _name in ("split", "chunk", "diagonal", "tril", "triu", "diag", "diag_embed"
     register_check(_attr(torch, _name), _attr(T, _name))(
         _size_arguments(f"{_name}()", skip_input=True)
     )
-_multinomial_count = _size_arguments("multinomial()", skip_input=True)
-del _SIZE_CHECKERS[_multinomial_count]  # checked whatever its count: see below
+# checked whatever its count (see below), so without the size checkers' prefilter
+_multinomial_count = _size_arguments("multinomial()", skip_input=True, prefilter=False)
 
 
 @register_check(_attr(torch, "multinomial"), _attr(T, "multinomial"))

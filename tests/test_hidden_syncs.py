@@ -167,3 +167,23 @@ def test_grouped_mm_fast_path_follows_torchs_dispatch(
     monkeypatch.setattr(_intercept, "_GROUPED_MM_FAST", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
     assert _intercept._grouped_mm_fast_path(_FakeCudaTensor(a), _FakeCudaTensor(b), out) is fast
+
+
+# --- a host table indexed by device numbers: torch reads them with .item() ---------------------
+def test_host_table_read_by_device_numbers_and_left_alone_otherwise() -> None:
+    """A 0-dim device index or slice bound into a host tensor is read on the host (GG101);
+    host-only indexing of the same table (ints, lists, host masks) is not reported."""
+    step = torch.tensor(3, device=DEV)  # a device step number, as a sampler's timestep
+    with graphguard.capture(mode="audit", on_hazard="warn") as cap:
+        table = torch.linspace(0.0, 1.0, 10, device="cpu")  # a genuine host tensor
+        picked = table[step]  # HOST_TABLE_INDEX
+        head = table[:step]  # HOST_TABLE_SLICE
+        table[step] = 0.5  # HOST_TABLE_WRITE
+        rest = table[1] + table[[2, 3]].sum() + table[table > 0.5].sum()
+    lines = [(d.code, d.lineno) for d in cap.hazards]
+    assert lines == [
+        ("GG101", _line_of("# HOST_TABLE_INDEX")),
+        ("GG101", _line_of("# HOST_TABLE_SLICE")),
+        ("GG101", _line_of("# HOST_TABLE_WRITE")),
+    ]
+    assert picked.numel() == 1 and head.numel() == 3 and rest.numel() == 1
