@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -115,12 +116,13 @@ def test_diagnostic_docs_link_resolves_in_a_checkout(ctx) -> None:
     assert page.is_absolute() and page.is_file() and page.name == "GG101.md"
 
 
-def test_hidden_host_reads_recipe_runs_as_printed(tmp_path, capsys) -> None:
-    """docs/recipes.md's variable-length example: the bad step is GG101, the fix is silent."""
+def _run_recipe(title: str, tmp_path: Path, capsys: Any) -> tuple[str, str]:
+    """Run the first Python block after ``title`` in docs/recipes.md as printed; return the one
+    line it printed that starts with a rule code, split into (code, source line)."""
     import runpy
 
     text = (ROOT / "docs" / "recipes.md").read_text()
-    section = text[text.index("## Host reads hidden inside torch calls") :]
+    section = text[text.index(title) :]
     script = tmp_path / "recipe.py"
     script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
     runpy.run_path(str(script), run_name="recipe")
@@ -128,19 +130,16 @@ def test_hidden_host_reads_recipe_runs_as_printed(tmp_path, capsys) -> None:
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("GG")]
     assert len(printed) == 1
     code, line = printed[0].split(" ", 1)
+    return code, line
+
+
+def test_hidden_host_reads_recipe_runs_as_printed(tmp_path, capsys) -> None:
+    """docs/recipes.md's variable-length example: the bad step is GG101, the fix is silent."""
+    code, line = _run_recipe("## Host reads hidden inside torch calls", tmp_path, capsys)
     assert code == "GG101" and line.startswith("return x[:, :n].mean(-1)")
 
 
 def test_sampling_recipe_runs_as_printed(tmp_path, capsys) -> None:
     """docs/recipes.md's sampling example: multinomial is GG101, the exponential race silent."""
-    import runpy
-
-    text = (ROOT / "docs" / "recipes.md").read_text()
-    section = text[text.index("## Sampling a token inside a captured step") :]
-    script = tmp_path / "recipe.py"
-    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
-    runpy.run_path(str(script), run_name="recipe")
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("GG")]
-    assert len(printed) == 1
-    code, line = printed[0].split(" ", 1)
+    code, line = _run_recipe("## Sampling a token inside a captured step", tmp_path, capsys)
     assert code == "GG101" and line.startswith("return torch.multinomial(probs, 1)")
