@@ -135,10 +135,6 @@ _rule(
             "histc-range",
             "{api} with min == max reads the smallest and largest value of {tensor} on the host to find its range {where}",
         ),
-        (
-            "multinomial",
-            "{api} without replacement, or for one sample, checks the probabilities ({tensor}) on the host before it samples {where}",
-        ),
     ),
     slug="scalar-read",
     title="a device value is read on the host",
@@ -155,9 +151,6 @@ _rule(
         "whatever device `x` is on: a host table indexed by a device step number too), or the "
         "fill value of `masked_fill`, `index_fill` or `torch.full_like`. Shapes, strides and "
         "offsets live on the host, and torch converts such a tensor with `.item()`. "
-        "`torch.multinomial` without replacement or for one sample (the usual "
-        "`torch.multinomial(probs, 1)` of a sampling step, and `Categorical(...).sample()`) "
-        "checks its probabilities with `.item()` before it samples. "
         "`torch.histc` with "
         "`min == max` (its default, 0 and 0) reads the input's minimum and maximum on the host "
         "to find its range."
@@ -166,10 +159,7 @@ _rule(
         "Keep the value on the device: use the tensor directly in later ops, validate with "
         "`torch._assert_async(cond)`, or read it after `replay()` outside the captured region. "
         "Give `F.one_hot` its `num_classes` and `torch.histc` its `min` and `max`. For a fill "
-        "value on the device, `torch.where(mask, value, x)` or `x.fill_(value)` keep it there. "
-        "Sample one token per row without `torch.multinomial`: "
-        "`(probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)` draws "
-        "from the same distribution (torch's own algorithm, without its host checks); "
+        "value on the device, `torch.where(mask, value, x)` or `x.fill_(value)` keep it there; "
         "move a lookup table to the device before capture. Sizes and "
         "slice bounds must be Python ints known "
         "before capture (a graph has fixed shapes): use `x.shape`, a fixed maximum with a mask, "
@@ -184,18 +174,21 @@ _rule(
     "with a 0-dim device index, and `F.one_hot(t)` without `num_classes` "
     "(`F.one_hot(t, num_classes=2)` captures and replays equal to eager), and a device "
     "tensor as an `F.pad` padding, a `split` size or an `F.interpolate` size (torch's "
-    "argument parser converts it). Chunk counts, `unfold` windows, diagonal offsets, "
-    "`linspace`/`logspace`/`eye` numbers and `multinomial` counts take the same parser "
-    "path and were not measured separately. `torch.histc` with `min == max` (its CUDA "
+    "argument parser converts it), a host table indexed by a 0-dim device index "
+    "(`handleDimInMultiDimIndexing` reads the index with `.item()`; diffusers' DDIM step does "
+    "`alphas_cumprod[timestep]`: the GPU sweep's raw capture of that step fails the same "
+    "way), and a device fill value of `masked_fill`/`index_fill` (`value.item()` in C++) or "
+    "`torch.full_like` (the argument parser); `x.fill_(device value)` and "
+    "`x.masked_fill(mask, torch.tensor(0.5))` (a host value) capture and replay equal to "
+    "eager, and are not reported. Chunk counts, `unfold` windows, diagonal offsets, "
+    "`linspace`/`logspace`/`eye` numbers and `multinomial` sample counts take the same "
+    "parser path and were not measured separately. `torch.multinomial`'s probability "
+    "checks, which its CPU run makes with `.item()`, are not made under capture: "
+    "`torch.multinomial(p, 1)` and `torch.multinomial(p, 4, replacement=True)` capture on "
+    "the H200 and are not reported. `torch.histc` with `min == max` (its CUDA "
     "kernel runs `aminmax()` then `.item()`, `aten/src/ATen/native/cuda/SummaryOps.cu`) "
     'raised "Cannot copy between CPU and CUDA tensors" instead, and the process stayed '
-    "usable; `torch.histc(x, 10, -4, 4)` captures and replays equal to eager. From torch's "
-    "source, not yet measured under capture: a host table indexed by a 0-dim device index "
-    "(`handleDimInMultiDimIndexing` reads the index with `.item()`; diffusers' DDIM step does "
-    "`alphas_cumprod[timestep]`), and a device fill value of `masked_fill`/`index_fill` "
-    "(`value.item()` in C++) or `torch.full_like` (the argument parser); `fill_` with a "
-    "device value copies it on the device and is not reported. `torch.multinomial`'s host "
-    "checks: from torch's source (`Distributions.cpp`), not yet measured under capture.",
+    "usable; `torch.histc(x, 10, -4, 4)` captures and replays equal to eager.",
 )
 _rule(
     code="GG102",
@@ -273,7 +266,7 @@ _rule(
         "`grouped_mm` with device offsets (a transformers Mixtral forward) raised the same "
         "copy error under raw capture on an H200 (torch 2.11, transformers 5.17), as did "
         "`F.ctc_loss` with int64 device lengths and in its cuDNN form (float32, int32 device "
-        "targets and lengths)."
+        "targets and lengths), and `torch.linalg.matrix_exp`."
     ),
 )
 _rule(
@@ -327,8 +320,10 @@ _rule(
     torch_behaviour=_POISONS
     + " Measured on an H200 (torch 2.11): `x[mask] = 0.0` (a Python number written through a "
     "boolean mask) is sent to `masked_fill_`, captures and replays equal to eager, and is not "
-    "reported; `x[mask] = t` with any tensor `t`, a 0-dim device tensor included, goes through "
-    "`index_put_` and invalidates the capture.",
+    "reported, and so do `x[:, mask] = 0.0` and `x[mask] = torch.tensor(0.0)` (a host 0-dim "
+    "value); `x[mask] = t` with a device tensor `t`, a 0-dim one included, goes through "
+    "`index_put_` and invalidates the capture. `torch.combinations` and `Tensor.to_sparse()` "
+    "invalidate it as well.",
 )
 _rule(
     code="GG106",
@@ -398,7 +393,7 @@ _LINALG_CHECKED = (
     "`check_errors=True`, and the eigen- and singular-value calls: `torch.linalg.eigh`, "
     "`eigvalsh`, `eig`, `eigvals`, `svd`, `svdvals`, `lstsq`, `pinv`, `matrix_rank`, "
     "`cond`, the nuclear and spectral matrix norms (`ord='nuc'`, `2`, `-2`), "
-    "`torch.cholesky`, `torch.cholesky_solve` and `torch.cholesky_inverse`"
+    "`torch.cholesky` and `torch.cholesky_inverse`"
 )
 _rule(
     code="GG108",
@@ -431,8 +426,14 @@ _rule(
         "(`cudaErrorStreamCaptureInvalidated`, no line named) and leave the process unusable, "
         "as `.item()` does; `inv_ex` and `cholesky_ex` capture and replay equal to eager. "
         "The eigen- and singular-value calls make the same `_linalg_check_errors` call after "
-        "their solver (found by `benchmarks/hidden_syncs.py --opinfo 2 --native`); not yet "
-        "measured under capture."
+        "their solver (found by `benchmarks/hidden_syncs.py --opinfo 2 --native`). Measured "
+        "on the H200 too: `torch.linalg.eigh` and `torch.linalg.lstsq` poison the process "
+        "that way; `torch.linalg.svdvals` and `matrix_norm(ord='nuc')` raise \"Cannot copy "
+        'between CPU and CUDA tensors" and the process stays usable. `eigvalsh`, `eig`, '
+        "`eigvals`, `svd`, `pinv`, `matrix_rank`, `cond`, `torch.cholesky` and "
+        "`cholesky_inverse` share those paths and were not measured separately. "
+        "`torch.cholesky_solve` makes the check only on the CPU (it captures and replays equal "
+        "to eager on the H200) and is not reported."
     ),
 )
 

@@ -232,11 +232,6 @@ def full_like_device_value(c: Ctx) -> Any:
     return torch.full_like(c.x, c.x[0])  # HAZARD
 
 
-def multinomial_one_sample(c: Ctx) -> Any:
-    probs = torch.softmax(c.x[:64].view(4, 16), dim=-1)
-    return torch.multinomial(probs, 1)  # HAZARD
-
-
 def eigh(c: Ctx) -> Any:
     a = c.x[:16].view(4, 4)
     return torch.linalg.eigh(a @ a.T)  # HAZARD
@@ -435,7 +430,6 @@ CASES: list[Case] = [
     Case("masked-fill-device-value", "GG101", masked_fill_device_value),
     Case("index-fill-device-value", "GG101", index_fill_device_value),
     Case("full-like-device-value", "GG101", full_like_device_value),
-    Case("multinomial-one-sample", "GG101", multinomial_one_sample),
     Case("combinations", "GG105", combinations),
     Case("eigh", "GG108", eigh),
     Case("svd-norm", "GG108", svd_norm),
@@ -525,12 +519,13 @@ def clean_fill_values(c: Ctx) -> Any:
 
 
 def clean_sampling(c: Ctx) -> Any:
-    # with replacement and several samples torch samples on the device; the exponential race
-    # draws one sample per row from the same distribution without host checks
+    # torch.multinomial checks its probabilities with .item() on the CPU only; under capture it
+    # samples on the device (measured on an H200, torch 2.11), one sample or several
     probs = torch.softmax(c.x[:64].view(4, 16), dim=-1)
     several = torch.multinomial(probs, 4, replacement=True)
-    one = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
-    return (several >= 0).sum() + (one < 16).sum()  # random draws; a value that is not
+    one = torch.multinomial(probs, 1)
+    race = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
+    return (several >= 0).sum() + (one < 16).sum() + (race < 16).sum()  # not the random draws
 
 
 def clean_index_write_device_value(c: Ctx) -> Any:
@@ -571,7 +566,12 @@ def clean_linalg_ex(c: Ctx) -> Any:
     counts = torch.histc(c.x, bins=10, min=-4.0, max=4.0)  # a range given: nothing is read
     # vector norms and the Frobenius norm need no decomposition
     norms = torch.linalg.norm(c.x, 2) + torch.linalg.matrix_norm(spd) + torch.norm(c.x, p=2)
-    return inv.sum() + chol.sum() + sol.sum() + labels.sum() + counts.sum() + norms
+    # cholesky_solve and lu_solve check their info codes on the CPU only (measured on an H200:
+    # both capture and replay equal to eager)
+    solved = torch.cholesky_solve(c.x[:4, None], chol)
+    lu, pivots, _ = torch.linalg.lu_factor_ex(spd)
+    solved = solved.sum() + torch.linalg.lu_solve(lu, pivots, c.x[:4, None]).sum()
+    return inv.sum() + chol.sum() + sol.sum() + labels.sum() + counts.sum() + norms + solved
 
 
 def clean_sizes_from_shapes(c: Ctx) -> Any:

@@ -999,6 +999,9 @@ def run_phase(name: str, phase: str, device: str) -> dict[str, Any]:
     - ``raw``: plain ``torch.cuda.graph`` capture (graphguard never imported);
     - ``capture``: ``graphguard.capture(mode="capture")``;
     - ``guard``: the step decorated with ``@graphguard.guard``, inside a plain capture;
+    - ``verify``: ``graphguard.capture(verify=1)``, its first replay checked against the step
+      run eagerly (``cap.replay(eager=..., outputs=...)``): what graphguard can say about a
+      capture that succeeds but replays wrong (GG901);
     - ``audit``: ``graphguard.capture(mode="audit", on_hazard="warn")``, eagerly.
 
     Captures are replayed ``REPLAYS`` times, each replay compared with an eager call of a twin
@@ -1035,6 +1038,13 @@ def run_phase(name: str, phase: str, device: str) -> dict[str, Any]:
             with graphguard.capture(mode="capture", label=name) as cap:
                 out = a.run()
             replay = cap.replay
+        elif phase == "verify":
+            with graphguard.capture(mode="capture", label=name, verify=1) as cap:
+                out = a.run()
+            res["outcome"] = "ok"
+            a.before_step(WARMUP)
+            a.prologue()
+            cap.replay(eager=a.run, outputs=out)  # raises GG901 when the replay is wrong
         else:
             run = graphguard.guard(a.run) if phase == "guard" else a.run
             g = torch.cuda.CUDAGraph()

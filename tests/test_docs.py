@@ -140,6 +140,9 @@ def test_hidden_host_reads_recipe_runs_as_printed(tmp_path, capsys) -> None:
 
 
 def test_sampling_recipe_runs_as_printed(tmp_path, capsys) -> None:
-    """docs/recipes.md's sampling example: multinomial is GG101, the exponential race silent."""
+    """docs/recipes.md's sampling example: a validated distribution is GG102 at the user's
+    line; torch.multinomial and an unvalidated distribution are silent."""
     code, line = _run_recipe("## Sampling a token inside a captured step", tmp_path, capsys)
-    assert code == "GG101" and line.startswith("return torch.multinomial(probs, 1)")
+    assert code == "GG102" and line.startswith(
+        "return Categorical(logits=logits, validate_args=True).sample()"
+    )
