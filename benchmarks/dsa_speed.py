@@ -327,7 +327,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"- torch {meta['torch']}, CUDA {meta['cuda']}, triton {meta['triton']}",
         f"- date: {meta['date_utc']}",
         f"- measured copy bandwidth: {meta['bandwidth_gbs']:.0f} GB/s; timer: {meta['timer']}",
-        "- step = scores + top-k + index mask (the -inf fill inside); medians in µs",
+        "- step = scores + top-k + index mask (the -inf fill inside); medians in µs; the "
+        f"fused top-k's radix digits: {meta.get('radix_bits', 8)} bits",
         "",
         "| B | L | " + " | ".join(titles) + extra_head + " | bf16 K-read floor "
         "| fp8 K-read floor | H200 anchor | goal | best | meets goal | fp8 top-k overlap |",
@@ -403,9 +404,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the fused top-k alone for each warp count and segment count",
     )
+    parser.add_argument(
+        "--radix-bits",
+        type=int,
+        choices=dsa_topk.RADIX_WIDTHS,
+        help="digit width of the fused top-k's radix select for this run "
+        "(sets dsa._triton_topk.DEFAULT_RADIX_BITS; default: the library's)",
+    )
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args(argv)
+    if args.radix_bits is not None:
+        dsa_topk.DEFAULT_RADIX_BITS = args.radix_bits
 
     if not torch.cuda.is_available():
         print("dsa_speed.py needs a CUDA GPU; torch.cuda.is_available() is False.", file=sys.stderr)
@@ -432,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "timer": timer_name,
         "heads": HEADS, "head_dim": DIM, "topk": TOPK, "dtype": "bfloat16",
         "triton": triton_version(),
+        "radix_bits": dsa_topk.DEFAULT_RADIX_BITS,
     }  # fmt: skip
     batches = BATCHES_FULL if args.full else BATCHES_QUICK
     lengths = LENGTHS_FULL if args.full else LENGTHS_QUICK

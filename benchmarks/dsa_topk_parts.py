@@ -4,11 +4,14 @@ Times, as CUDA-graph replays (triton.testing.do_bench, median): an empty Triton 
 replay floor), ``dsa._triton_topk.topk_mask`` (+ mask) for k in {256, 512, 1024, 2048} with one
 launch per row and with the default segments, ``torch.topk`` at k=2048, ``tl.sort`` of N packed
 values in one program (int64 as the kernel sorts them, and int32), and 1 or 4 ``tl.histogram``
-passes over 4096 keys (the radix select's passes).
+passes over 4096 keys (the radix select's passes). With ``--radix``: only the fused top-k
++ mask at k=2048 for each radix digit width (8 or 11 bits), order of the picks (score or
+index) and segment count near the default.
 
 Usage::
 
     python benchmarks/dsa_topk_parts.py > table.md
+    python benchmarks/dsa_topk_parts.py --radix > radix.md
 """
 
 from __future__ import annotations
@@ -68,7 +71,42 @@ def empty_kernel(dst):
     tl.store(dst + tl.program_id(0), 1)
 
 
+def radix_table() -> None:
+    """The fused top-k + mask at k=2048 per radix digit width, order and segment count."""
+    props = torch.cuda.get_device_properties(0)
+    print(
+        f"# Fused DSA top-k: radix digit width and order ({props.name}, torch "
+        f"{torch.__version__}, triton {triton.__version__})\n"
+    )
+    print("| what | B | L or N | warps | µs |")
+    print("|---|---:|---:|---:|---:|")
+    for batch in (1, 64):
+        for length in (4096, 65536):
+            scores = torch.randn(batch, length, device="cuda")
+            mask = torch.empty_like(scores)
+            default = fused.default_segments(batch, length, 2048, scores.device)
+            for order in fused.ORDERS:
+                for bits in fused.RADIX_WIDTHS:
+                    for segments in sorted({1, default, 2 * default, max(default // 2, 1)}):
+                        if segments > 1 and length < 2 * segments * 2048:
+                            continue
+                        step = partial(
+                            fused.topk_mask, scores, 2048, mask, segments=segments,
+                            order=order, radix_bits=bits,
+                        )  # fmt: skip
+                        print(
+                            f"| topk_mask k=2048 order={order} radix={bits} "
+                            f"segments={segments} | {batch} | {length} | auto "
+                            f"| {replay_us(step):.1f} |"
+                        )
+
+
 def main() -> None:
+    import sys
+
+    if "--radix" in sys.argv[1:]:
+        radix_table()
+        return
     props = torch.cuda.get_device_properties(0)
     print(
         f"# Fused DSA top-k, piece by piece ({props.name}, torch {torch.__version__}, "

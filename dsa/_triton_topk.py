@@ -4,10 +4,13 @@
 ``row_has_keys`` reduction of ``DSAIndexer``). One program owns one row of scores [L] (a (b, t)
 pair) and:
 
-1. finds the exact k-th largest score by a radix select over order-preserving 32-bit keys: four
-   passes over the row, each a 256-bin histogram of one byte of the keys (most significant first)
-   among the keys that match the bytes chosen so far. After the fourth pass the threshold T is the
-   k-th largest key and ``ties`` is how many keys equal to T belong to the top k;
+1. finds the exact k-th largest score by a radix select over order-preserving 32-bit keys:
+   passes over the row, each a histogram of one digit of the keys (most significant first;
+   ``radix_bits`` wide, 5 by default: 32 bins, at most seven passes) among the keys that match
+   the digits chosen so far. After the last pass the threshold T is the k-th largest key and
+   ``ties`` is how many keys equal to T belong to the top k. The passes stop early once every
+   key matching the digits chosen so far is a pick (usually a pass or two before the last);
+   T then has zeros below those digits and every key of that bucket is >= T;
 2. compacts the selection in one more pass: every key > T, and the first ``ties`` keys == T in
    index order. Each pick is written as one int64 ``(key << 32) | (2**31 - 1 - index)`` into the
    row of the index output, which doubles as scratch space. The same pass writes the whole mask
@@ -15,7 +18,8 @@ pair) and:
    no separate fill, no scatter, nothing addressed by an index);
 3. sorts the k packed picks in registers (a bitonic sort, ``tl.sort``), descending, and writes
    the indices, with -1 for non-finite picks and for the slots past min(k, L), and optionally
-   whether the row picked anything.
+   whether the row picked anything. With ``order="index"`` step 2 writes the finite picks'
+   indices themselves, in the order it finds them (ascending position), and there is no sort.
 
 Rows much longer than k take two launches, so that more than one SM works on a row: the first
 splits each row into S segments and reduces each to its own top k (steps 1 and 2, the picks kept
@@ -58,6 +62,7 @@ from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 __all__ = [
     "MAX_TOPK",
     "ORDERS",
+    "RADIX_WIDTHS",
     "default_segments",
     "fill_index_mask",
     "topk_mask",
@@ -66,6 +71,10 @@ __all__ = [
 
 #: How the picks of a row are ordered: by descending score, or by ascending position.
 ORDERS = ("score", "index")
+#: Digit widths of the radix select (bits per pass; ceil(32 / width) passes).
+RADIX_WIDTHS = (4, 5, 6, 7, 8)
+#: The width ``topk_mask`` uses when none is given.
+DEFAULT_RADIX_BITS = 5
 # The picks of one row are sorted in registers: next_power_of_two(k) int64 values per program.
 MAX_TOPK = 4096
 # Positions are packed into 31 bits next to the key.
@@ -165,6 +174,9 @@ def _load() -> tuple[Any, Any]:
         MASK_MODE: tl.constexpr,
         WRITE_HAS_KEYS: tl.constexpr,
         BY_SCORE: tl.constexpr,
+        RADIX_BITS: tl.constexpr,
+        NBINS: tl.constexpr,
+        PASSES: tl.constexpr,
     ):
         # One program selects the top k of one segment [seg_start, seg_end) of one row.
         # PACKED_INPUT: the row holds packed (key, index) int64 candidates, not float scores.
@@ -180,39 +192,54 @@ def _load() -> tuple[Any, Any]:
         out_row = out_ptr + row * stride_out + seg.to(tl.int64) * k
         mask_row = mask_ptr + row * stride_mask
         offs = tl.arange(0, CHUNK)
-        bins = tl.arange(0, 256)
+        bins = tl.arange(0, NBINS)
         take = tl.minimum(k, seg_end - seg_start)  # picks this segment can hold
 
-        # 1. Radix select: after pass p, `threshold` holds the top p+1 bytes of the k-th largest
-        # key and `ties` counts how many keys matching those bytes still belong to the top k.
+        # 1. Radix select: after pass p, `threshold` holds the top bits of the k-th largest key
+        # down to bit `shift` and `ties` counts how many keys matching those bits still belong
+        # to the top k. A digit is RADIX_BITS wide; the last pass starts at bit 0 and may
+        # overlap the bits already fixed (all live keys share them, so the count is the same).
+        # `matching` counts the keys that match the bits fixed so far (more than `ties` before
+        # the first pass). Once `ties` equals it, every such key is a pick and the remaining
+        # passes are skipped: the threshold keeps zeros below the fixed bits, so every key of
+        # that bucket compares >= it, and `ties` covers the keys equal to it. On real-valued
+        # scores that happens a pass or two before the last.
         threshold = tl.zeros([1], tl.uint32)
         ties = take
-        for p in tl.static_range(4):
-            shift = 24 - 8 * p  # a constexpr: p is one
-            counts = tl.zeros([256], tl.int32)
-            for start in range(seg_start, seg_end, CHUNK):
-                pos = start + offs
-                live = pos < seg_end
-                if PACKED_INPUT:
-                    packed = tl.load(src_row + pos, mask=live, other=-9223372036854775808)
-                    key = ((packed >> 32).to(tl.int32) ^ -2147483648).to(tl.uint32, bitcast=True)
-                else:
-                    x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
-                    key = _ordered_key(x)
-                if p > 0:
-                    high = (key >> (shift + 8)) == (threshold >> (shift + 8))
-                    live = live & high
-                digit = tl.where(live, (key >> shift) & 255, 0).to(tl.int32)
-                # Dead lanes were counted in bin 0; take them out (no histogram mask argument,
-                # which older Triton releases lack).
-                dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
-                counts += tl.histogram(digit, 256) - tl.where(bins == 0, dead, 0)
-            # at_least[j]: matching keys whose byte is >= j; non-increasing in j.
-            at_least = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts
-            byte = tl.sum((at_least >= ties).to(tl.int32), axis=0) - 1
-            above = tl.sum(tl.where(bins == byte, at_least - counts, 0), axis=0)
-            ties = ties - above
-            threshold = threshold | (byte.to(tl.uint32) << shift)
+        matching = take + 1
+        for p in tl.static_range(PASSES):
+            top = 32 - RADIX_BITS * p  # constexprs: p is one; the bits >= top are fixed
+            shift = (top - RADIX_BITS) * (p < PASSES - 1)  # the last pass starts at bit 0
+            if ties < matching:
+                counts = tl.zeros([NBINS], tl.int32)
+                for start in range(seg_start, seg_end, CHUNK):
+                    pos = start + offs
+                    live = pos < seg_end
+                    if PACKED_INPUT:
+                        packed = tl.load(src_row + pos, mask=live, other=-9223372036854775808)
+                        signed = (packed >> 32).to(tl.int32)
+                        key = (signed ^ -2147483648).to(tl.uint32, bitcast=True)
+                    else:
+                        x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
+                        key = _ordered_key(x)
+                    if p > 0:
+                        high = (key >> top) == (threshold >> top)
+                        live = live & high
+                    digit = tl.where(live, (key >> shift) & (NBINS - 1), 0).to(tl.int32)
+                    # Dead lanes were counted in bin 0; take them out (no histogram mask
+                    # argument, which older Triton releases lack).
+                    dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
+                    counts += tl.histogram(digit, NBINS) - tl.where(bins == 0, dead, 0)
+                # at_least[j]: matching keys whose digit is >= j; non-increasing in j.
+                at_least = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts
+                byte = tl.sum((at_least >= ties).to(tl.int32), axis=0) - 1
+                above = tl.sum(tl.where(bins == byte, at_least - counts, 0), axis=0)
+                ties = ties - above
+                threshold = threshold | (byte.to(tl.uint32) << shift)
+                matching = tl.sum(tl.where(bins == byte, counts, 0), axis=0)
+        # Every key equal to the threshold is a pick (the usual case: one such key, or an early
+        # exit): the selection is key >= threshold, without ranking the ties.
+        all_ties = ties >= matching
 
         # 2. Compaction in index order; the mask in the same pass.
         picked = 0
@@ -232,13 +259,24 @@ def _load() -> tuple[Any, Any]:
                 index = pos.to(tl.int64)
                 packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
             tie = (live & (key == threshold)).to(tl.int32)
-            tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
-            sel = (live & (key > threshold)) | ((tie > 0) & (tie_rank < ties))
-            sel_i = sel.to(tl.int32)
-            slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
-            tl.store(out_row + slot, packed, mask=sel)
+            if all_ties:
+                sel = live & (key >= threshold)
+            else:
+                tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
+                sel = (live & (key > threshold)) | ((tie > 0) & (tie_rank < ties))
             # finite scores lie strictly between the keys of -inf and +inf (signed form)
             finite = (signed_key > -2139095041) & (signed_key < 2139095040)
+            if CANDIDATES or BY_SCORE:
+                sel_i = sel.to(tl.int32)
+                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                tl.store(out_row + slot, packed, mask=sel)
+            else:
+                # Index order: the finite picks are the result, in the order compacted here
+                # (ascending position: the candidates of a second launch are in that order
+                # too); no read-back. `picked` counts finite picks only.
+                sel_i = (sel & finite).to(tl.int32)
+                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                tl.store(out_row + slot, index, mask=sel & finite)
             if MASK_MODE == 1:
                 value = tl.where(sel & finite, 0.0, float("-inf"))
                 tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
@@ -261,21 +299,11 @@ def _load() -> tuple[Any, Any]:
             filler = tl.full([K_BLOCK], -9223372036854775808, tl.int64)
             tl.store(out_row + slots, filler, mask=(slots >= take) & (slots < k))
         elif not BY_SCORE:
-            # 3'. Index order: the finite picks as compacted (ascending position), then -1.
-            tl.debug_barrier()  # the compaction stores above are read back by other threads
-            packed = tl.load(out_row + slots, mask=slots < take, other=-9223372036854775808)
-            signed_key = (packed >> 32).to(tl.int32)
-            index = 2147483647 - (packed & 2147483647)
-            real = (slots < take) & (signed_key > -2139095041) & (signed_key < 2139095040)
-            real_i = real.to(tl.int32)
-            place = tl.cumsum(real_i, axis=0) - real_i
-            count = tl.sum(real_i, axis=0)
-            tl.debug_barrier()  # every thread has read its picks before any is overwritten
-            tl.store(out_row + place, index, mask=real)
-            unused = (slots >= count) & (slots < k)
+            # 3'. Index order: the finite picks are written (ascending position); -1 after them.
+            unused = (slots >= picked) & (slots < k)
             tl.store(out_row + slots, tl.full([K_BLOCK], -1, tl.int64), mask=unused)
             if WRITE_HAS_KEYS:
-                tl.store(has_keys_ptr + row, (count > 0).to(tl.uint8))
+                tl.store(has_keys_ptr + row, (picked > 0).to(tl.uint8))
         else:
             # 3. Sort the picks (descending key, then ascending index) and write indices.
             tl.debug_barrier()  # the compaction stores above are read back by other threads
@@ -375,6 +403,7 @@ def topk_mask(
     has_keys: Tensor | None = None,
     num_warps: int | None = None,
     order: str = "score",
+    radix_bits: int | None = None,
 ) -> Tensor:
     """``select_topk(scores, k)`` in fused kernels; when ``mask`` is given, also write it.
 
@@ -393,6 +422,10 @@ def topk_mask(
             the finite picks by ascending position, then -1 (the same set and the same mask,
             without the sort of the k picks; for consumers that gather by index and need no
             order, such as sparse attention).
+        radix_bits: digit width of the radix select, one of ``RADIX_WIDTHS`` (4 to 8 bits:
+            2**bits histogram bins, ceil(32 / bits) passes at most); ``DEFAULT_RADIX_BITS``
+            (5) when None. The result does not depend on it; the speed does
+            (``benchmarks/dsa_topk_parts.py --radix``).
 
     Returns int64 indices [..., k] equal to ``select_topk(scores, k)`` (see the module
     docstring for the tie rule). Raises ValueError when ``topk_unsupported_reason`` names a
@@ -416,6 +449,10 @@ def topk_mask(
         raise ValueError(f"num_warps must be 4, 8 or 16; got {num_warps}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+    if radix_bits is None:
+        radix_bits = DEFAULT_RADIX_BITS
+    if radix_bits not in RADIX_WIDTHS:
+        raise ValueError(f"radix_bits must be one of {RADIX_WIDTHS}; got {radix_bits!r}")
     length = scores.shape[-1]
     lead = scores.shape[:-1]
     if has_keys is not None and (
@@ -476,6 +513,9 @@ def topk_mask(
                 MASK_MODE=0 if mask_rows is None else 1,
                 WRITE_HAS_KEYS=has_keys is not None,
                 BY_SCORE=order == "score",
+                RADIX_BITS=radix_bits,
+                NBINS=1 << radix_bits,
+                PASSES=-(-32 // radix_bits),
                 num_warps=num_warps or _warps(_chunk(length), k_block),
             )
         else:
@@ -498,6 +538,9 @@ def topk_mask(
                 MASK_MODE=0 if mask_rows is None else 2,
                 WRITE_HAS_KEYS=False,
                 BY_SCORE=True,
+                RADIX_BITS=radix_bits,
+                NBINS=1 << radix_bits,
+                PASSES=-(-32 // radix_bits),
                 num_warps=num_warps or _warps(_chunk(seg_len), k_block),
             )
             width = segments * k
@@ -519,6 +562,9 @@ def topk_mask(
                 MASK_MODE=0 if mask_rows is None else 3,
                 WRITE_HAS_KEYS=has_keys is not None,
                 BY_SCORE=order == "score",
+                RADIX_BITS=radix_bits,
+                NBINS=1 << radix_bits,
+                PASSES=-(-32 // radix_bits),
                 num_warps=num_warps or _warps(_chunk(width), k_block),
             )
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():

@@ -586,3 +586,38 @@ def test_fused_topk_in_index_order_equals_the_torch_index_order(
     torch.cuda.synchronize()
     assert torch.equal(out, want)
     assert torch.equal(mask, by_score_mask) and torch.equal(flags, by_score_flags)
+
+
+@pytest.mark.parametrize("bits", [b for b in _triton_topk.RADIX_WIDTHS if b != 8])
+@pytest.mark.parametrize("order", ["score", "index"])
+@pytest.mark.parametrize(("rows", "length", "segments"), [(4, 4096, 1), (2, 65536, 4)])
+def test_every_radix_width_selects_what_the_eight_bit_one_does(
+    rows: int, length: int, segments: int, order: str, bits: int
+) -> None:
+    """Every digit width returns the 8-bit kernel's indices, mask and row flags, with ties and
+    non-finite scores, under graph replay too."""
+    k = 2048
+    gen = torch.Generator().manual_seed(rows + length + segments)
+    scores = torch.randint(-40, 40, (rows, length), generator=gen).float().div(8).cuda()
+    scores[1, 1000:] = NEG_INF
+    scores[0, 5], scores[0, 9] = float("nan"), float("inf")
+    want_mask = torch.empty(rows, length, device="cuda")
+    want_flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+    want = _triton_topk.topk_mask(
+        scores, k, want_mask, segments=segments, has_keys=want_flags, order=order, radix_bits=8
+    )
+    mask = torch.empty(rows, length, device="cuda")
+    flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+
+    def step() -> Tensor:
+        return _triton_topk.topk_mask(
+            scores, k, mask, segments=segments, has_keys=flags, order=order, radix_bits=bits
+        )
+
+    assert torch.equal(step(), want)
+    graph, out = capture(step)
+    mask.fill_(7.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+    assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)

@@ -375,3 +375,47 @@ def test_indexer_step_in_index_order_triton_equals_torch() -> None:
     assert torch.equal(fused.mask, reference.mask)
     assert torch.equal(fused.mask, by_score.mask)
     assert torch.equal(fused.row_has_keys, by_score.row_has_keys)
+
+
+# ------------------------------------------------------------------ radix digit width
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+@pytest.mark.parametrize("order", ["score", "index"])
+def test_radix_width_does_not_change_the_result(order: str, segments: int) -> None:
+    """Every digit width selects what four passes of 8 bits do: the same indices in the same
+    order, mask and row flags, with ties, NaN, +inf, hidden rows and k up to L; on a tie-free
+    row all equal the torch path."""
+    gen = torch.Generator().manual_seed(97)
+    ties = torch.randint(-3, 4, (4, 500), generator=gen).float()
+    ties[1, 100:] = NEG_INF
+    ties[2, 7], ties[2, 9], ties[2, 400] = NAN, POS_INF, NAN
+    ties[3] = NEG_INF
+    distinct = distinct_scores((2, 500), seed=98)
+    for scores in (ties, distinct):
+        for k in (1, 40, 500):
+            results = []
+            for bits in _triton_topk.RADIX_WIDTHS:
+                mask = torch.full_like(scores, 2.0)
+                has_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
+                got = _triton_topk.topk_mask(
+                    scores,
+                    k,
+                    mask,
+                    segments=segments,
+                    has_keys=has_keys,
+                    order=order,
+                    radix_bits=bits,
+                )
+                results.append((got, mask, has_keys))
+            got8, mask8, has8 = results[_triton_topk.RADIX_WIDTHS.index(8)]
+            for got, mask, has_keys in results:
+                assert torch.equal(got, got8) and torch.equal(mask, mask8)
+                assert torch.equal(has_keys, has8)
+            if scores is distinct:
+                assert torch.equal(got8, select_topk(scores, k, order=order))
+
+
+def test_radix_width_outside_the_supported_ones_is_refused() -> None:
+    with pytest.raises(ValueError, match="radix_bits must be one of"):
+        _triton_topk.topk_mask(torch.zeros(2, 8), 2, radix_bits=11)
