@@ -180,6 +180,11 @@ def test_recurrent_output_fed_back_under_replay() -> None:
 def test_cuda_tensor_lr_as_scalar_argument_is_a_host_read() -> None:
     """SGD with a CUDA tensor lr passes it as alpha=: a host read, refused under capture."""
     model = _mlp()
+    # One eager backward first: without a warm-up, the first matrix product of the autograd
+    # thread would create its cuBLAS handle inside the capture and fail before opt.step()
+    # (which test order decided; an xdist worker that ran a backward earlier had one).
+    x, y = _batch(0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
     opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1, device="cuda"))
     fast = graphguard.graphed(_train_step(model, opt), warmup=0)
     with pytest.raises(graphguard.HostSyncError, match="alpha"):
