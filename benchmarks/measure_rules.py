@@ -159,6 +159,12 @@ CASES: dict[str, str] = {
     "out = torch.istft(s, 32, window=w)",
     "torch.as_tensor(device tensor, device='cpu')": "h = torch.as_tensor(x[:4], device='cpu'); "
     "out = x * 2",
+    # the last leads of hidden_syncs.py --opinfo 2 --native (not yet measured)
+    "torch.linalg.ldl_solve": "A = x[:16].view(4, 4); A = A @ A.T + 4 * torch.eye(4, "
+    "device='cuda'); LD, piv, _ = torch.linalg.ldl_factor_ex(A); "
+    "out = torch.linalg.ldl_solve(LD, piv, x[:4, None])",
+    "torch.segment_reduce(x, 'sum', lengths=device tensor)": "n = torch.full((4,), 2, "
+    "device='cuda'); out = torch.segment_reduce(x[:8], 'sum', lengths=n)",
 }
 
 CHILD = r"""
