@@ -303,7 +303,9 @@ def _load() -> tuple[Any, Any]:
             unused = (slots >= picked) & (slots < k)
             tl.store(out_row + slots, tl.full([K_BLOCK], -1, tl.int64), mask=unused)
             if WRITE_HAS_KEYS:
-                tl.store(has_keys_ptr + row, (picked > 0).to(tl.uint8))
+                # `picked` is a device scalar here (the loop added tl.sum results to it); mypy
+                # sees its first value, the Python int 0
+                tl.store(has_keys_ptr + row, (picked > 0).to(tl.uint8))  # type: ignore[attr-defined]
         else:
             # 3. Sort the picks (descending key, then ascending index) and write indices.
             tl.debug_barrier()  # the compaction stores above are read back by other threads
