@@ -43,6 +43,7 @@ from ._guard import guard
 from ._log import disable_json_logs, enable_json_logs
 from ._optim import graph_safe_optimizer
 from ._rules import KINDS, RULES, Rule, get_rule
+from ._session import mark_host
 from ._state import allow
 from ._verify import Verify
 from ._workload import Workload, marked_lines
@@ -91,6 +92,7 @@ __all__ = [
     "graph_safe_optimizer",
     "graphed",
     "guard",
+    "mark_host",
     "marked_lines",
     "validate_blocks",
 ]

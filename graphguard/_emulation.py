@@ -15,7 +15,8 @@ A tensor is a *genuine host tensor* when it was made inside a guarded region by
 4. a non-capturable optimizer's scalar state (``lr``, ``step``), which torch keeps on the host.
 
 Every other tensor stands for a device tensor: tensors made before the region (model weights,
-inputs), results of operations on them, and tensors made with a device *variable*
+inputs; except those the program declared with ``graphguard.mark_host``), results of operations
+on them, and tensors made with a device *variable*
 (``device=device``), whatever that variable holds here. The verdict therefore does not depend on
 how the program spells its device: ``device = "cpu"`` and ``device = torch.device("cpu")`` give
 the same verdicts, and both match a GPU run with ``"cuda"``.
@@ -44,7 +45,9 @@ from ._state import GuardState
 LIVE_SCALAR_ATTR = "_graphguard_live_scalar"
 
 __all__ = [
+    "add_declared_host",
     "call_site_names_host",
+    "declare_host",
     "is_device",
     "is_host",
     "mark_host",
@@ -121,6 +124,26 @@ def mark_host(state: GuardState, t: Any) -> None:
 
 def _forget(host_ids: dict[int, Any], key: int, _ref: Any) -> None:
     host_ids.pop(key, None)
+
+
+# CPU tensors made before any region that the program declared host tensors in the GPU run too
+# (``graphguard.mark_host``): every emulating region starts with them among its genuine host
+# tensors. Weak references: a declaration ends with its tensor.
+_declared_host: dict[int, Any] = {}
+
+
+def declare_host(t: torch.Tensor) -> None:
+    """Remember ``t`` as a host tensor for every later (and the current) emulating region."""
+    key = id(t)
+    _declared_host[key] = weakref.ref(t, functools.partial(_forget, _declared_host, key))
+
+
+def add_declared_host(state: GuardState) -> None:
+    """Mark the declared host tensors that are still alive in ``state``."""
+    for ref in list(_declared_host.values()):
+        t = ref()
+        if t is not None:
+            mark_host(state, t)
 
 
 def _tensor_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from . import _dist, _interrupts, _patches
-from ._errors import GraphGuardError
+from . import _dist, _emulation, _interrupts, _patches
+from ._diagnostic import safe_value
+from ._errors import ConfigError, GraphGuardError
 from ._intercept import CompileAwareMode, HazardMode, keep_out_of_compiled_frames
 from ._interrupts import (
     PENDING,
@@ -37,7 +38,7 @@ from ._interrupts import (
 from ._log import check_env as check_log_env
 from ._state import GuardState, cuda_available, current_state, pop_state, push_state, reset_stack
 
-__all__ = ["Guarded", "guarded", "new_state"]
+__all__ = ["Guarded", "guarded", "mark_host", "new_state"]
 
 _local = threading.local()
 #: ``TorchFunctionMode.__enter__`` without its Python frame (torch >= 2.1 has the C function).
@@ -226,6 +227,8 @@ def new_state(
     if enclosing is not None:
         state.host_ids = enclosing.host_ids
         state.stands_for_capture = enclosing.stands_for_capture
+    elif state.emulate and _emulation._declared_host:
+        _emulation.add_declared_host(state)
     if own_region:
         state.findings = region.hazards
     elif enclosing is not None:
@@ -249,3 +252,31 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def mark_host(*tensors: torch.Tensor) -> None:
+    """Declare CPU tensors made before a region as host tensors in the GPU run too.
+
+    Audit on a machine without CUDA takes every tensor made before the region for a device
+    tensor (a CPU tensor stands for a CUDA one there), so reading a genuine host table made
+    earlier, such as a scheduler's sigma table moved to the host, is reported on CPU only. After
+    ``graphguard.mark_host(table)`` audit treats ``table``, and results computed from host
+    tensors alone, as host tensors, in every region until ``table`` is freed. Where CUDA is
+    available it changes nothing: real devices decide there. Raises ``ConfigError`` for
+    anything but CPU tensors.
+    """
+    if not tensors:
+        raise ConfigError("mark_host() needs at least one CPU tensor")
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise ConfigError(f"mark_host() takes CPU tensors, got {safe_value(t)}")
+        if t.device.type != "cpu":
+            raise ConfigError(
+                f"mark_host() declares CPU tensors that stay on the host in the GPU run; got a "
+                f"tensor on {t.device}"
+            )
+    for t in tensors:
+        _emulation.declare_host(t)
+        state = current_state()
+        if state is not None and state.emulate:
+            _emulation.mark_host(state, t)
