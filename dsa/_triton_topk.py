@@ -453,7 +453,11 @@ def topk_mask(
         raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
     if radix_bits is None:
         radix_bits = DEFAULT_RADIX_BITS
-    if radix_bits not in RADIX_WIDTHS:
+    if (
+        isinstance(radix_bits, bool)
+        or not isinstance(radix_bits, int)
+        or (radix_bits not in RADIX_WIDTHS)
+    ):
         raise ValueError(f"radix_bits must be one of {RADIX_WIDTHS}; got {radix_bits!r}")
     length = scores.shape[-1]
     lead = scores.shape[:-1]

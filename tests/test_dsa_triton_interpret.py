@@ -416,6 +416,7 @@ def test_radix_width_does_not_change_the_result(order: str, segments: int) -> No
                 assert torch.equal(got8, select_topk(scores, k, order=order))
 
 
-def test_radix_width_outside_the_supported_ones_is_refused() -> None:
+@pytest.mark.parametrize("bits", [11, 3, 5.0, True, "5"])
+def test_radix_width_outside_the_supported_ones_is_refused(bits: object) -> None:
     with pytest.raises(ValueError, match="radix_bits must be one of"):
-        _triton_topk.topk_mask(torch.zeros(2, 8), 2, radix_bits=11)
+        _triton_topk.topk_mask(torch.zeros(2, 8), 2, radix_bits=bits)  # type: ignore[arg-type]
