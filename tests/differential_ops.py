@@ -86,6 +86,40 @@ OPS: list[Op] = [
         "legal",
     ),
     Op("combinations", "y = y + torch.combinations(y[:4], 2).sum() * 0.01", "refused"),
+    # measured under raw capture on an H200 (benchmarks/results/measure-rules-h200.md)
+    Op(
+        "cholesky-solve",
+        "y = y + torch.cholesky_solve(y[:4, None], torch.linalg.cholesky_ex("
+        "torch.eye(4, device=x.device) * 4 + y.view(4, 4) @ y.view(4, 4).T * 0.01)[0])"
+        ".flatten().repeat(4) * 0.01",
+        "legal",
+    ),
+    Op(
+        "lu-solve",
+        "A = torch.eye(4, device=x.device) * 4 + y.view(4, 4) * 0.01; "
+        "LU, piv, _ = torch.linalg.lu_factor_ex(A); "
+        "y = y + torch.linalg.lu_solve(LU, piv, y[:4, None]).flatten().repeat(4) * 0.01",
+        "legal",
+    ),
+    Op("quantile-device-q", "y = y + torch.quantile(y, y[:2].sigmoid()).sum() * 0.01", "legal"),
+    Op("fill-device-value", "y = y + y.clone().fill_(y[0]) * 0.01", "legal"),
+    Op("masked-fill-host-value", "y = y.masked_fill(y > 0, torch.tensor(0.5))", "legal"),
+    Op(
+        "multilabel-margin",
+        "y = y + torch.nn.functional.multilabel_margin_loss(y.view(4, 4), idx.view(4, 4) % 3)",
+        "legal",
+    ),
+    Op("to-sparse", "y = y + y.view(4, 4).relu().to_sparse().values().sum() * 0.01", "refused"),
+    Op("svdvals", "y = y + torch.linalg.svdvals(y.view(4, 4)).repeat(4) * 0.01", "refused"),
+    Op(
+        "lstsq",
+        "y = y + torch.linalg.lstsq(torch.eye(4, device=x.device) * 4 + y.view(4, 4) * 0.01, "
+        "y[:4, None]).solution.flatten().repeat(4) * 0.01",
+        "refused",
+    ),
+    Op("index-fill-device", "y = y.index_fill(0, idx[:4], y[0])", "refused"),
+    Op("full-like-device", "y = y + torch.full_like(y, y[0]) * 0.01", "refused"),
+    Op("host-table-device-index", "y = y + torch.linspace(0.0, 1.0, 16)[idx[0]]", "refused"),
     Op(
         "eigh",
         "y = y + torch.linalg.eigh(y.view(4, 4) @ y.view(4, 4).T)[0].repeat(4) * 0.01",

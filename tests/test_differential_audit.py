@@ -71,6 +71,8 @@ def _with_each_hazard_alone_and_last(test: Any) -> Any:
         for device in SPELLINGS:
             test = hyp.example(names=(name,), device=device)(test)
         test = hyp.example(names=("mul", "where", name), device="DEVICE")(test)
+    for name in LEGAL_OPS:  # every legal op at least once, whatever the draws
+        test = hyp.example(names=(name,), device="DEVICE")(test)
     return test
 
 

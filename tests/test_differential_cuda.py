@@ -215,6 +215,8 @@ def sequences() -> Any:
 def _with_each_hazard_alone(test: Any) -> Any:
     for name in HAZARD_OPS:
         test = hyp.example(names=(name,))(test)
+    for name in LEGAL_OPS:  # every legal op at least once, whatever the draws
+        test = hyp.example(names=(name,))(test)
     return test
 
 
