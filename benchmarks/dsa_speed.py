@@ -328,7 +328,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"- date: {meta['date_utc']}",
         f"- measured copy bandwidth: {meta['bandwidth_gbs']:.0f} GB/s; timer: {meta['timer']}",
         "- step = scores + top-k + index mask (the -inf fill inside); medians in µs; the "
-        f"fused top-k's radix digits: {meta.get('radix_bits', 8)} bits",
+        f"fused top-k's radix digits: {meta['radix_bits']} bits",
         "",
         "| B | L | " + " | ".join(titles) + extra_head + " | bf16 K-read floor "
         "| fp8 K-read floor | H200 anchor | goal | best | meets goal | fp8 top-k overlap |",

@@ -139,7 +139,9 @@ def declare_host(t: torch.Tensor) -> None:
 
 
 def add_declared_host(state: GuardState) -> None:
-    """Mark the declared host tensors that are still alive in ``state``."""
+    """Mark the declared host tensors that are still alive in ``state`` (none: no work)."""
+    if not _declared_host:
+        return
     for ref in list(_declared_host.values()):
         t = ref()
         if t is not None:

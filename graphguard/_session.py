@@ -227,7 +227,7 @@ def new_state(
     if enclosing is not None:
         state.host_ids = enclosing.host_ids
         state.stands_for_capture = enclosing.stands_for_capture
-    elif state.emulate and _emulation._declared_host:
+    elif state.emulate:
         _emulation.add_declared_host(state)
     if own_region:
         state.findings = region.hazards
