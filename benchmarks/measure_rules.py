@@ -165,6 +165,17 @@ CASES: dict[str, str] = {
     "out = torch.linalg.ldl_solve(LD, piv, x[:4, None])",
     "torch.segment_reduce(x, 'sum', lengths=device tensor)": "n = torch.full((4,), 2, "
     "device='cuda'); out = torch.segment_reduce(x[:8], 'sum', lengths=n)",
+    # which call of the ldl_solve row refused the capture; segment_reduce without its checks
+    "torch.linalg.ldl_factor_ex alone": "A = x[:16].view(4, 4); A = A @ A.T + 4 * torch.eye(4, "
+    "device='cuda'); out = torch.linalg.ldl_factor_ex(A)[0]",
+    "torch.linalg.ldl_solve alone (factors made before)": "A = x[:16].view(4, 4); "
+    "A = A @ A.T + 4 * torch.eye(4, device='cuda'); "
+    "LD, piv, _ = M.get('ldl') or M.setdefault('ldl', torch.linalg.ldl_factor_ex(A)); "
+    "out = torch.linalg.ldl_solve(LD, piv, x[:4, None])",
+    "torch.segment_reduce(..., lengths=device tensor, unsafe=True)": "n = torch.full((4,), 2, "
+    "device='cuda'); out = torch.segment_reduce(x[:8], 'sum', lengths=n, unsafe=True)",
+    "torch.segment_reduce(..., offsets=device tensor)": "o = torch.arange(0, 10, 2, "
+    "device='cuda'); out = torch.segment_reduce(x[:8], 'sum', offsets=o)",
 }
 
 CHILD = r"""

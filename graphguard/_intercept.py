@@ -156,6 +156,20 @@ def _check_gaussian_nll(
     )
 
 
+@register_check(_attr(torch, "segment_reduce"))
+def _check_segment_reduce(
+    state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Finding | None:
+    # unless unsafe=True, validates its lengths on the host: lengths.min().item() and
+    # all(lengths.sum(-1) == data.size(axis)).item() (aten/src/ATen/native/SegmentReduce.cpp)
+    lengths = kwargs.get("lengths")
+    if kwargs.get("unsafe", False) or not is_device(state, lengths):
+        return None
+    return Finding(
+        "GG102", "torch.segment_reduce (its lengths checks; unsafe=False)", tensor=lengths
+    )
+
+
 def _check_lu(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
     # torch.lu / Tensor.lu call _lu_with_info(check_errors=not get_infos) out of the mode's sight
     if kwargs.get("get_infos", args[2] if len(args) > 2 else False):

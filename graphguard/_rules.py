@@ -209,9 +209,11 @@ _rule(
     use_instead="scores = torch.where(scores < 0, 0, scores)\n"
     "torch._assert_async(torch.all(idx >= 0))",
     torch_behaviour=_POISONS
-    + " `element in t` and `F.gaussian_nll_loss` (its `var >= 0` check) make the same read "
-    "inside torch, where graphguard cannot see it; it reports them at the call. Measured on an "
-    "H200 (torch 2.11) for both: the capture is invalidated and the process is left unusable.",
+    + " `element in t`, `F.gaussian_nll_loss` (its `var >= 0` check) and "
+    "`torch.segment_reduce` with device `lengths` (two `.item()` checks of the lengths unless "
+    "`unsafe=True`) make the same read inside torch, where graphguard cannot see it; it "
+    "reports them at the call. Measured on an H200 (torch 2.11) for all three: the capture is "
+    "invalidated and the process is left unusable.",
 )
 _rule(
     code="GG103",

@@ -190,6 +190,11 @@ def gaussian_nll(c: Ctx) -> Any:
     return torch.nn.functional.gaussian_nll_loss(c.x[:8], c.x[8:16], var)  # HAZARD
 
 
+def segment_reduce_lengths(c: Ctx) -> Any:
+    lengths = torch.full((4,), 2, device=c.x.device)
+    return torch.segment_reduce(c.x[:8], "sum", lengths=lengths)  # HAZARD
+
+
 def covariance(c: Ctx) -> Any:
     return torch.cov(c.x[:16].view(4, 4))  # HAZARD
 
@@ -412,6 +417,7 @@ CASES: list[Case] = [
     Case("allclose", "GG106", allclose),
     Case("contains", "GG102", contains),
     Case("gaussian-nll-loss", "GG102", gaussian_nll),
+    Case("segment-reduce-lengths", "GG102", segment_reduce_lengths),
     Case("covariance", "GG106", covariance),
     Case("slice-bound-from-tensor", "GG101", slice_bound_from_tensor),
     Case("zero-dim-index", "GG101", zero_dim_index),
@@ -509,6 +515,12 @@ def clean_bool_mask_scalar(c: Ctx) -> Any:
     z = c.x[:64].clone().view(8, 8)
     z[:, z[0] > 0] = 0.0  # one mask after a slice: masked_fill_ as well
     return y.sum() + z.sum()
+
+
+def clean_segment_reduce_unchecked(c: Ctx) -> Any:
+    # lengths validated before the step: unsafe=True skips torch's two host reads
+    lengths = torch.full((4,), 2, device=c.x.device)
+    return torch.segment_reduce(c.x[:8], "sum", lengths=lengths, unsafe=True)
 
 
 def clean_fill_values(c: Ctx) -> Any:
@@ -614,6 +626,7 @@ CLEAN: list[Case] = [
     Case("empty-copies", "", clean_empty_copies),
     Case("index-write-device-value", "", clean_index_write_device_value),
     Case("fill-values", "", clean_fill_values),
+    Case("segment-reduce-unchecked", "", clean_segment_reduce_unchecked),
     Case("sampling", "", clean_sampling),
     Case("grouped-mm-bf16", "", clean_grouped_mm_bf16),
     Case("linalg-ex-and-one-hot-classes", "", clean_linalg_ex),
