@@ -328,10 +328,30 @@ _LINALG_CHECKED: tuple[tuple[str, tuple[Any, ...]], ...] = (
 )
 for _name, _linalg_funcs in _LINALG_CHECKED:
     register_check(*_linalg_funcs)(_linalg_checked(_name))
-for _name in ("inv_ex", "cholesky_ex", "solve_ex", "lu_factor_ex", "ldl_factor_ex"):
+for _name in ("inv_ex", "cholesky_ex", "solve_ex", "lu_factor_ex"):
     _func = _attr(torch.linalg, _name)
     if _func is not None:
         register_check(_func)(_linalg_checked(f"torch.linalg.{_name}(check_errors=True)", ex=True))
+
+
+def _ldl(name: str) -> Checker:
+    """GG108 for torch's LDL calls on a device tensor, whatever their arguments: measured on an
+    H200 (torch 2.11), ldl_factor_ex with check_errors=False and ldl_solve on factors made
+    before the region each invalidate the capture (benchmarks/results/measure-rules-h200.md)."""
+
+    def check(state: GuardState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Finding | None:
+        t = args[0] if args else kwargs.get("A", kwargs.get("LD"))
+        if not is_device(state, t):
+            return None
+        return Finding("GG108", name, "ldl", tensor=t)
+
+    return check
+
+
+for _name in ("ldl_factor_ex", "ldl_solve"):
+    _func = _attr(torch.linalg, _name)
+    if _func is not None:
+        register_check(_func)(_ldl(f"torch.linalg.{_name}"))
 
 
 #: matrix norms computed from singular values: an SVD, whose error codes are read on the host

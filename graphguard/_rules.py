@@ -208,8 +208,7 @@ _rule(
     example="if (scores < 0).any():\n    scores = scores.clamp(min=0)\nassert torch.all(idx >= 0)",
     use_instead="scores = torch.where(scores < 0, 0, scores)\n"
     "torch._assert_async(torch.all(idx >= 0))",
-    torch_behaviour=_POISONS
-    + " `element in t`, `F.gaussian_nll_loss` (its `var >= 0` check) and "
+    torch_behaviour=_POISONS + " `element in t`, `F.gaussian_nll_loss` (its `var >= 0` check) and "
     "`torch.segment_reduce` with device `lengths` (two `.item()` checks of the lengths unless "
     "`unsafe=True`) make the same read inside torch, where graphguard cannot see it; it "
     "reports them at the call. Measured on an H200 (torch 2.11) for all three: the capture is "
@@ -400,20 +399,30 @@ _LINALG_CHECKED = (
 _rule(
     code="GG108",
     kind="host-sync",
-    messages=(("default", "{api} reads its solver's error codes on the host {where}"),),
+    messages=(
+        ("default", "{api} reads its solver's error codes on the host {where}"),
+        (
+            "ldl",
+            "{api} leaves the device inside torch's LDL solver, whatever its arguments {where}",
+        ),
+    ),
     slug="linalg-error-check",
     title="a linear-algebra call that checks its error codes on the host",
     why=(
         f"{_LINALG_CHECKED} run their factorisation on the device and then check the "
         "solver's `info` codes (a singular or non-positive-definite input) with "
-        "`info.any().item()`: a device value read on the host, which a capture cannot wait for."
+        "`info.any().item()`: a device value read on the host, which a capture cannot wait for. "
+        "`torch.linalg.ldl_factor_ex` (even with `check_errors=False`) and "
+        "`torch.linalg.ldl_solve` break the capture as well, inside the solver itself "
+        "(torch's MAGMA path, for one, copies the pivots to the host)."
     ),
     fix=(
         "Call the `_ex` variant (`torch.linalg.inv_ex`, `cholesky_ex`, `solve_ex`, "
-        "`lu_factor_ex`, `ldl_factor_ex`), which returns `info` as a device tensor instead of "
-        "checking it, and check `info` after `replay()`, or validate it on the device with "
-        "`torch._assert_async(info == 0)`. Eigen- and singular-value decompositions have no "
-        "`_ex` form: keep them out of the captured step."
+        "`lu_factor_ex`), which returns `info` as a device tensor instead of checking it, and "
+        "check `info` after `replay()`, or validate it on the device with "
+        "`torch._assert_async(info == 0)`. Eigen- and singular-value decompositions and the "
+        "LDL calls have no capturable form: keep them out of the captured step (for a "
+        "symmetric positive-definite matrix, `cholesky_ex` and `cholesky_solve` capture)."
     ),
     example="L = torch.linalg.cholesky(cov)\nw = torch.linalg.solve(A, b)",
     use_instead="L, info = torch.linalg.cholesky_ex(cov)\n"
@@ -435,7 +444,10 @@ _rule(
         "`eigvals`, `svd`, `pinv`, `matrix_rank`, `cond`, `torch.cholesky` and "
         "`cholesky_inverse` share those paths and were not measured separately. "
         "`torch.cholesky_solve` makes the check only on the CPU (it captures and replays equal "
-        "to eager on the H200) and is not reported."
+        "to eager on the H200) and is not reported. Measured on the H200 too: "
+        "`torch.linalg.ldl_factor_ex` with `check_errors=False`, and `torch.linalg.ldl_solve` "
+        "on factors made before the capture, each invalidate the capture and leave the process "
+        "unusable."
     ),
 )
 

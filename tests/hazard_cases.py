@@ -195,6 +195,12 @@ def segment_reduce_lengths(c: Ctx) -> Any:
     return torch.segment_reduce(c.x[:8], "sum", lengths=lengths)  # HAZARD
 
 
+def ldl_factor(c: Ctx) -> Any:
+    a = c.x[:16].view(4, 4)
+    spd = a @ a.T + 4 * torch.eye(4, device=c.x.device)
+    return torch.linalg.ldl_factor_ex(spd)[0]  # HAZARD
+
+
 def covariance(c: Ctx) -> Any:
     return torch.cov(c.x[:16].view(4, 4))  # HAZARD
 
@@ -418,6 +424,7 @@ CASES: list[Case] = [
     Case("contains", "GG102", contains),
     Case("gaussian-nll-loss", "GG102", gaussian_nll),
     Case("segment-reduce-lengths", "GG102", segment_reduce_lengths),
+    Case("ldl-factor", "GG108", ldl_factor),
     Case("covariance", "GG106", covariance),
     Case("slice-bound-from-tensor", "GG101", slice_bound_from_tensor),
     Case("zero-dim-index", "GG101", zero_dim_index),
