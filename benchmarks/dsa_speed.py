@@ -63,12 +63,13 @@ H200_ANCHOR_US = {
 }  # fmt: skip
 # Goals of issue 14, graph replay of the whole step on an H200.
 GOAL_US = {(1, 4096): 20.0, (1, 65536): 45.0, (64, 4096): 35.0, (64, 65536): 200.0}
-BACKENDS = ("torch", "triton", "triton_fp8", "triton_index")
+BACKENDS = ("torch", "triton", "triton_fp8", "triton_index", "triton_fp8_index")
 BACKEND_TITLES = {
     "torch": "PyTorch",
     "triton": "Triton",
     "triton_fp8": "Triton + fp8",
     "triton_index": "Triton, index order",
+    "triton_fp8_index": "Triton + fp8, index order",
 }
 
 Timer = Callable[[Callable[[], object]], float]
@@ -145,6 +146,7 @@ def bench_config(batch: int, length: int, timer: Timer, *, eager: bool) -> dict[
         "triton": lambda: fused(q, k, w, seq_lens, mask),
         "triton_fp8": lambda: fused(q, k_fp8, w, seq_lens, mask, k_scale=k_scale),
         "triton_index": lambda: by_index(q, k, w, seq_lens, mask),
+        "triton_fp8_index": lambda: by_index(q, k_fp8, w, seq_lens, mask, k_scale=k_scale),
     }
 
     row: dict[str, Any] = {"B": batch, "L": length, "us": {}, "notes": {}}
@@ -325,10 +327,12 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"- card: {meta['gpu']}",
         f"- torch {meta['torch']}, CUDA {meta['cuda']}, triton {meta['triton']}",
-        f"- date: {meta['date_utc']}",
+        f"- date: {meta['date_utc']}{meta.get('commit', '')}",
         f"- measured copy bandwidth: {meta['bandwidth_gbs']:.0f} GB/s; timer: {meta['timer']}",
         "- step = scores + top-k + index mask (the -inf fill inside); medians in µs; the "
-        f"fused top-k's radix digits: {meta['radix_bits']} bits",
+        "fused top-k: rows of at least 8k scores by the histogram method "
+        f"({meta['histogram_radix_bits']}-bit digits), shorter rows by the merge method "
+        f"({meta['radix_bits']}-bit digits)",
         "",
         "| B | L | " + " | ".join(titles) + extra_head + " | bf16 K-read floor "
         "| fp8 K-read floor | H200 anchor | goal | best | meets goal | fp8 top-k overlap |",
@@ -367,9 +371,10 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "measurement over more draws).",
         "",
         "PyTorch: bf16 bmm scorer, torch.topk, -inf fill and branchless scatter update. Triton: "
-        "the fused scorer, then one kernel that selects the top k (radix select), sorts the "
-        "picks and writes the whole mask row. Triton + fp8: the same on e4m3 keys with a "
-        "float32 scale per key. Triton, index order: the Triton step with "
+        "the fused scorer, then the fused top-k (a radix select; see dsa/_triton_topk.py for "
+        "its two methods), which sorts the picks and writes the whole mask row. Triton + fp8: "
+        "the same on e4m3 keys with a float32 scale per key, the queries quantised to e4m3 "
+        "in the scorer (a power-of-two scale per head). Index order: the step with "
         '`order="index"` (the picks by position: no sort of the k picks).',
     ]
     return "\n".join(lines) + "\n"
@@ -443,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         "heads": HEADS, "head_dim": DIM, "topk": TOPK, "dtype": "bfloat16",
         "triton": triton_version(),
         "radix_bits": dsa_topk.DEFAULT_RADIX_BITS,
+        "histogram_radix_bits": dsa_topk.HISTOGRAM_RADIX_BITS,
     }  # fmt: skip
     batches = BATCHES_FULL if args.full else BATCHES_QUICK
     lengths = LENGTHS_FULL if args.full else LENGTHS_QUICK

@@ -17,7 +17,8 @@ captured at (B_max, L_max) replays for every live length:
   host reads are located by ``unpatched_hazard_lines``.
 - ``DSAIndexer``: the whole step as an ``nn.Module`` (``patched=False`` for the seed form;
   ``backend="torch" | "triton" | "auto"`` picks the kernels; ``fp8_keys`` scores e4m3 keys).
-- ``quantize_keys_fp8``: e4m3 keys with one float32 scale per key (132 bytes per key at D=128).
+- ``quantize_keys_fp8``: e4m3 keys with one float32 scale per key (132 bytes per key at D=128);
+  ``quantize_queries_fp8``: the queries' e4m3 form that the scorers use with fp8 keys.
 
 Triton is optional: ``import dsa`` never imports it. The fused kernels live in ``dsa._triton``
 (scorer) and ``dsa._triton_topk`` (top-k + mask); the PyTorch path is the reference.
@@ -29,7 +30,7 @@ so the consumer can zero the NaN that softmax gives for such a row, without a ho
 
 from __future__ import annotations
 
-from ._fp8 import quantize_keys_fp8
+from ._fp8 import quantize_keys_fp8, quantize_queries_fp8
 from ._indexer import DSAIndexer, IndexerOutput
 from ._mask import (
     HazardLines,
@@ -46,6 +47,7 @@ __all__ = [
     "IndexerOutput",
     "indexer_scores",
     "quantize_keys_fp8",
+    "quantize_queries_fp8",
     "select_topk",
     "unpatched_hazard_lines",
     "update_index_mask",

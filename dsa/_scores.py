@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _triton
-from ._fp8 import FP8_DTYPE
+from ._fp8 import FP8_DTYPE, quantize_queries_fp8
 
 __all__ = ["indexer_scores"]
 
@@ -165,8 +165,10 @@ def indexer_scores(
             ``torch.compile`` traces). The fused kernel compiles on its first call: make that
             call eagerly (the usual warm-up) before capturing a CUDA graph.
         k_scale: float32 [B, L], the per-key scales of fp8 keys (required with them, refused
-            without): key n stands for ``k[b, n].float() * k_scale[b, n]``. Both backends cast
-            the e4m3 values to q's dtype (exactly) for q . k and multiply each key's score by
+            without): key n stands for ``k[b, n].float() * k_scale[b, n]``. With fp8 keys both
+            backends quantise q as well (``quantize_queries_fp8``: e4m3 values, a power-of-two
+            scale per head folded into the head weight, the published design), compute q . k
+            on the e4m3 values (exact products, float32 sums) and multiply each key's score by
             its scale after the head-weighted sum (scales are positive, so they commute with
             relu).
 
@@ -181,9 +183,22 @@ def indexer_scores(
         return _triton.fused_scores(q, k, w, limit, k_scale=k_scale)
 
     if k_scale is not None:
-        k = k.to(q.dtype)  # exact: every e4m3 value is a float16 / bfloat16 / float32 value
+        # fp8 queries as well (see dsa._fp8): e4m3 values with a power-of-two scale per head,
+        # the scale folded into the head weight; the products of e4m3 values are exact.
+        # Products of e4m3 values reach 448**2, past float16's range: q . k runs in bfloat16
+        # with float32 output where bmm offers it (CUDA), else in float32; both are exact
+        # before the float32 sums.
+        q_values, q_scales = quantize_queries_fp8(q)
+        w = w.float() * q_scales
+        exact = torch.bfloat16 if (q.is_cuda and _HAS_BMM_OUT_DTYPE) else torch.float32
+        q, k = q_values.to(exact), k.to(exact)
     # [B, T*H, D] @ [B, D, L] -> [B, T*H, L]: one GEMM reads the key cache once for all heads.
-    logits = torch.bmm(q.reshape(batch, tokens * heads, dim), k.transpose(1, 2))
+    if k_scale is not None and q.dtype == torch.bfloat16:
+        logits = torch.bmm(
+            q.reshape(batch, tokens * heads, dim), k.transpose(1, 2), out_dtype=torch.float32
+        )
+    else:
+        logits = torch.bmm(q.reshape(batch, tokens * heads, dim), k.transpose(1, 2))
     logits = torch.relu_(logits).view(batch * tokens, heads, length)
     weights = w.reshape(batch * tokens, 1, heads)
     scores = _weighted_relu_sum(weights, logits).view(batch, tokens, length)

@@ -10,8 +10,9 @@ bf16) and w[b, t] once, then for each of its ITERS key blocks loads K [BLOCK_L, 
 K @ q^T -> [BLOCK_L, H] in float32 on the tensor cores, applies relu, weights the heads and sums
 them (a reduction inside each warp), writes -inf past the token's visible limit and stores
 [BLOCK_L] float32 scores. Keys at or past the limit are never read from memory. With fp8
-(e4m3) keys the kernel reads D bytes plus one float32 scale per key, casts the values to q's
-dtype in registers (exactly) and multiplies each key's score by its scale.
+(e4m3) keys the kernel reads D bytes plus one float32 scale per key, quantises q to e4m3 in
+registers (a power-of-two scale per head, folded into w: ``dsa._fp8.quantize_queries_fp8``),
+runs q . k on the fp8 tensor cores and multiplies each key's score by its scale.
 
 The launch configuration comes from a fixed heuristic (``default_config``), never from
 benchmarking at run time: the first call compiles the kernel (do it eagerly, as the usual
@@ -71,6 +72,7 @@ CONFIGS: tuple[ScorerConfig, ...] = (
     ScorerConfig(256, 1, 8, 1),
     ScorerConfig(128, 4, 4, 3),
     ScorerConfig(64, 8, 4, 4),
+    ScorerConfig(128, 8, 4, 3),
 )
 
 # Bound by _load() to triton.language; the kernel body resolves `tl` through module globals.
@@ -174,15 +176,18 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def default_config(rows: int, length: int, device: torch.device | None = None) -> ScorerConfig:
+def default_config(
+    rows: int, length: int, device: torch.device | None = None, *, fp8: bool = False
+) -> ScorerConfig:
     """The launch configuration used when none is given; depends only on shapes and the GPU.
 
     Small problems (fewer than two 128-key blocks per SM) take one 64-key block per program,
     for the most programs in flight; everything else takes four 128-key blocks per program
-    with a 3-stage load pipeline. On an H200 (``benchmarks/dsa_speed.py --triton-sweep``, H=64,
-    D=128, decode) these were the fastest or within 4% of the fastest of ``CONFIGS`` at
-    B in {1, 64} x L in {4096, 65536}; at B=64 L=65536 the pipelined one reads the key cache
-    at about 96% of the bandwidth of a large device-to-device copy.
+    (eight with fp8 keys) with a 3-stage load pipeline. On an H200
+    (``benchmarks/dsa_speed.py --triton-sweep``, H=64, D=128, decode) these were the fastest
+    or within 4% of the fastest of ``CONFIGS`` at B in {1, 64} x L in {4096, 65536}; at B=64
+    L=65536 the pipelined one reads the bf16 key cache at about 96% of the bandwidth of a
+    large device-to-device copy.
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]
@@ -190,7 +195,7 @@ def default_config(rows: int, length: int, device: torch.device | None = None) -
     blocks_128 = rows * -(-length // 128)
     if blocks_128 < 2 * _sm_count(index):
         return CONFIGS[0]
-    return CONFIGS[4]
+    return CONFIGS[6] if fp8 else CONFIGS[4]
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,8 +236,24 @@ def _load() -> Any:
         offs_h = tl.arange(0, H)
         offs_d = tl.arange(0, D)
         q = tl.load(q_ptr + row64 * (H * D) + offs_h[:, None] * D + offs_d[None, :])  # [H, D]
-        q_t = tl.trans(q)  # [D, H]
         w = tl.load(w_ptr + row64 * H + offs_h).to(tl.float32)  # [H]
+        if HAS_SCALE:
+            # fp8 queries (dsa._fp8.quantize_queries_fp8, bit for bit): per head the smallest
+            # power-of-two scale with max |q| / scale <= 448, from the float32 bits of the max;
+            # the scale joins the head weight, the scaled values round to e4m3.
+            wide = q.to(tl.float32)
+            bits = tl.max(tl.abs(wide), axis=1).to(tl.int32, bitcast=True)  # [H]
+            exponent = ((bits >> 23) & 0xFF) - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
+            exponent = tl.minimum(tl.maximum(exponent, 1), 253)
+            w = w * (exponent << 23).to(tl.float32, bitcast=True)
+            inverse = ((254 - exponent) << 23).to(tl.float32, bitcast=True)
+            scaled = wide * inverse[:, None]
+            # round to e4m3, ties to even, as dsa._fp8.round_to_e4m3; the cast is then exact
+            bits = scaled.to(tl.int32, bitcast=True)
+            normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
+            subnormal = (scaled + 24576.0) - 24576.0
+            q = tl.where(tl.abs(scaled) >= 0.015625, normal, subnormal).to(tl.float8e4nv)
+        q_t = tl.trans(q)  # [D, H]
         if HAS_LIMIT:
             lim = tl.load(
                 limit_ptr + b.to(tl.int64) * stride_limit_b + t.to(tl.int64) * stride_limit_t
@@ -248,9 +269,7 @@ def _load() -> Any:
             keys = tl.load(
                 k_row + offs_l[:, None] * D + offs_d[None, :], mask=visible[:, None], other=0.0
             )  # [BLOCK_L, D]
-            if HAS_SCALE:
-                keys = keys.to(q.dtype)  # e4m3 -> bf16 / fp16 is exact
-            logits = tl.dot(keys, q_t)  # [BLOCK_L, H], float32 accumulation
+            logits = tl.dot(keys, q_t)  # [BLOCK_L, H], float32 accumulation (fp8 x fp8 too)
             logits = tl.maximum(logits, 0.0)
             scores = tl.sum(logits * w[None, :], axis=1)  # [BLOCK_L]
             if HAS_SCALE:
@@ -317,7 +336,11 @@ def fused_scores(
         limit_arg = limit.expand(batch, tokens)
         stride_b, stride_t, has_limit = limit_arg.stride(0), limit_arg.stride(1), True
 
-    cfg = config if config is not None else default_config(rows, length, q.device)
+    cfg = (
+        config
+        if config is not None
+        else default_config(rows, length, q.device, fp8=k_scale is not None)
+    )
     kernel = _load()
     grid = (rows, -(-length // (cfg.block_l * cfg.iters)))
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():

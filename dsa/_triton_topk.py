@@ -52,7 +52,7 @@ masked out of the store, never used as addresses.
 import functools
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -60,9 +60,12 @@ from torch import Tensor
 from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 
 __all__ = [
+    "HISTOGRAM_RADIX_BITS",
     "MAX_TOPK",
+    "METHODS",
     "ORDERS",
     "RADIX_WIDTHS",
+    "default_method",
     "default_segments",
     "fill_index_mask",
     "topk_mask",
@@ -71,6 +74,12 @@ __all__ = [
 
 #: How the picks of a row are ordered: by descending score, or by ascending position.
 ORDERS = ("score", "index")
+#: How a row is selected: "merge", one program per row (rows much longer than k first split
+#: into segments that each keep their own top k, merged by a second launch); "histogram", every
+#: radix pass one launch over all segments of the row, adding to one histogram per row.
+METHODS = ("merge", "histogram")
+#: The digit width of the histogram method when none is given (at most four pass launches).
+HISTOGRAM_RADIX_BITS = 8
 #: Digit widths of the radix select (bits per pass; ceil(32 / width) passes).
 RADIX_WIDTHS = (4, 5, 6, 7, 8)
 #: The width ``topk_mask`` uses when none is given.
@@ -85,6 +94,8 @@ _SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # module globals, so both must live here rather than in _load's closure.
 tl: Any = None
 _ordered_key: Any = None
+_choose_digit: Any = None
+_sort_and_write: Any = None
 
 
 def _device_reason(*tensors: Tensor) -> str | None:
@@ -135,10 +146,18 @@ def _warps(chunk: int, k_block: int) -> int:
     return 16 if widest >= 2048 else 8 if widest >= 1024 else 4
 
 
+class _Kernels(NamedTuple):
+    topk: Any
+    fill: Any
+    histogram_pass: Any
+    histogram_write: Any
+    sort_picks: Any
+
+
 @functools.lru_cache(maxsize=1)
-def _load() -> tuple[Any, Any]:
-    """Import triton and define the kernels (once); return (top-k kernel, mask kernel)."""
-    global tl, _ordered_key
+def _load() -> _Kernels:
+    """Import triton and define the kernels (once)."""
+    global tl, _ordered_key, _choose_digit, _sort_and_write
     import triton
     import triton.language as language
 
@@ -153,7 +172,36 @@ def _load() -> tuple[Any, Any]:
         bits = tl.where(x != x, -1, bits ^ flip)
         return bits.to(tl.uint32, bitcast=True)
 
-    _ordered_key = ordered_key
+    @triton.jit
+    def choose_digit(counts, ties, bins, NBINS: tl.constexpr):
+        # counts[j]: keys matching the bits fixed so far whose next digit is j; ties: picks
+        # still owed among them. Returns the k-th largest's digit, the picks still owed among
+        # the keys with that digit, and how many keys have it.
+        at_least = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # non-increasing
+        digit = tl.sum((at_least >= ties).to(tl.int32), axis=0) - 1
+        above = tl.sum(tl.where(bins == digit, at_least - counts, 0), axis=0)
+        matching = tl.sum(tl.where(bins == digit, counts, 0), axis=0)
+        return digit, ties - above, matching
+
+    @triton.jit
+    def sort_and_write(
+        out_row, has_keys_ptr, row, take, k, K_BLOCK: tl.constexpr, WRITE_HAS_KEYS: tl.constexpr
+    ):
+        # The `take` packed picks at out_row[0:take], sorted (descending key, then ascending
+        # index), replaced by their indices; -1 for non-finite picks and slots past take.
+        slots = tl.arange(0, K_BLOCK)
+        tl.debug_barrier()  # the compaction stores are read back by other threads
+        packed = tl.load(out_row + slots, mask=slots < take, other=-9223372036854775808)
+        packed = tl.sort(packed, descending=True)
+        signed_key = (packed >> 32).to(tl.int32)
+        index = 2147483647 - (packed & 2147483647)
+        real = (slots < take) & (signed_key > -2139095041) & (signed_key < 2139095040)
+        tl.debug_barrier()  # every thread has read its picks before any is overwritten
+        tl.store(out_row + slots, tl.where(real, index, -1), mask=slots < k)
+        if WRITE_HAS_KEYS:
+            tl.store(has_keys_ptr + row, (tl.sum(real.to(tl.int32), axis=0) > 0).to(tl.uint8))
+
+    _ordered_key, _choose_digit, _sort_and_write = ordered_key, choose_digit, sort_and_write
 
     @triton.jit
     def _topk_mask_kernel(
@@ -177,8 +225,11 @@ def _load() -> tuple[Any, Any]:
         RADIX_BITS: tl.constexpr,
         NBINS: tl.constexpr,
         PASSES: tl.constexpr,
+        ONE_CHUNK: tl.constexpr,
     ):
         # One program selects the top k of one segment [seg_start, seg_end) of one row.
+        # ONE_CHUNK: the segment fits in one chunk; it is loaded once, before the passes, and
+        # every pass and the compaction reuse the registers instead of reading it again.
         # PACKED_INPUT: the row holds packed (key, index) int64 candidates, not float scores.
         # CANDIDATES: write the segment's picks packed, in index order, into k slots of its own
         # (the first launch of a two-launch selection); else sort them and write indices.
@@ -194,6 +245,14 @@ def _load() -> tuple[Any, Any]:
         offs = tl.arange(0, CHUNK)
         bins = tl.arange(0, NBINS)
         take = tl.minimum(k, seg_end - seg_start)  # picks this segment can hold
+        if PACKED_INPUT:  # what a masked-off lane reads: below every real key
+            filler = -9223372036854775808
+        else:
+            filler = 0.0  # type: ignore[assignment]  # a compile-time branch: one of the two
+        if ONE_CHUNK:
+            held = tl.load(
+                src_row + seg_start + offs, mask=seg_start + offs < seg_end, other=filler
+            )
 
         # 1. Radix select: after pass p, `threshold` holds the top bits of the k-th largest key
         # down to bit `shift` and `ties` counts how many keys matching those bits still belong
@@ -215,13 +274,15 @@ def _load() -> tuple[Any, Any]:
                 for start in range(seg_start, seg_end, CHUNK):
                     pos = start + offs
                     live = pos < seg_end
+                    if ONE_CHUNK:
+                        loaded = held
+                    else:
+                        loaded = tl.load(src_row + pos, mask=live, other=filler)
                     if PACKED_INPUT:
-                        packed = tl.load(src_row + pos, mask=live, other=-9223372036854775808)
-                        signed = (packed >> 32).to(tl.int32)
+                        signed = (loaded >> 32).to(tl.int32)
                         key = (signed ^ -2147483648).to(tl.uint32, bitcast=True)
                     else:
-                        x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
-                        key = _ordered_key(x)
+                        key = _ordered_key(loaded.to(tl.float32))
                     if p > 0:
                         high = (key >> top) == (threshold >> top)
                         live = live & high
@@ -230,13 +291,8 @@ def _load() -> tuple[Any, Any]:
                     # argument, which older Triton releases lack).
                     dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
                     counts += tl.histogram(digit, NBINS) - tl.where(bins == 0, dead, 0)
-                # at_least[j]: matching keys whose digit is >= j; non-increasing in j.
-                at_least = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts
-                byte = tl.sum((at_least >= ties).to(tl.int32), axis=0) - 1
-                above = tl.sum(tl.where(bins == byte, at_least - counts, 0), axis=0)
-                ties = ties - above
+                byte, ties, matching = _choose_digit(counts, ties, bins, NBINS)
                 threshold = threshold | (byte.to(tl.uint32) << shift)
-                matching = tl.sum(tl.where(bins == byte, counts, 0), axis=0)
         # Every key equal to the threshold is a pick (the usual case: one such key, or an early
         # exit): the selection is key >= threshold, without ranking the ties.
         all_ties = ties >= matching
@@ -247,14 +303,17 @@ def _load() -> tuple[Any, Any]:
         for start in range(seg_start, seg_end, CHUNK):
             pos = start + offs
             live = pos < seg_end
+            if ONE_CHUNK:
+                loaded = held
+            else:
+                loaded = tl.load(src_row + pos, mask=live, other=filler)
             if PACKED_INPUT:
-                packed = tl.load(src_row + pos, mask=live, other=-9223372036854775808)
+                packed = loaded
                 signed_key = (packed >> 32).to(tl.int32)
                 key = (signed_key ^ -2147483648).to(tl.uint32, bitcast=True)
                 index = 2147483647 - (packed & 2147483647)
             else:
-                x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
-                key = _ordered_key(x)
+                key = _ordered_key(loaded.to(tl.float32))
                 signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True)
                 index = pos.to(tl.int64)
                 packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
@@ -308,16 +367,7 @@ def _load() -> tuple[Any, Any]:
                 tl.store(has_keys_ptr + row, (picked > 0).to(tl.uint8))  # type: ignore[attr-defined]
         else:
             # 3. Sort the picks (descending key, then ascending index) and write indices.
-            tl.debug_barrier()  # the compaction stores above are read back by other threads
-            packed = tl.load(out_row + slots, mask=slots < take, other=-9223372036854775808)
-            packed = tl.sort(packed, descending=True)
-            signed_key = (packed >> 32).to(tl.int32)
-            index = 2147483647 - (packed & 2147483647)
-            real = (slots < take) & (signed_key > -2139095041) & (signed_key < 2139095040)
-            tl.debug_barrier()  # every thread has read its picks before any is overwritten
-            tl.store(out_row + slots, tl.where(real, index, -1), mask=slots < k)
-            if WRITE_HAS_KEYS:
-                tl.store(has_keys_ptr + row, (tl.sum(real.to(tl.int32), axis=0) > 0).to(tl.uint8))
+            _sort_and_write(out_row, has_keys_ptr, row, take, k, K_BLOCK, WRITE_HAS_KEYS)
 
     @triton.jit
     def _fill_index_mask_kernel(
@@ -348,7 +398,262 @@ def _load() -> tuple[Any, Any]:
                 mask_row + tl.where(valid, index, 0), zero.to(mask_ptr.dtype.element_ty), mask=valid
             )
 
-    return _topk_mask_kernel, _fill_index_mask_kernel
+    @triton.jit
+    def _histogram_pass_kernel(
+        src_ptr,
+        hist_ptr,
+        seg_hist_ptr,
+        above_ptr,
+        nonfinite_ptr,
+        length,
+        k,
+        stride_src,
+        segments,
+        SEG: tl.constexpr,
+        CHUNK: tl.constexpr,
+        PASS: tl.constexpr,
+        RADIX_BITS: tl.constexpr,
+        NBINS: tl.constexpr,
+        PASSES: tl.constexpr,
+    ):
+        # Radix pass PASS of the histogram method, for segment `seg` of one row. The digits of
+        # passes 0 .. PASS-1 are read back from the row histograms of the earlier launches
+        # (every program of the row derives the same ones). If the selection is still open, the
+        # program counts the digits of its keys that match the bits fixed so far, keeps that
+        # count per segment and adds it to the row histogram of this pass (atomics). It also
+        # adds to above[row, seg] its keys that the previous pass put above the threshold.
+        row = tl.program_id(0).to(tl.int64)
+        seg = tl.program_id(1)
+        seg_start = seg * SEG
+        seg_end = tl.minimum(seg_start + SEG, length)
+        src_row = src_ptr + row * stride_src
+        hist_row = hist_ptr + row * (PASSES * NBINS)
+        cell = row * segments + seg
+        offs = tl.arange(0, CHUNK)
+        bins = tl.arange(0, NBINS)
+        threshold = tl.zeros([1], tl.uint32)
+        ties = tl.minimum(k, length)
+        matching = ties + 1
+        above_before = 0
+        for q in tl.static_range(PASS):
+            if ties < matching:
+                counts = tl.load(hist_row + q * NBINS + bins)
+                digit, ties, matching = _choose_digit(counts, ties, bins, NBINS)
+                shift = (32 - RADIX_BITS * (q + 1)) * (q < PASSES - 1)
+                threshold = threshold | (digit.to(tl.uint32) << shift)
+                if q == PASS - 1:
+                    mine = tl.load(
+                        seg_hist_ptr + ((row * PASSES + q) * segments + seg) * NBINS + bins
+                    )
+                    above_before = tl.sum(tl.where(bins > digit, mine, 0), axis=0)
+        top = 32 - RADIX_BITS * PASS
+        shift = (top - RADIX_BITS) * (PASS < PASSES - 1)
+        if ties < matching:
+            counts = tl.zeros([NBINS], tl.int32)
+            high = 0  # keys of +inf and NaN (pass 0 only)
+            low = 0  # keys of -inf (pass 0 only)
+            for start in range(seg_start, seg_end, CHUNK):
+                pos = start + offs
+                live = pos < seg_end
+                x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
+                key = _ordered_key(x)
+                if PASS == 0:
+                    signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True)
+                    high += tl.sum((live & (signed_key >= 2139095040)).to(tl.int32), axis=0)
+                    low += tl.sum((live & (signed_key <= -2139095041)).to(tl.int32), axis=0)
+                else:
+                    live = live & ((key >> top) == (threshold >> top))
+                digit = tl.where(live, (key >> shift) & (NBINS - 1), 0).to(tl.int32)
+                dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
+                counts += tl.histogram(digit, NBINS) - tl.where(bins == 0, dead, 0)
+            tl.store(seg_hist_ptr + ((row * PASSES + PASS) * segments + seg) * NBINS + bins, counts)
+            tl.atomic_add(hist_row + PASS * NBINS + bins, counts, mask=counts > 0, sem="relaxed")
+            if PASS == 0:
+                tl.store(above_ptr + cell, above_before)
+                tl.store(nonfinite_ptr + 2 * cell, high)
+                tl.store(nonfinite_ptr + 2 * cell + 1, low)
+            else:
+                tl.store(above_ptr + cell, tl.load(above_ptr + cell) + above_before)
+
+    @triton.jit
+    def _histogram_write_kernel(
+        src_ptr,
+        out_ptr,
+        mask_ptr,
+        has_keys_ptr,
+        hist_ptr,
+        seg_hist_ptr,
+        above_ptr,
+        nonfinite_ptr,
+        length,
+        k,
+        stride_src,
+        stride_out,
+        stride_mask,
+        segments,
+        SEG: tl.constexpr,
+        CHUNK: tl.constexpr,
+        SEG_BLOCK: tl.constexpr,
+        K_BLOCK: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        WRITE_HAS_KEYS: tl.constexpr,
+        BY_SCORE: tl.constexpr,
+        RADIX_BITS: tl.constexpr,
+        NBINS: tl.constexpr,
+        PASSES: tl.constexpr,
+    ):
+        # The last launch of the histogram method, for segment `seg` of one row: the threshold
+        # from the row histograms; from the per-segment tables, how many picks (and ties) lie in
+        # the segments before this one; then this segment's picks are written from there on, in
+        # index order, and its part of the mask row.
+        row = tl.program_id(0).to(tl.int64)
+        seg = tl.program_id(1)
+        seg_start = seg * SEG
+        seg_end = tl.minimum(seg_start + SEG, length)
+        src_row = src_ptr + row * stride_src
+        out_row = out_ptr + row * stride_out
+        mask_row = mask_ptr + row * stride_mask
+        hist_row = hist_ptr + row * (PASSES * NBINS)
+        offs = tl.arange(0, CHUNK)
+        bins = tl.arange(0, NBINS)
+        threshold = tl.zeros([1], tl.uint32)
+        take = tl.minimum(k, length)
+        ties = take
+        matching = take + 1
+        last = 0
+        last_digit = 0
+        for q in tl.static_range(PASSES):
+            if ties < matching:
+                counts = tl.load(hist_row + q * NBINS + bins)
+                digit, ties, matching = _choose_digit(counts, ties, bins, NBINS)
+                shift = (32 - RADIX_BITS * (q + 1)) * (q < PASSES - 1)
+                threshold = threshold | (digit.to(tl.uint32) << shift)
+                last = q
+                last_digit = digit
+        all_ties = ties >= matching
+        # Per segment: keys above the threshold (earlier passes from `above`, the last pass
+        # from its per-segment histogram), keys in the threshold's bucket, non-finite keys.
+        gt_before = 0
+        bucket_before = 0
+        high_before = 0
+        low_before = 0
+        size_before = 0
+        gt_all = 0
+        bucket_all = 0
+        high_all = 0
+        low_all = 0
+        for s0 in range(0, segments, SEG_BLOCK):
+            ids = s0 + tl.arange(0, SEG_BLOCK)
+            valid = ids < segments
+            before = valid & (ids < seg)
+            cells = row * segments + ids
+            last_hist = tl.load(
+                seg_hist_ptr
+                + ((row * PASSES + last) * segments + ids[:, None]) * NBINS
+                + bins[None, :],
+                mask=valid[:, None],
+                other=0,
+            )
+            gt = tl.load(above_ptr + cells, mask=valid, other=0)
+            gt += tl.sum(tl.where(bins[None, :] > last_digit, last_hist, 0), axis=1)
+            bucket = tl.sum(tl.where(bins[None, :] == last_digit, last_hist, 0), axis=1)
+            high = tl.load(nonfinite_ptr + 2 * cells, mask=valid, other=0)
+            low = tl.load(nonfinite_ptr + 2 * cells + 1, mask=valid, other=0)
+            gt_before += tl.sum(tl.where(before, gt, 0), axis=0)
+            bucket_before += tl.sum(tl.where(before, bucket, 0), axis=0)
+            high_before += tl.sum(tl.where(before, high, 0), axis=0)
+            low_before += tl.sum(tl.where(before, low, 0), axis=0)
+            gt_all += tl.sum(tl.where(valid, gt, 0), axis=0)
+            bucket_all += tl.sum(tl.where(valid, bucket, 0), axis=0)
+            high_all += tl.sum(tl.where(valid, high, 0), axis=0)
+            low_all += tl.sum(tl.where(valid, low, 0), axis=0)
+        size_before = seg_start
+        # Ties are picked in index order: the segments before this one took the first of them.
+        picks_before = gt_before + tl.where(
+            all_ties, bucket_before, tl.minimum(ties, bucket_before)
+        )
+        picks_all = gt_all + tl.where(all_ties, bucket_all, tl.minimum(ties, bucket_all))
+        # Finite picks: every finite key when the threshold is at or below -inf's key; none when
+        # it is at or above +inf's; else every pick but the +inf and NaN keys (all of them picks).
+        signed_t = tl.sum((threshold ^ 0x80000000).to(tl.int32, bitcast=True), axis=0)
+        finite_before = tl.where(
+            signed_t >= 2139095040,
+            0,
+            tl.where(
+                signed_t <= -2139095041,
+                size_before - high_before - low_before,
+                picks_before - high_before,
+            ),
+        )
+        finite_all = tl.where(
+            signed_t >= 2139095040,
+            0,
+            tl.where(signed_t <= -2139095041, length - high_all - low_all, picks_all - high_all),
+        )
+        if BY_SCORE:
+            picked = picks_before
+        else:
+            picked = finite_before
+        ties_seen = bucket_before
+        for start in range(seg_start, seg_end, CHUNK):
+            pos = start + offs
+            live = pos < seg_end
+            x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
+            key = _ordered_key(x)
+            signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True)
+            tie = (live & (key == threshold)).to(tl.int32)
+            if all_ties:
+                sel = live & (key >= threshold)
+            else:
+                tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
+                sel = (live & (key > threshold)) | ((tie > 0) & (tie_rank < ties))
+            finite = (signed_key > -2139095041) & (signed_key < 2139095040)
+            if BY_SCORE:
+                sel_i = sel.to(tl.int32)
+                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                index = pos.to(tl.int64)
+                packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
+                tl.store(out_row + slot, packed, mask=sel)
+            else:
+                sel_i = (sel & finite).to(tl.int32)
+                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                tl.store(out_row + slot, pos.to(tl.int64), mask=sel & finite)
+            if HAS_MASK:
+                value = tl.where(sel & finite, 0.0, float("-inf"))
+                tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
+            picked += tl.sum(sel_i, axis=0)
+            ties_seen += tl.sum(tie, axis=0)
+        if not BY_SCORE:  # compile-time test outside, run-time test inside
+            if seg == 0:
+                slots = tl.arange(0, K_BLOCK)
+                unused = (slots >= finite_all) & (slots < k)
+                tl.store(out_row + slots, tl.full([K_BLOCK], -1, tl.int64), mask=unused)
+                if WRITE_HAS_KEYS:
+                    tl.store(has_keys_ptr + row, (finite_all > 0).to(tl.uint8))
+
+    @triton.jit
+    def _sort_picks_kernel(
+        out_ptr,
+        has_keys_ptr,
+        take,
+        k,
+        stride_out,
+        K_BLOCK: tl.constexpr,
+        WRITE_HAS_KEYS: tl.constexpr,
+    ):
+        # Score order after the histogram method: sort each row's packed picks, write indices.
+        row = tl.program_id(0).to(tl.int64)
+        _sort_and_write(
+            out_ptr + row * stride_out, has_keys_ptr, row, take, k, K_BLOCK, WRITE_HAS_KEYS
+        )
+
+    return _Kernels(
+        _topk_mask_kernel,
+        _fill_index_mask_kernel,
+        _histogram_pass_kernel,
+        _histogram_write_kernel,
+        _sort_picks_kernel,
+    )
 
 
 def _launch_context(t: Tensor) -> Any:
@@ -396,6 +701,39 @@ def default_segments(rows: int, length: int, k: int, device: torch.device) -> in
     return max(1, min(by_length, 1 << (by_sms.bit_length() - 1)))
 
 
+def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
+    """The selection method used when none is given: a shape-only choice.
+
+    "histogram" for rows of at least 8 * k scores when there are at most a quarter as many
+    rows as SMs (the merge method would split each row into a few segments that each run a
+    whole radix select), "merge" otherwise. On an H200, k=2048
+    (``benchmarks/results/dsa_topk_methods-h200.md``): at B=1 the histogram method takes
+    L=16384 from 45 to 28 µs and L=65536 from 76 to 32 µs (index order); at B=64, L=65536
+    the merge method, already spread over every SM, is as fast or faster (136 against
+    142 µs). Off the GPU (the interpreter) the SM count is taken as 32.
+    """
+    if length < 8 * k:
+        return "merge"
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        sms = _sm_count(index)
+    else:
+        sms = 32
+    return "histogram" if 4 * rows <= sms else "merge"
+
+
+def _histogram_segment(rows: int, length: int, device: torch.device) -> int:
+    """Scores per program of the histogram method: a power of two in [1024, 8192], aiming at
+    about four programs per SM over all rows (shape and SM count only)."""
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        programs = 4 * _sm_count(index)
+    else:  # the interpreter: small segments, so that tests cross segment boundaries
+        return 1024
+    per_program = -(-rows * length // programs)
+    return min(max(_next_power_of_two(per_program), 1024), 8192)
+
+
 def topk_mask(
     scores: Tensor,
     k: int,
@@ -406,6 +744,8 @@ def topk_mask(
     num_warps: int | None = None,
     order: str = "score",
     radix_bits: int | None = None,
+    method: str | None = None,
+    segment_length: int | None = None,
 ) -> Tensor:
     """``select_topk(scores, k)`` in fused kernels; when ``mask`` is given, also write it.
 
@@ -426,8 +766,13 @@ def topk_mask(
             order, such as sparse attention).
         radix_bits: digit width of the radix select, one of ``RADIX_WIDTHS`` (4 to 8 bits:
             2**bits histogram bins, ceil(32 / bits) passes at most); ``DEFAULT_RADIX_BITS``
-            (5) when None. The result does not depend on it; the speed does
-            (``benchmarks/dsa_topk_parts.py --radix``).
+            (5) when None, ``HISTOGRAM_RADIX_BITS`` (8) with the histogram method. The
+            result does not depend on it; the speed does (``benchmarks/dsa_topk_parts.py
+            --radix``).
+        method: "merge" or "histogram" (see ``METHODS`` and the module docstring);
+            ``default_method`` when None. The result does not depend on it.
+        segment_length: scores per program of the histogram method (a power of two >= 256);
+            ``_histogram_segment`` when None. Ignored by "merge", which takes ``segments``.
 
     Returns int64 indices [..., k] equal to ``select_topk(scores, k)`` (see the module
     docstring for the tie rule). Raises ValueError when ``topk_unsupported_reason`` names a
@@ -451,9 +796,16 @@ def topk_mask(
         raise ValueError(f"num_warps must be 4, 8 or 16; got {num_warps}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
-    if radix_bits is None:
-        radix_bits = DEFAULT_RADIX_BITS
-    if (
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if segment_length is not None and (
+        isinstance(segment_length, bool)
+        or not isinstance(segment_length, int)
+        or segment_length < 256
+        or segment_length & (segment_length - 1)
+    ):
+        raise ValueError(f"segment_length must be a power of two >= 256; got {segment_length!r}")
+    if radix_bits is not None and (
         isinstance(radix_bits, bool)
         or not isinstance(radix_bits, int)
         or (radix_bits not in RADIX_WIDTHS)
@@ -490,15 +842,34 @@ def topk_mask(
     if mask is not None and mask_rows is None:
         # A mask the kernel cannot address row by row: write a contiguous one, then copy.
         mask_rows = torch.empty((rows, length), dtype=mask.dtype, device=mask.device)
+    if method is None:
+        method = "merge" if segments is not None else default_method(rows, length, k, scores.device)
+    k_block = _next_power_of_two(k)
+    mask_arg = mask_rows if mask_rows is not None else flat_scores
+    mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
+    if method == "histogram":
+        _histogram_select(
+            flat_scores,
+            flat_out,
+            mask_rows,
+            has_keys,
+            has_keys_arg,
+            k,
+            order,
+            HISTOGRAM_RADIX_BITS if radix_bits is None else radix_bits,
+            segment_length or _histogram_segment(rows, length, scores.device),
+        )
+        if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
+            mask.copy_(mask_rows.view(mask.shape))
+        return out
+    if radix_bits is None:
+        radix_bits = DEFAULT_RADIX_BITS
     if segments is None:
         segments = default_segments(rows, length, k, scores.device)
     segments = min(segments, length)
     seg_len = -(-length // segments)
     segments = -(-length // seg_len)  # no empty segment
-    k_block = _next_power_of_two(k)
-    kernel, _ = _load()
-    mask_arg = mask_rows if mask_rows is not None else flat_scores
-    mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
+    kernel = _load().topk
     with _launch_context(scores):
         if segments == 1:
             kernel[(rows, 1)](
@@ -522,6 +893,7 @@ def topk_mask(
                 RADIX_BITS=radix_bits,
                 NBINS=1 << radix_bits,
                 PASSES=-(-32 // radix_bits),
+                ONE_CHUNK=length <= _chunk(length),
                 num_warps=num_warps or _warps(_chunk(length), k_block),
             )
         else:
@@ -547,6 +919,7 @@ def topk_mask(
                 RADIX_BITS=radix_bits,
                 NBINS=1 << radix_bits,
                 PASSES=-(-32 // radix_bits),
+                ONE_CHUNK=seg_len <= _chunk(seg_len),
                 num_warps=num_warps or _warps(_chunk(seg_len), k_block),
             )
             width = segments * k
@@ -571,11 +944,101 @@ def topk_mask(
                 RADIX_BITS=radix_bits,
                 NBINS=1 << radix_bits,
                 PASSES=-(-32 // radix_bits),
+                ONE_CHUNK=width <= _chunk(width),
                 num_warps=num_warps or _warps(_chunk(width), k_block),
             )
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
         mask.copy_(mask_rows.view(mask.shape))
     return out
+
+
+def _histogram_select(
+    flat_scores: Tensor,
+    flat_out: Tensor,
+    mask_rows: Tensor | None,
+    has_keys: Tensor | None,
+    has_keys_arg: Tensor,
+    k: int,
+    order: str,
+    radix_bits: int,
+    segment_length: int,
+) -> None:
+    """The histogram method on [rows, L] scores: ceil(32 / radix_bits) pass launches, one
+    write launch, and in score order one sort launch. Scratch tables come from the caching
+    allocator; the row histograms start from zeros (one fill)."""
+    rows, length = flat_scores.shape
+    segments = -(-length // segment_length)
+    passes = -(-32 // radix_bits)
+    nbins = 1 << radix_bits
+    device = flat_scores.device
+    hist = torch.zeros((rows, passes, nbins), dtype=torch.int32, device=device)
+    seg_hist = torch.empty((rows, passes, segments, nbins), dtype=torch.int32, device=device)
+    above = torch.empty((rows, segments), dtype=torch.int32, device=device)
+    nonfinite = torch.empty((rows, segments, 2), dtype=torch.int32, device=device)
+    chunk = min(segment_length, 4096)
+    warps = 8 if chunk >= 4096 else 4
+    kernels = _load()
+    grid = (rows, segments)
+    with _launch_context(flat_scores):
+        for p in range(passes):
+            kernels.histogram_pass[grid](
+                flat_scores,
+                hist,
+                seg_hist,
+                above,
+                nonfinite,
+                length,
+                k,
+                flat_scores.stride(0),
+                segments,
+                SEG=segment_length,
+                CHUNK=chunk,
+                PASS=p,
+                RADIX_BITS=radix_bits,
+                NBINS=nbins,
+                PASSES=passes,
+                num_warps=warps,
+            )
+        k_block = _next_power_of_two(k)
+        by_score = order == "score"
+        kernels.histogram_write[grid](
+            flat_scores,
+            flat_out,
+            mask_rows if mask_rows is not None else flat_scores,
+            has_keys_arg,
+            hist,
+            seg_hist,
+            above,
+            nonfinite,
+            length,
+            k,
+            flat_scores.stride(0),
+            flat_out.stride(0),
+            mask_rows.stride(0) if mask_rows is not None else 0,
+            segments,
+            SEG=segment_length,
+            CHUNK=chunk,
+            SEG_BLOCK=max(1, min(_next_power_of_two(segments), 4096 // nbins)),
+            K_BLOCK=k_block,
+            HAS_MASK=mask_rows is not None,
+            WRITE_HAS_KEYS=has_keys is not None and not by_score,
+            BY_SCORE=by_score,
+            RADIX_BITS=radix_bits,
+            NBINS=nbins,
+            PASSES=passes,
+            num_warps=max(warps, 8 if k_block >= 2048 else 4),
+        )
+        if by_score:
+            kernels.sort_picks[(rows,)](
+                flat_out,
+                has_keys_arg,
+                min(k, length),
+                k,
+                flat_out.stride(0),
+                K_BLOCK=k_block,
+                WRITE_HAS_KEYS=has_keys is not None,
+                num_warps=_warps(0, k_block),
+            )
 
 
 def fill_index_mask(mask: Tensor, idx: Tensor) -> Tensor:
@@ -614,7 +1077,7 @@ def fill_index_mask(mask: Tensor, idx: Tensor) -> Tensor:
     flat_idx = idx.reshape(rows, k) if k else idx.new_full((rows, 1), -1)
     if flat_idx.stride(-1) != 1:
         flat_idx = flat_idx.contiguous()
-    _, kernel = _load()
+    kernel = _load().fill
     with _launch_context(mask):
         kernel[(rows,)](
             target,

@@ -18,11 +18,13 @@ from dsa import (
     DSAIndexer,
     indexer_scores,
     quantize_keys_fp8,
+    quantize_queries_fp8,
     select_topk,
     unpatched_hazard_lines,
     update_index_mask,
     update_index_mask_unpatched,
 )
+from dsa._fp8 import round_to_e4m3
 
 NEG_INF = float("-inf")
 UPDATES: list[Callable[[Tensor, Tensor], Tensor]] = [update_index_mask, update_index_mask_unpatched]
@@ -653,9 +655,44 @@ def test_fp8_scores_match_float64_of_dequantised_keys() -> None:
     values, scales = quantize_keys_fp8(k * 3.0)
     seq_lens = torch.tensor([64, 5])
     got = indexer_scores(q, values, w, seq_lens=seq_lens, k_scale=scales)
-    ref = reference_scores(q, values.double() * scales.double()[..., None], w, [[64], [5]])
+    q_values, q_scales = quantize_queries_fp8(q)  # fp8 keys: the scorer quantises q as well
+    ref = reference_scores(
+        q_values.double() * q_scales.double()[..., None],
+        values.double() * scales.double()[..., None],
+        w,
+        [[64], [5]],
+    )
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_queries_take_power_of_two_scales_per_head() -> None:
+    """quantize_queries_fp8: one power-of-two scale per [..., D] row, the smallest that keeps
+    the row within +-448, so the largest value lands in [224, 448]; values * scales
+    reproduce q within half an e4m3 step; a zero row stays zero."""
+    gen = torch.Generator().manual_seed(34)
+    q = torch.randn(2, 3, 8, 32, generator=gen) * torch.logspace(-20, 20, 8)[:, None]
+    q[0, 0, 0] = 0.0
+    values, scales = quantize_queries_fp8(q)
+    assert values.dtype == torch.float8_e4m3fn and scales.shape == (2, 3, 8)
+    assert torch.equal(scales, torch.exp2(torch.log2(scales).round()))  # powers of two
+    biggest = values.float().abs().amax(-1)
+    assert ((biggest >= 224) & (biggest <= 448)).flatten()[1:].all() and biggest[0, 0, 0] == 0
+    back = values.float() * scales[..., None]
+    assert ((back - q).abs() <= q.abs().amax(-1, keepdim=True) * 2**-4).all()
+    with pytest.raises(TypeError):
+        quantize_queries_fp8(torch.zeros(2, 4, dtype=torch.int32))
+
+
+def test_round_to_e4m3_equals_torch_cast_ties_and_subnormals_included() -> None:
+    """The integer rounding the Triton kernel repeats equals torch's round-to-nearest-even
+    cast to e4m3 on every value: normal, subnormal (multiples of 2**-9), and exact ties."""
+    grid = torch.arange(-448 * 512, 448 * 512 + 1, dtype=torch.float32) / 512  # ties included
+    gen = torch.Generator().manual_seed(35)
+    x = torch.cat([grid, torch.randn(100_000, generator=gen) * 50, grid / 1024]).clamp(-448, 448)
+    got = round_to_e4m3(x)
+    assert torch.equal(got, x.to(torch.float8_e4m3fn).float())
+    assert torch.equal(got.to(torch.float8_e4m3fn).float(), got)  # exact in e4m3
 
 
 def test_fp8_keys_need_scales_and_scales_need_fp8_keys() -> None:

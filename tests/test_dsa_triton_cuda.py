@@ -19,6 +19,7 @@ from dsa import (
     _triton_topk,
     indexer_scores,
     quantize_keys_fp8,
+    quantize_queries_fp8,
     select_topk,
     update_index_mask,
 )
@@ -467,8 +468,9 @@ def test_fill_index_mask_edge_cases_and_capture() -> None:
 
 
 def test_fp8_fused_scores_match_float64_of_dequantised_keys() -> None:
-    """fp8 keys with scales: the fused scorer matches float64 on values * scales, and equals
-    the PyTorch fp8 path's -inf pattern."""
+    """fp8 keys with scales: the fused scorer matches float64 on the dequantised keys and the
+    dequantised e4m3 queries (both scorers quantise q with fp8 keys), and equals the PyTorch
+    fp8 path's -inf pattern."""
     gen = torch.Generator(device="cuda").manual_seed(24)
     batch, length = 3, 5000
     q, k, w = random_qkw(batch, 1, length, gen)
@@ -476,7 +478,10 @@ def test_fp8_fused_scores_match_float64_of_dequantised_keys() -> None:
     seq_lens = torch.tensor([length, 0, 1234], device="cuda")
     fused = indexer_scores(q, values, w, seq_lens=seq_lens, k_scale=scales, backend="triton")
     dequantised = (values.double() * scales.double()[..., None]).to(torch.float64)
-    ref = reference(q, dequantised, w, seq_lens.view(batch, 1))
+    q_values, q_scales = quantize_queries_fp8(q)
+    ref = reference(
+        q_values.double() * q_scales.double()[..., None], dequantised, w, seq_lens.view(batch, 1)
+    )
     assert_matches_reference(fused, ref)
     plain = indexer_scores(q, values, w, seq_lens=seq_lens, k_scale=scales, backend="torch")
     assert_matches_reference(plain, ref)
@@ -617,6 +622,54 @@ def test_every_radix_width_selects_what_the_eight_bit_one_does(
     assert torch.equal(step(), want)
     graph, out = capture(step)
     mask.fill_(7.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+    assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)
+
+
+@pytest.mark.parametrize("bits", [8, 6, 5])
+@pytest.mark.parametrize("order", ["score", "index"])
+@pytest.mark.parametrize(
+    ("rows", "length", "segment_length"),
+    [(3, 65536, None), (2, 131072, 1024), (5, 20000, 4096), (64, 16384, None)],
+)
+def test_histogram_method_selects_what_one_program_per_row_does(
+    rows: int, length: int, segment_length: int | None, order: str, bits: int
+) -> None:
+    """The histogram method (one launch per radix pass over every segment of a row) returns
+    the one-launch merge kernel's indices, mask and row flags: rows of repeated values, NaN,
+    +inf, hidden tails, a row with fewer finite scores than k, under graph replay too."""
+    k = 2048
+    gen = torch.Generator().manual_seed(rows + length + bits)
+    scores = torch.randint(-400, 400, (rows, length), generator=gen).float().div(8).cuda()
+    scores[1, 1000:] = NEG_INF
+    scores[0, 5], scores[0, 9], scores[0, 70000 % length] = float("nan"), float("inf"), NEG_INF
+    scores[-1] = distinct_scores(1, length, gen)[0]
+    want_mask = torch.empty(rows, length, device="cuda")
+    want_flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+    want = _triton_topk.topk_mask(
+        scores, k, want_mask, method="merge", segments=1, has_keys=want_flags, order=order
+    )
+    mask = torch.empty(rows, length, device="cuda")
+    flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+
+    def step() -> Tensor:
+        return _triton_topk.topk_mask(
+            scores,
+            k,
+            mask,
+            method="histogram",
+            segment_length=segment_length,
+            has_keys=flags,
+            order=order,
+            radix_bits=bits,
+        )
+
+    assert torch.equal(step(), want)
+    graph, out = capture(step)
+    mask.fill_(7.0)
+    flags.fill_(9)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, want)

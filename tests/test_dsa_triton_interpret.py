@@ -231,6 +231,23 @@ def test_fp8_fused_scores_match_the_torch_fp8_scorer() -> None:
     torch.testing.assert_close(fused[finite], plain[finite], rtol=1e-4, atol=1e-4)
 
 
+def test_fp8_query_quantisation_in_the_kernel_equals_the_torch_one() -> None:
+    """Heads of magnitudes 1e-3 to 1e3 (each its own power-of-two scale) and values on
+    rounding ties: the kernel's in-register e4m3 queries are the torch ones, so the scores
+    agree to float32 summation order (the interpreter's own fp8 cast does not round to
+    nearest even; the kernel rounds before it casts)."""
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(1, 1, 16, 32, generator=gen) * torch.logspace(-3, 3, 16)[:, None]
+    q[0, 0, 3, :4] = torch.tensor([116.0, 272.0, -125.9375, 31.5]) * 2.0**-6
+    q = q.half()
+    k = torch.randn(1, 200, 32, generator=gen)
+    w = torch.rand(1, 1, 16, generator=gen)
+    values, scales = quantize_keys_fp8(k)
+    fused = indexer_scores(q, values, w, k_scale=scales, backend="triton")
+    plain = indexer_scores(q.float(), values, w, k_scale=scales)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
+
+
 @pytest.mark.parametrize("fp8_keys", [False, True], ids=["fp16", "fp8"])
 def test_indexer_step_triton_equals_torch(fp8_keys: bool) -> None:
     """DSAIndexer on the Triton path (scorer, top-k + mask) equals the PyTorch path, patched and
@@ -420,3 +437,72 @@ def test_radix_width_does_not_change_the_result(order: str, segments: int) -> No
 def test_radix_width_outside_the_supported_ones_is_refused(bits: object) -> None:
     with pytest.raises(ValueError, match="radix_bits must be one of"):
         _triton_topk.topk_mask(torch.zeros(2, 8), 2, radix_bits=bits)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ histogram method
+
+
+@pytest.mark.parametrize("bits", [8, 5])
+@pytest.mark.parametrize("order", ["score", "index"])
+def test_histogram_method_selects_what_one_program_per_row_does(order: str, bits: int) -> None:
+    """One launch per radix pass over 256-score segments: the one-launch merge kernel's
+    indices, mask and row flags, with ties across segments, NaN, +inf, -inf, -0.0, a hidden
+    row, rows with fewer finite scores than k, and k up to L; on tie-free rows the torch path."""
+    gen = torch.Generator().manual_seed(131)
+    ties = torch.randint(-3, 4, (6, 600), generator=gen).float()
+    ties[1, 100:] = NEG_INF
+    ties[2, 7], ties[2, 9], ties[2, 400], ties[2, 500] = NAN, POS_INF, NAN, -0.0
+    ties[3] = NEG_INF
+    ties[4, :] = POS_INF
+    ties[4, 300] = NAN
+    ties[5, ::2] = NEG_INF
+    distinct = distinct_scores((2, 600), seed=132)
+    for scores, ks in ((ties, (40, 290, 700)), (distinct, (1, 300))):
+        for k in ks:
+            want_mask = torch.full_like(scores, 2.0)
+            want_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
+            want = _triton_topk.topk_mask(
+                scores, k, want_mask, method="merge", segments=1, has_keys=want_keys, order=order
+            )
+            mask = torch.full_like(scores, 2.0)
+            has_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
+            got = _triton_topk.topk_mask(
+                scores,
+                k,
+                mask,
+                method="histogram",
+                segment_length=256,
+                has_keys=has_keys,
+                order=order,
+                radix_bits=bits,
+            )
+            assert torch.equal(got, want), (k, order, bits)
+            assert torch.equal(mask, want_mask) and torch.equal(has_keys, want_keys)
+            if scores is distinct:
+                assert torch.equal(got, select_topk(scores, k, order=order))
+
+
+def test_default_method_depends_on_shapes_only() -> None:
+    """Histogram for rows of at least 8k when rows are at most a quarter of the SMs (32 off
+    the GPU); merge otherwise."""
+    cpu = torch.device("cpu")
+    assert _triton_topk.default_method(1, 4096, 2048, cpu) == "merge"
+    assert _triton_topk.default_method(1, 16384, 2048, cpu) == "histogram"
+    assert _triton_topk.default_method(1, 16383, 2048, cpu) == "merge"
+    assert _triton_topk.default_method(8, 65536, 2048, cpu) == "histogram"
+    assert _triton_topk.default_method(9, 65536, 2048, cpu) == "merge"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "radix"}, "method must be one of"),
+        ({"method": "histogram", "segment_length": 100}, "segment_length must be a power of two"),
+        ({"method": "histogram", "segment_length": 128}, "segment_length must be a power of two"),
+        ({"method": "histogram", "segment_length": 512.0}, "segment_length must be a power of two"),
+        ({"method": "histogram", "segment_length": True}, "segment_length must be a power of two"),
+    ],
+)
+def test_bad_method_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _triton_topk.topk_mask(torch.zeros(2, 8), 2, **kwargs)  # type: ignore[arg-type]
