@@ -327,12 +327,13 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"- card: {meta['gpu']}",
         f"- torch {meta['torch']}, CUDA {meta['cuda']}, triton {meta['triton']}",
-        f"- date: {meta['date_utc']}{meta.get('commit', '')}",
+        f"- date: {meta['date_utc']}",
         f"- measured copy bandwidth: {meta['bandwidth_gbs']:.0f} GB/s; timer: {meta['timer']}",
         "- step = scores + top-k + index mask (the -inf fill inside); medians in µs; the "
-        "fused top-k: rows of at least 8k scores by the histogram method "
-        f"({meta['histogram_radix_bits']}-bit digits), shorter rows by the merge method "
-        f"({meta['radix_bits']}-bit digits)",
+        "fused top-k: `default_method` (the histogram method, "
+        f"{meta['histogram_radix_bits']}-bit digits, for rows of at least 8k scores when rows "
+        "are at most a quarter of the SMs; else the merge method, "
+        f"{meta['radix_bits']}-bit digits)",
         "",
         "| B | L | " + " | ".join(titles) + extra_head + " | bf16 K-read floor "
         "| fp8 K-read floor | H200 anchor | goal | best | meets goal | fp8 top-k overlap |",
