@@ -708,8 +708,8 @@ def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
     rows as SMs (the merge method would split each row into a few segments that each run a
     whole radix select), "merge" otherwise. On an H200, k=2048
     (``benchmarks/results/dsa_topk_methods-h200.md``): at B=1 the histogram method takes
-    L=16384 from 45 to 28 µs and L=65536 from 76 to 32 µs (index order); at B=64, L=65536
-    the merge method, already spread over every SM, is as fast or faster (136 against
+    L=16384 from 42 to 28 µs and L=65536 from 76 to 32 µs (index order); at B=64, L=65536
+    the merge method, already spread over every SM, is as fast or faster (134 against
     142 µs). Off the GPU (the interpreter) the SM count is taken as 32.
     """
     if length < 8 * k:
