@@ -126,6 +126,30 @@ OPS: list[Op] = [
         "refused",
     ),
     Op("matrix-exp", "y = y + torch.linalg.matrix_exp(y.view(4, 4) * 0.01).flatten()", "refused"),
+    Op(
+        "segment-reduce-lengths",
+        "y = y + torch.segment_reduce(y, 'sum', lengths=torch.full((4,), 4, device=x.device))"
+        ".repeat(4) * 0.01",
+        "refused",
+    ),
+    Op(
+        "segment-reduce-unchecked",
+        "y = y + torch.segment_reduce(y, 'sum', lengths=torch.full((4,), 4, device=x.device), "
+        "unsafe=True).repeat(4) * 0.01",
+        "legal",
+    ),
+    Op(
+        "segment-reduce-offsets",
+        "y = y + torch.segment_reduce(y, 'sum', offsets=torch.arange(0, 17, 4, device=x.device))"
+        ".repeat(4) * 0.01",
+        "legal",
+    ),
+    Op(
+        "ldl-factor",
+        "y = y + torch.linalg.ldl_factor_ex(torch.eye(4, device=x.device) * 4 + y.view(4, 4) "
+        "@ y.view(4, 4).T * 0.01)[0].flatten() * 0.01",
+        "refused",
+    ),
     Op("histc-range", "y = y + torch.histc(y, 16, -4, 4) * 0.01", "legal"),
     Op("histc-default", "y = y + torch.histc(y, 16) * 0.01", "refused"),
     Op("pad-tensor", "y = y + torch.nn.functional.pad(y, (0, idx[3] * 0 + 2))[:16]", "refused"),
