@@ -772,7 +772,9 @@ def topk_mask(
         method: "merge" or "histogram" (see ``METHODS`` and the module docstring);
             ``default_method`` when None. The result does not depend on it.
         segment_length: scores per program of the histogram method (a power of two >= 256);
-            ``_histogram_segment`` when None. Ignored by "merge", which takes ``segments``.
+            ``_histogram_segment`` when None. Given alone, it selects the histogram method;
+            ``segments`` given alone selects the merge method; each with the other method, or
+            both together, is refused (ValueError).
 
     Returns int64 indices [..., k] equal to ``select_topk(scores, k)`` (see the module
     docstring for the tie rule). Raises ValueError when ``topk_unsupported_reason`` names a
@@ -805,6 +807,14 @@ def topk_mask(
         or segment_length & (segment_length - 1)
     ):
         raise ValueError(f"segment_length must be a power of two >= 256; got {segment_length!r}")
+    if segments is not None and (method == "histogram" or segment_length is not None):
+        raise ValueError(
+            "segments is the merge method's; the histogram method takes segment_length"
+        )
+    if segment_length is not None and method == "merge":
+        raise ValueError(
+            "segment_length is the histogram method's; the merge method takes segments"
+        )
     if radix_bits is not None and (
         isinstance(radix_bits, bool)
         or not isinstance(radix_bits, int)
@@ -843,7 +853,12 @@ def topk_mask(
         # A mask the kernel cannot address row by row: write a contiguous one, then copy.
         mask_rows = torch.empty((rows, length), dtype=mask.dtype, device=mask.device)
     if method is None:
-        method = "merge" if segments is not None else default_method(rows, length, k, scores.device)
+        if segments is not None:
+            method = "merge"
+        elif segment_length is not None:
+            method = "histogram"
+        else:
+            method = default_method(rows, length, k, scores.device)
     k_block = _next_power_of_two(k)
     mask_arg = mask_rows if mask_rows is not None else flat_scores
     mask_stride = mask_rows.stride(0) if mask_rows is not None else 0

@@ -501,6 +501,9 @@ def test_default_method_depends_on_shapes_only() -> None:
         ({"method": "histogram", "segment_length": 128}, "segment_length must be a power of two"),
         ({"method": "histogram", "segment_length": 512.0}, "segment_length must be a power of two"),
         ({"method": "histogram", "segment_length": True}, "segment_length must be a power of two"),
+        ({"method": "histogram", "segments": 2}, "segments is the merge method's"),
+        ({"segments": 2, "segment_length": 256}, "segments is the merge method's"),
+        ({"method": "merge", "segment_length": 256}, "segment_length is the histogram method's"),
     ],
 )
 def test_bad_method_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:
