@@ -21,12 +21,26 @@ pair) and:
    whether the row picked anything. With ``order="index"`` step 2 writes the finite picks'
    indices themselves, in the order it finds them (ascending position), and there is no sort.
 
-Rows much longer than k take two launches, so that more than one SM works on a row: the first
-splits each row into S segments and reduces each to its own top k (steps 1 and 2, the picks kept
-packed in index order, the mask row filled with -inf); the second runs steps 1 to 3 on the S * k
-packed candidates of each row and writes the zeros of the mask at its picks. Ordering by the
-packed value (key, then lower index) is a total order, so the top k of the union of the
-segments' top k is the top k of the row, ties included: the result does not depend on S.
+That is the "merge" method. With ``segments=S > 1`` it takes two launches, so that more than
+one SM works on a row: the first splits each row into S segments and reduces each to its own
+top k (steps 1 and 2, the picks kept packed in index order, the mask row filled with -inf); the
+second runs steps 1 to 3 on the S * k packed candidates of each row and writes the zeros of the
+mask at its picks. Ordering by the packed value (key, then lower index) is a total order, so the
+top k of the union of the segments' top k is the top k of the row, ties included: the result
+does not depend on S.
+
+The "histogram" method (``default_method`` takes it for long rows when rows are few) runs the
+same radix select with every pass spread over the whole GPU: rows are cut into segments of
+``segment_length`` scores, and pass p is one launch over all segments of all rows. Each program
+replays the digits of passes 0 .. p-1 from the row histograms of the earlier launches (every
+program of a row derives the same ones), counts the digits of its keys that match them, stores
+that count in a per-segment table and adds it to row histogram p with atomics (it also adds to
+``above[row, seg]`` its keys that the previous pass put above the threshold, and pass 0 counts
+its +inf/NaN and -inf keys). A last launch replays every pass, computes from the tables how many
+picks (ties in index order) and how many finite picks lie in the segments before its own,
+writes its segment's picks from there on (in index order: the finite picks; in score order:
+packed, for one more launch that sorts each row's k picks) and its part of the mask row. The
+result is the merge method's, bit for bit.
 
 The order-preserving key of a float32 x is its bit pattern with the sign bit flipped for x >= 0
 and every bit flipped for x < 0, so unsigned key order is float order; -0.0 is first folded into
@@ -39,7 +53,8 @@ deterministic: lower indices first.
 
 Everything is capture-safe: launches depend only on shapes; lengths, thresholds and counts live
 on the device; the kernels run on the current stream. The wrappers allocate their outputs (and
-the candidate buffer of the two-launch form) from PyTorch's caching allocator, as graph capture
+the candidate buffer of the two-launch form, the tables of the histogram method, whose row
+histograms start from one zero fill) from PyTorch's caching allocator, as graph capture
 expects, and read nothing back.
 
 ``fill_index_mask`` is the mask update alone for indices that come from elsewhere: one kernel
