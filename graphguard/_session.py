@@ -275,8 +275,8 @@ def mark_host(*tensors: torch.Tensor) -> None:
                 f"mark_host() declares CPU tensors that stay on the host in the GPU run; got a "
                 f"tensor on {t.device}"
             )
+    state = current_state()
     for t in tensors:
         _emulation.declare_host(t)
-        state = current_state()
         if state is not None and state.emulate:
             _emulation.mark_host(state, t)
