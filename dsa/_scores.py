@@ -182,6 +182,8 @@ def indexer_scores(
     if use_triton:
         return _triton.fused_scores(q, k, w, limit, k_scale=k_scale)
 
+    # bf16 q . k with float32 output (fp8 keys on CUDA), else q . k in the operands' dtype
+    float32_out = False
     if k_scale is not None:
         # fp8 queries as well (see dsa._fp8): e4m3 values with a power-of-two scale per head,
         # the scale folded into the head weight; the products of e4m3 values are exact.
@@ -190,10 +192,11 @@ def indexer_scores(
         # before the float32 sums.
         q_values, q_scales = quantize_queries_fp8(q)
         w = w.float() * q_scales
-        exact = torch.bfloat16 if (q.is_cuda and _HAS_BMM_OUT_DTYPE) else torch.float32
+        float32_out = q.is_cuda and _HAS_BMM_OUT_DTYPE
+        exact = torch.bfloat16 if float32_out else torch.float32
         q, k = q_values.to(exact), k.to(exact)
     # [B, T*H, D] @ [B, D, L] -> [B, T*H, L]: one GEMM reads the key cache once for all heads.
-    if k_scale is not None and q.dtype == torch.bfloat16:
+    if float32_out:
         logits = torch.bmm(
             q.reshape(batch, tokens * heads, dim), k.transpose(1, 2), out_dtype=torch.float32
         )
