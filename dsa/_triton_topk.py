@@ -92,7 +92,7 @@ ORDERS = ("score", "index")
 #: How a row is selected: "merge", one program per row (rows much longer than k first split
 #: into segments that each keep their own top k, merged by a second launch); "histogram", every
 #: radix pass one launch over all segments of the row, adding to one histogram per row.
-METHODS = ("merge", "histogram")
+METHODS = ("merge", "histogram", "bucket")
 #: The digit width of the histogram method when none is given (at most four pass launches).
 HISTOGRAM_RADIX_BITS = 8
 #: Digit widths of the radix select (bits per pass; ceil(32 / width) passes).
@@ -111,6 +111,7 @@ tl: Any = None
 _ordered_key: Any = None
 _choose_digit: Any = None
 _sort_and_write: Any = None
+_coarse_digit: Any = None
 
 
 def _device_reason(*tensors: Tensor) -> str | None:
@@ -167,12 +168,14 @@ class _Kernels(NamedTuple):
     histogram_pass: Any
     histogram_write: Any
     sort_picks: Any
+    bucket_count: Any
+    bucket_gather: Any
 
 
 @functools.lru_cache(maxsize=1)
 def _load() -> _Kernels:
     """Import triton and define the kernels (once)."""
-    global tl, _ordered_key, _choose_digit, _sort_and_write
+    global tl, _ordered_key, _choose_digit, _sort_and_write, _coarse_digit
     import triton
     import triton.language as language
 
@@ -186,6 +189,18 @@ def _load() -> _Kernels:
         flip = (bits >> 31) | -2147483648  # all ones for x < 0, the sign bit for x >= 0
         bits = tl.where(x != x, -1, bits ^ flip)
         return bits.to(tl.uint32, bitcast=True)
+
+    @triton.jit
+    def coarse_digit(x):
+        # float32 -> int32 in [0, 256): the top byte of the order-preserving 16-bit key of x
+        # rounded to float16 (sign, five exponent bits, two mantissa bits: a quarter octave).
+        # Clamping to float16's range and rounding are monotone, so a larger key never has a
+        # smaller digit; NaN gets 255.
+        # (NaN is tested on x itself: tl.maximum may return the other operand for NaN.)
+        clamped = tl.minimum(tl.maximum(tl.where(x == 0.0, 0.0, x), -65504.0), 65504.0)
+        half = clamped.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        key = tl.where(half >= 0x8000, half ^ 0xFFFF, half | 0x8000)
+        return tl.where(x != x, 255, key >> 8)
 
     @triton.jit
     def choose_digit(counts, ties, bins, NBINS: tl.constexpr):
@@ -217,6 +232,7 @@ def _load() -> _Kernels:
             tl.store(has_keys_ptr + row, (tl.sum(real.to(tl.int32), axis=0) > 0).to(tl.uint8))
 
     _ordered_key, _choose_digit, _sort_and_write = ordered_key, choose_digit, sort_and_write
+    _coarse_digit = coarse_digit
 
     @triton.jit
     def _topk_mask_kernel(
@@ -224,6 +240,7 @@ def _load() -> _Kernels:
         out_ptr,
         mask_ptr,
         has_keys_ptr,
+        lengths_ptr,
         length,
         seg_len,
         k,
@@ -232,6 +249,7 @@ def _load() -> _Kernels:
         stride_mask,
         CHUNK: tl.constexpr,
         K_BLOCK: tl.constexpr,
+        ROW_LENGTHS: tl.constexpr,
         PACKED_INPUT: tl.constexpr,
         CANDIDATES: tl.constexpr,
         MASK_MODE: tl.constexpr,
@@ -250,8 +268,12 @@ def _load() -> _Kernels:
         # (the first launch of a two-launch selection); else sort them and write indices.
         # MASK_MODE 0: no mask; 1: the whole mask row (-inf, 0 at finite picks); 2: -inf over
         # the segment; 3: 0 at the finite picks (the second launch, after a mode-2 first one).
+        # ROW_LENGTHS: row r holds lengths_ptr[r] entries (the bucket method's candidates),
+        # not `length`.
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
+        if ROW_LENGTHS:
+            length = tl.load(lengths_ptr + row)
         seg_start = seg * seg_len
         seg_end = tl.minimum(seg_start + seg_len, length)
         src_row = src_ptr + row * stride_src
@@ -662,12 +684,106 @@ def _load() -> _Kernels:
             out_ptr + row * stride_out, has_keys_ptr, row, take, k, K_BLOCK, WRITE_HAS_KEYS
         )
 
+    @triton.jit
+    def _bucket_count_kernel(
+        src_ptr,
+        seg_hist_ptr,
+        length,
+        stride_src,
+        segments,
+        SEG: tl.constexpr,
+        CHUNK: tl.constexpr,
+    ):
+        # The bucket method's first launch: the histogram of the coarse digits of one segment
+        # of one row, stored per segment (no atomics: the next launch sums the segments).
+        row = tl.program_id(0).to(tl.int64)
+        seg = tl.program_id(1)
+        seg_start = seg * SEG
+        seg_end = tl.minimum(seg_start + SEG, length)
+        src_row = src_ptr + row * stride_src
+        offs = tl.arange(0, CHUNK)
+        bins = tl.arange(0, 256)
+        counts = tl.zeros([256], tl.int32)
+        for start in range(seg_start, seg_end, CHUNK):
+            pos = start + offs
+            live = pos < seg_end
+            x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
+            digit = tl.where(live, _coarse_digit(x), 0)
+            dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
+            counts += tl.histogram(digit, 256) - tl.where(bins == 0, dead, 0)
+        tl.store(seg_hist_ptr + (row * segments + seg) * 256 + bins, counts)
+
+    @triton.jit
+    def _bucket_gather_kernel(
+        src_ptr,
+        cand_ptr,
+        count_ptr,
+        mask_ptr,
+        seg_hist_ptr,
+        length,
+        k,
+        stride_src,
+        stride_cand,
+        stride_mask,
+        segments,
+        SEG: tl.constexpr,
+        CHUNK: tl.constexpr,
+        SEG_BLOCK: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+    ):
+        # The bucket method's second launch, for one segment of one row. From the segments'
+        # histograms: the coarse digit of the k-th largest score (the bucket), and how many
+        # scores at or above it lie in the segments before this one. Every score of this
+        # segment with a digit at or above the bucket is written packed (key, index) from
+        # there on, so each row's candidates (a superset of its top k) are in index order;
+        # the mask gets -inf over the segment (the last launch writes the zeros).
+        row = tl.program_id(0).to(tl.int64)
+        seg = tl.program_id(1)
+        seg_start = seg * SEG
+        seg_end = tl.minimum(seg_start + SEG, length)
+        src_row = src_ptr + row * stride_src
+        cand_row = cand_ptr + row * stride_cand
+        mask_row = mask_ptr + row * stride_mask
+        offs = tl.arange(0, CHUNK)
+        bins = tl.arange(0, 256)
+        row_counts = tl.zeros([256], tl.int32)
+        counts_before = tl.zeros([256], tl.int32)
+        for s0 in range(0, segments, SEG_BLOCK):
+            ids = s0 + tl.arange(0, SEG_BLOCK)
+            hist = tl.load(
+                seg_hist_ptr + (row * segments + ids[:, None]) * 256 + bins[None, :],
+                mask=(ids < segments)[:, None],
+                other=0,
+            )
+            row_counts += tl.sum(hist, axis=0)
+            counts_before += tl.sum(tl.where((ids < seg)[:, None], hist, 0), axis=0)
+        bucket, _, _ = _choose_digit(row_counts, tl.minimum(k, length), bins, 256)
+        picked = tl.sum(tl.where(bins >= bucket, counts_before, 0), axis=0)
+        if seg == 0:
+            tl.store(count_ptr + row, tl.sum(tl.where(bins >= bucket, row_counts, 0), axis=0))
+        for start in range(seg_start, seg_end, CHUNK):
+            pos = start + offs
+            live = pos < seg_end
+            x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
+            sel = live & (_coarse_digit(x) >= bucket)
+            sel_i = sel.to(tl.int32)
+            slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+            signed_key = (_ordered_key(x) ^ 0x80000000).to(tl.int32, bitcast=True)
+            packed = (signed_key.to(tl.int64) << 32) | (2147483647 - pos.to(tl.int64))
+            tl.store(cand_row + slot, packed, mask=sel)
+            if HAS_MASK:
+                value = tl.full([CHUNK], float("-inf"), tl.float32)
+                tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
+            picked += tl.sum(sel_i, axis=0)
+
     return _Kernels(
         _topk_mask_kernel,
         _fill_index_mask_kernel,
         _histogram_pass_kernel,
         _histogram_write_kernel,
         _sort_picks_kernel,
+        _bucket_count_kernel,
+        _bucket_gather_kernel,
     )
 
 
@@ -822,13 +938,13 @@ def topk_mask(
         or segment_length & (segment_length - 1)
     ):
         raise ValueError(f"segment_length must be a power of two >= 256; got {segment_length!r}")
-    if segments is not None and (method == "histogram" or segment_length is not None):
+    if segments is not None and (method in ("histogram", "bucket") or segment_length is not None):
         raise ValueError(
-            "segments is the merge method's; the histogram method takes segment_length"
+            "segments is the merge method's; the histogram and bucket methods take segment_length"
         )
     if segment_length is not None and method == "merge":
         raise ValueError(
-            "segment_length is the histogram method's; the merge method takes segments"
+            "segment_length is the histogram and bucket methods'; the merge method takes segments"
         )
     if radix_bits is not None and (
         isinstance(radix_bits, bool)
@@ -877,6 +993,22 @@ def topk_mask(
     k_block = _next_power_of_two(k)
     mask_arg = mask_rows if mask_rows is not None else flat_scores
     mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
+    if method == "bucket":
+        _bucket_select(
+            flat_scores,
+            flat_out,
+            mask_rows,
+            has_keys,
+            has_keys_arg,
+            k,
+            order,
+            DEFAULT_RADIX_BITS if radix_bits is None else radix_bits,
+            segment_length or _histogram_segment(rows, length, scores.device),
+            num_warps,
+        )
+        if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
+            mask.copy_(mask_rows.view(mask.shape))
+        return out
     if method == "histogram":
         _histogram_select(
             flat_scores,
@@ -907,6 +1039,7 @@ def topk_mask(
                 flat_out,
                 mask_arg,
                 has_keys_arg,
+                has_keys_arg,  # no per-row lengths
                 length,
                 length,
                 k,
@@ -915,6 +1048,7 @@ def topk_mask(
                 mask_stride,
                 CHUNK=_chunk(length),
                 K_BLOCK=k_block,
+                ROW_LENGTHS=False,
                 PACKED_INPUT=False,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 1,
@@ -933,6 +1067,7 @@ def topk_mask(
                 candidates,
                 mask_arg,
                 has_keys_arg,
+                has_keys_arg,  # no per-row lengths
                 length,
                 seg_len,
                 k,
@@ -941,6 +1076,7 @@ def topk_mask(
                 mask_stride,
                 CHUNK=_chunk(seg_len),
                 K_BLOCK=k_block,
+                ROW_LENGTHS=False,
                 PACKED_INPUT=False,
                 CANDIDATES=True,
                 MASK_MODE=0 if mask_rows is None else 2,
@@ -958,6 +1094,7 @@ def topk_mask(
                 flat_out,
                 mask_arg,
                 has_keys_arg,
+                has_keys_arg,  # no per-row lengths
                 width,
                 width,
                 k,
@@ -966,6 +1103,7 @@ def topk_mask(
                 mask_stride,
                 CHUNK=_chunk(width),
                 K_BLOCK=k_block,
+                ROW_LENGTHS=False,
                 PACKED_INPUT=True,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 3,
@@ -980,6 +1118,93 @@ def topk_mask(
     if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
         mask.copy_(mask_rows.view(mask.shape))
     return out
+
+
+def _bucket_select(
+    flat_scores: Tensor,
+    flat_out: Tensor,
+    mask_rows: Tensor | None,
+    has_keys: Tensor | None,
+    has_keys_arg: Tensor,
+    k: int,
+    order: str,
+    radix_bits: int,
+    segment_length: int,
+    num_warps: int | None,
+) -> None:
+    """The bucket method on [rows, L] scores: three launches. A histogram of the coarse
+    (float16 top byte) digit per segment; the candidates (every score whose digit is at or
+    above the k-th largest's), packed in index order, and the -inf mask; the merge kernel's
+    radix select over each row's candidates, which writes the picks and the mask's zeros."""
+    rows, length = flat_scores.shape
+    segments = -(-length // segment_length)
+    device = flat_scores.device
+    seg_hist = torch.empty((rows, segments, 256), dtype=torch.int32, device=device)
+    candidates = torch.empty((rows, length), dtype=torch.long, device=device)
+    count = torch.empty((rows,), dtype=torch.int32, device=device)
+    chunk = min(segment_length, 4096)
+    warps = 8 if chunk >= 4096 else 4
+    mask_arg = mask_rows if mask_rows is not None else flat_scores
+    mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
+    k_block = _next_power_of_two(k)
+    select_chunk = _chunk(length)
+    kernels = _load()
+    grid = (rows, segments)
+    with _launch_context(flat_scores):
+        kernels.bucket_count[grid](
+            flat_scores,
+            seg_hist,
+            length,
+            flat_scores.stride(0),
+            segments,
+            SEG=segment_length,
+            CHUNK=chunk,
+            num_warps=warps,
+        )
+        kernels.bucket_gather[grid](
+            flat_scores,
+            candidates,
+            count,
+            mask_arg,
+            seg_hist,
+            length,
+            k,
+            flat_scores.stride(0),
+            candidates.stride(0),
+            mask_stride,
+            segments,
+            SEG=segment_length,
+            CHUNK=chunk,
+            SEG_BLOCK=max(1, min(_next_power_of_two(segments), 16)),
+            HAS_MASK=mask_rows is not None,
+            num_warps=warps,
+        )
+        kernels.topk[(rows, 1)](
+            candidates,
+            flat_out,
+            mask_arg,
+            has_keys_arg,
+            count,
+            length,
+            length,
+            k,
+            candidates.stride(0),
+            flat_out.stride(0),
+            mask_stride,
+            CHUNK=select_chunk,
+            K_BLOCK=k_block,
+            ROW_LENGTHS=True,
+            PACKED_INPUT=True,
+            CANDIDATES=False,
+            MASK_MODE=0 if mask_rows is None else 3,
+            WRITE_HAS_KEYS=has_keys is not None,
+            BY_SCORE=order == "score",
+            RADIX_BITS=radix_bits,
+            NBINS=1 << radix_bits,
+            PASSES=-(-32 // radix_bits),
+            ONE_CHUNK=False,
+            num_warps=num_warps or _warps(select_chunk, k_block),
+        )
 
 
 def _histogram_select(

@@ -674,3 +674,56 @@ def test_histogram_method_selects_what_one_program_per_row_does(
     torch.cuda.synchronize()
     assert torch.equal(out, want)
     assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)
+
+
+@pytest.mark.parametrize("order", ["score", "index"])
+@pytest.mark.parametrize(
+    ("rows", "length", "segment_length"),
+    [(3, 65536, None), (2, 131072, 1024), (5, 20000, 4096), (64, 16384, None), (4, 3000, 256)],
+)
+def test_bucket_method_selects_what_one_program_per_row_does(
+    rows: int, length: int, segment_length: int | None, order: str
+) -> None:
+    """The bucket method (a float16 top-byte histogram, the candidates at or above the k-th
+    score's bucket, a radix select over them) returns the one-launch merge kernel's indices,
+    mask and row flags: repeated values, NaN, +inf, -inf, a hidden tail, a row with fewer
+    finite scores than k, magnitudes past float16's range and below it, one row whose scores
+    all share one bucket, under graph replay too."""
+    k = 2048
+    gen = torch.Generator().manual_seed(rows + length + 7)
+    scores = torch.randint(-400, 400, (rows, length), generator=gen).float().div(8)
+    scores[1, 1000:] = NEG_INF
+    scores[0, 5], scores[0, 9], scores[0, 70000 % length] = float("nan"), float("inf"), NEG_INF
+    if rows >= 4:
+        exponents = torch.randint(-30, 30, (length,), generator=gen).float()
+        scores[2] = distinct_scores(1, length, gen)[0].cpu().sign() * 2.0**exponents
+    one_bucket = distinct_scores(1, length, gen)[0].cpu().add(length).mul(1e-6)
+    scores[-1] = 1.0 + one_bucket  # all in [1, 1.25): one float16 top-byte bucket
+    scores = scores.cuda()
+    want_mask = torch.empty(rows, length, device="cuda")
+    want_flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+    want = _triton_topk.topk_mask(
+        scores, k, want_mask, method="merge", segments=1, has_keys=want_flags, order=order
+    )
+    mask = torch.empty(rows, length, device="cuda")
+    flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+
+    def step() -> Tensor:
+        return _triton_topk.topk_mask(
+            scores,
+            k,
+            mask,
+            method="bucket",
+            segment_length=segment_length,
+            has_keys=flags,
+            order=order,
+        )
+
+    assert torch.equal(step(), want)
+    graph, out = capture(step)
+    mask.fill_(7.0)
+    flags.fill_(9)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+    assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)

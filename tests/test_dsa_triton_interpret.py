@@ -482,6 +482,59 @@ def test_histogram_method_selects_what_one_program_per_row_does(order: str, bits
                 assert torch.equal(got, select_topk(scores, k, order=order))
 
 
+# ------------------------------------------------------------------ bucket method
+
+
+@pytest.mark.parametrize("order", ["score", "index"])
+def test_bucket_method_selects_what_one_program_per_row_does(order: str) -> None:
+    """A coarse histogram, the candidates at or above the k-th score's bucket, a radix select
+    over them: the merge kernel's indices, mask and row flags, with ties, NaN, +inf, -inf,
+    -0.0, hidden rows, rows with fewer finite scores than k, k up to L, rows whose scores all
+    share one bucket (every score a candidate), and magnitudes past float16's range (which
+    round to +-inf in the coarse digit) and below it (subnormal or zero there)."""
+    gen = torch.Generator().manual_seed(141)
+    ties = torch.randint(-3, 4, (6, 600), generator=gen).float()
+    ties[1, 100:] = NEG_INF
+    ties[2, 7], ties[2, 9], ties[2, 400], ties[2, 500] = NAN, POS_INF, NAN, -0.0
+    ties[3] = NEG_INF
+    ties[4, :] = POS_INF
+    ties[4, 300] = NAN
+    ties[5, ::2] = NEG_INF
+    distinct = distinct_scores((2, 600), seed=142)
+    spread = distinct_scores((2, 600), seed=143)
+    one_bucket = 1.0 + (spread - spread.min()) * 1e-4  # all in [1, 1.25): one coarse bucket
+    exponents = torch.randint(-30, 30, (3, 600), generator=gen).float()
+    magnitudes = distinct_scores((3, 600), seed=144).sign() * 2.0**exponents
+    magnitudes = magnitudes * (1 + torch.rand(3, 600, generator=gen))
+    for scores, ks in (
+        (ties, (40, 290, 700)),
+        (distinct, (1, 300)),
+        (one_bucket, (5, 599)),
+        (magnitudes, (17, 256)),
+    ):
+        for k in ks:
+            want_mask = torch.full_like(scores, 2.0)
+            want_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
+            want = _triton_topk.topk_mask(
+                scores, k, want_mask, method="merge", segments=1, has_keys=want_keys, order=order
+            )
+            mask = torch.full_like(scores, 2.0)
+            has_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
+            got = _triton_topk.topk_mask(
+                scores,
+                k,
+                mask,
+                method="bucket",
+                segment_length=256,
+                has_keys=has_keys,
+                order=order,
+            )
+            assert torch.equal(got, want), (k, order)
+            assert torch.equal(mask, want_mask) and torch.equal(has_keys, want_keys)
+            if scores is not ties:
+                assert torch.equal(got, select_topk(scores, k, order=order))
+
+
 def test_default_method_depends_on_shapes_only() -> None:
     """Histogram for rows of at least 8k when rows are at most a quarter of the SMs (32 off
     the GPU); merge otherwise."""
@@ -503,7 +556,8 @@ def test_default_method_depends_on_shapes_only() -> None:
         ({"method": "histogram", "segment_length": True}, "segment_length must be a power of two"),
         ({"method": "histogram", "segments": 2}, "segments is the merge method's"),
         ({"segments": 2, "segment_length": 256}, "segments is the merge method's"),
-        ({"method": "merge", "segment_length": 256}, "segment_length is the histogram method's"),
+        ({"method": "bucket", "segments": 2}, "segments is the merge method's"),
+        ({"method": "merge", "segment_length": 256}, "segment_length is the histogram and bucket"),
     ],
 )
 def test_bad_method_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:
