@@ -330,9 +330,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"- date: {meta['date_utc']}",
         f"- measured copy bandwidth: {meta['bandwidth_gbs']:.0f} GB/s; timer: {meta['timer']}",
         "- step = scores + top-k + index mask (the -inf fill inside); medians in µs; the "
-        "fused top-k: `default_method` (the histogram method, "
-        f"{meta['histogram_radix_bits']}-bit digits, for rows of at least 8k scores when rows "
-        "are at most a quarter of the SMs; else the merge method, "
+        "fused top-k: `default_method` (the bucket method for rows of at least 8k scores, "
+        "else the merge method; both select with "
         f"{meta['radix_bits']}-bit digits)",
         "",
         "| B | L | " + " | ".join(titles) + extra_head + " | bf16 K-read floor "
@@ -449,7 +448,6 @@ def main(argv: list[str] | None = None) -> int:
         "heads": HEADS, "head_dim": DIM, "topk": TOPK, "dtype": "bfloat16",
         "triton": triton_version(),
         "radix_bits": dsa_topk.DEFAULT_RADIX_BITS,
-        "histogram_radix_bits": dsa_topk.HISTOGRAM_RADIX_BITS,
     }  # fmt: skip
     batches = BATCHES_FULL if args.full else BATCHES_QUICK
     lengths = LENGTHS_FULL if args.full else LENGTHS_QUICK

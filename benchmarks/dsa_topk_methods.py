@@ -1,10 +1,12 @@
 """The fused DSA top-k + mask alone, by method, side by side (CUDA only).
 
-For k=2048 over Gaussian float32 rows, ``dsa._triton_topk.topk_mask`` with the mask written, in
-index and score order: the merge method with its default segments, and the histogram method
-with 8- and 6-bit digits at its default segment length and at 1024 to 8192 scores per program.
-Every variant's indices and mask are checked against the merge method's ("same"); times are
-CUDA-graph replays with ``triton.testing.do_bench`` (median), µs.
+For k=2048, ``dsa._triton_topk.topk_mask`` with the mask written, in index and score order, on
+two kinds of rows: Gaussian float32 ("randn") and the indexer's own scores ("logits": the fused
+scorer on fp8 keys, H=64, D=128, Gaussian q, k and w as in ``dsa_speed.py``). Methods: merge
+with its default segments; histogram with 8- and 6-bit digits at its default segment length;
+bucket at its default segment length and at 2048 to 8192 scores per program. Every variant's
+indices and mask are checked against the merge method's ("same"); times are CUDA-graph replays
+with ``triton.testing.do_bench`` (median), µs.
 
     python benchmarks/dsa_topk_methods.py [--out FILE.md] [--json FILE.json]
 """
@@ -25,8 +27,34 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 K = 2048
-SHAPES = ((1, 4096), (1, 16384), (1, 65536), (1, 131072), (64, 4096), (64, 65536))
-SEGMENTS = (None, 1024, 2048, 4096, 8192)
+SHAPES = (
+    (1, 4096),
+    (1, 16384),
+    (1, 65536),
+    (1, 131072),
+    (8, 65536),
+    (64, 4096),
+    (64, 16384),
+    (64, 65536),
+)
+BUCKET_SEGMENTS = (None, 2048, 4096, 8192)
+HEADS, DIM = 64, 128
+
+
+def indexer_logits(batch: int, length: int) -> torch.Tensor:
+    """float32 [batch, length] scores of the fused scorer on fp8 keys."""
+    from dsa._fp8 import quantize_keys_fp8
+    from dsa._scores import indexer_scores
+
+    gen = torch.Generator(device="cuda").manual_seed(batch * 1_000_003 + length)
+    q = torch.randn(batch, 1, HEADS, DIM, generator=gen, device="cuda").bfloat16()
+    k = torch.randn(batch, length, DIM, generator=gen, device="cuda").bfloat16()
+    w = (torch.randn(batch, 1, HEADS, generator=gen, device="cuda") * (HEADS * DIM) ** -0.5).to(
+        torch.bfloat16
+    )
+    k_fp8, k_scale = quantize_keys_fp8(k)
+    scores = indexer_scores(q, k_fp8, w, backend="triton", k_scale=k_scale)
+    return scores.view(batch, length)
 
 
 def graph_us(fn: Any) -> float:
@@ -50,37 +78,42 @@ def measure() -> list[dict[str, Any]]:
     from dsa import _triton_topk
 
     rows: list[dict[str, Any]] = []
-    for batch, length in SHAPES:
-        torch.manual_seed(0)
-        scores = torch.randn(batch, length, device="cuda")
-        for order in ("index", "score"):
-            want_mask = torch.empty_like(scores)
-            want = _triton_topk.topk_mask(scores, K, want_mask, method="merge", order=order)
-            variants = [("merge", None, None)] + [
-                ("histogram", bits, seg)
-                for bits in (8, 6)
-                for seg in SEGMENTS
-                if seg is None or seg == 1024 or 2 * seg <= length
-            ]
-            for method, bits, seg in variants:
-                mask = torch.empty_like(scores)
+    for (batch, length), source, order in (
+        (shape, source, order)
+        for shape in SHAPES
+        for source in ("randn", "logits")
+        for order in ("index", "score")
+    ):
+        if source == "randn":
+            torch.manual_seed(0)
+            scores = torch.randn(batch, length, device="cuda")
+        else:
+            scores = indexer_logits(batch, length)
+        want_mask = torch.empty_like(scores)
+        want = _triton_topk.topk_mask(scores, K, want_mask, method="merge", order=order)
+        variants = [("merge", None, None), ("histogram", 8, None), ("histogram", 6, None)]
+        variants += [
+            ("bucket", None, seg) for seg in BUCKET_SEGMENTS if seg is None or 2 * seg <= length
+        ]
+        for method, bits, seg in variants:
+            mask = torch.empty_like(scores)
 
-                def step(
-                    method=method, bits=bits, seg=seg, mask=mask, order=order, scores=scores
-                ) -> Any:
-                    return _triton_topk.topk_mask(
-                        scores, K, mask, method=method, order=order, radix_bits=bits,
-                        segment_length=seg,
-                    )  # fmt: skip
-
-                got = step()
-                torch.cuda.synchronize()
-                same = bool(torch.equal(got, want) and torch.equal(mask, want_mask))
-                rows.append(
-                    {"B": batch, "L": length, "order": order, "method": method, "r": bits,
-                     "seg": seg, "same": same, "us": graph_us(step)}
+            def step(
+                method=method, bits=bits, seg=seg, mask=mask, order=order, scores=scores
+            ) -> Any:
+                return _triton_topk.topk_mask(
+                    scores, K, mask, method=method, order=order, radix_bits=bits,
+                    segment_length=seg,
                 )  # fmt: skip
-                print(rows[-1], flush=True)
+
+            got = step()
+            torch.cuda.synchronize()
+            same = bool(torch.equal(got, want) and torch.equal(mask, want_mask))
+            rows.append(
+                {"B": batch, "L": length, "rows": source, "order": order, "method": method,
+                 "r": bits, "seg": seg, "same": same, "us": graph_us(step)}
+            )  # fmt: skip
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -89,20 +122,21 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
         f"# Fused DSA top-k + mask by method ({meta['gpu']})",
         "",
         f"torch {meta['torch']}, triton {meta['triton']}, {meta['date']}. Command: "
-        "`python benchmarks/dsa_topk_methods.py`. k=2048, Gaussian float32 rows, mask written; "
-        'CUDA-graph replays timed with triton.testing.do_bench (median), µs. "same": indices '
-        'and mask equal to the merge method\'s. Segment length "default": '
-        "`_histogram_segment` (about four programs per SM).",
+        "`python benchmarks/dsa_topk_methods.py`. k=2048, mask written. Rows: randn = Gaussian "
+        "float32; logits = the fused scorer's output on fp8 keys (H=64, D=128). CUDA-graph "
+        'replays timed with triton.testing.do_bench (median), µs. "same": indices and mask '
+        'equal to the merge method\'s. Segment length "default": `_histogram_segment` (about '
+        "four programs per SM). The bucket method's last launch selects with 5-bit digits.",
         "",
-        "| B | L | order | method | digit bits | scores per program | same | µs |",
-        "|---:|---:|---|---|---:|---:|:---:|---:|",
+        "| B | L | rows | order | method | digit bits | scores per program | same | µs |",
+        "|---:|---:|---|---|---|---:|---:|:---:|---:|",
     ]
     for r in rows:
         bits = "5 (default)" if r["r"] is None else str(r["r"])
         seg = "-" if r["method"] == "merge" else ("default" if r["seg"] is None else str(r["seg"]))
         lines.append(
-            f"| {r['B']} | {r['L']} | {r['order']} | {r['method']} | {bits} | {seg} | "
-            f"{'yes' if r['same'] else 'NO'} | {r['us']:.1f} |"
+            f"| {r['B']} | {r['L']} | {r.get('rows', 'randn')} | {r['order']} | {r['method']} | "
+            f"{bits} | {seg} | {'yes' if r['same'] else 'NO'} | {r['us']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

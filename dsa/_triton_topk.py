@@ -29,18 +29,32 @@ mask at its picks. Ordering by the packed value (key, then lower index) is a tot
 top k of the union of the segments' top k is the top k of the row, ties included: the result
 does not depend on S.
 
-The "histogram" method (``default_method`` takes it for long rows when rows are few) runs the
-same radix select with every pass spread over the whole GPU: rows are cut into segments of
-``segment_length`` scores, and pass p is one launch over all segments of all rows. Each program
-replays the digits of passes 0 .. p-1 from the row histograms of the earlier launches (every
-program of a row derives the same ones), counts the digits of its keys that match them, stores
-that count in a per-segment table and adds it to row histogram p with atomics (it also adds to
-``above[row, seg]`` its keys that the previous pass put above the threshold, and pass 0 counts
-its +inf/NaN and -inf keys). A last launch replays every pass, computes from the tables how many
-picks (ties in index order) and how many finite picks lie in the segments before its own,
-writes its segment's picks from there on (in index order: the finite picks; in score order:
-packed, for one more launch that sorts each row's k picks) and its part of the mask row. The
-result is the merge method's, bit for bit.
+The "bucket" method (``default_method`` takes it for rows of at least 8k scores) first narrows
+each row to a small candidate set, in three launches over segments of ``segment_length``
+scores. (1) Each program histograms the coarse digit of its scores: the top byte of the
+order-preserving 16-bit key of the score clamped to float16's range and rounded to float16
+(sign, five exponent bits, two mantissa bits: a quarter octave; NaN 255). Clamping and rounding
+are monotone, so a larger key never has a smaller digit. (2) Each program sums every segment's
+histogram of its row, finds the digit of the k-th largest score (the bucket), and writes every
+score of its segment whose digit is at or above the bucket, packed (key, index), from the
+offset that the segments before it take, so each row's candidates are in index order; it also
+fills its part of the mask row with -inf. (3) The merge kernel, reading each row's candidate
+count from the device, runs steps 1 to 3 on the candidates and writes the zeros of the mask.
+The candidates hold every score above the bucket and the whole bucket, hence the k largest and
+all their ties: the result is the merge method's, bit for bit. Their buffer has room for a whole
+row, so a row whose scores share one bucket is still exact (and as slow as the merge method).
+
+The "histogram" method runs the same radix select with every pass spread over the whole GPU:
+rows are cut into segments of ``segment_length`` scores, and pass p is one launch over all
+segments of all rows. Each program replays the digits of passes 0 .. p-1 from the row histograms
+of the earlier launches (every program of a row derives the same ones), counts the digits of its
+keys that match them, stores that count in a per-segment table and adds it to row histogram p
+with atomics (it also adds to ``above[row, seg]`` its keys that the previous pass put above the
+threshold, and pass 0 counts its +inf/NaN and -inf keys). A last launch replays every pass,
+computes from the tables how many picks (ties in index order) and how many finite picks lie in
+the segments before its own, writes its segment's picks from there on (in index order: the
+finite picks; in score order: packed, for one more launch that sorts each row's k picks) and its
+part of the mask row. The result is the merge method's, bit for bit.
 
 The order-preserving key of a float32 x is its bit pattern with the sign bit flipped for x >= 0
 and every bit flipped for x < 0, so unsigned key order is float order; -0.0 is first folded into
@@ -91,7 +105,9 @@ __all__ = [
 ORDERS = ("score", "index")
 #: How a row is selected: "merge", one program per row (rows much longer than k first split
 #: into segments that each keep their own top k, merged by a second launch); "histogram", every
-#: radix pass one launch over all segments of the row, adding to one histogram per row.
+#: radix pass one launch over all segments of the row, adding to one histogram per row;
+#: "bucket", a float16 top-byte histogram narrows each row to the candidates at or above the
+#: k-th score's bucket, and the merge kernel selects among them.
 METHODS = ("merge", "histogram", "bucket")
 #: The digit width of the histogram method when none is given (at most four pass launches).
 HISTOGRAM_RADIX_BITS = 8
@@ -835,22 +851,15 @@ def default_segments(rows: int, length: int, k: int, device: torch.device) -> in
 def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
     """The selection method used when none is given: a shape-only choice.
 
-    "histogram" for rows of at least 8 * k scores when there are at most a quarter as many
-    rows as SMs (the merge method would split each row into a few segments that each run a
-    whole radix select), "merge" otherwise. On an H200, k=2048
-    (``benchmarks/results/dsa_topk_methods-h200.md``): at B=1 the histogram method takes
-    L=16384 from 42 to 28 µs and L=65536 from 76 to 32 µs (index order); at B=64, L=65536
-    the merge method, already spread over every SM, is as fast or faster (134 against
-    142 µs). Off the GPU (the interpreter) the SM count is taken as 32.
+    "bucket" for rows of at least 8 * k scores, "merge" otherwise. On an H200, k=2048, index
+    order (``benchmarks/results/dsa_topk_methods-h200.md``), the bucket method was the fastest
+    or within a few µs of the fastest at every such shape measured, from B=1 to B=64 and L=16384
+    to 131072; on rows of 4096 the merge method's single launch is faster. The histogram
+    method, the default before, is no faster than the bucket method at any measured shape and
+    stays available by name.
     """
-    if length < 8 * k:
-        return "merge"
-    if device.type == "cuda":
-        index = torch.cuda.current_device() if device.index is None else device.index
-        sms = _sm_count(index)
-    else:
-        sms = 32
-    return "histogram" if 4 * rows <= sms else "merge"
+    del rows, device  # the choice depends on the row length alone
+    return "bucket" if length >= 8 * k else "merge"
 
 
 def _histogram_segment(rows: int, length: int, device: torch.device) -> int:
@@ -900,10 +909,11 @@ def topk_mask(
             (5) when None, ``HISTOGRAM_RADIX_BITS`` (8) with the histogram method. The
             result does not depend on it; the speed does (``benchmarks/dsa_topk_parts.py
             --radix``).
-        method: "merge" or "histogram" (see ``METHODS`` and the module docstring);
-            ``default_method`` when None. The result does not depend on it.
-        segment_length: scores per program of the histogram method (a power of two >= 256);
-            ``_histogram_segment`` when None. Given alone, it selects the histogram method;
+        method: "merge", "histogram" or "bucket" (see ``METHODS`` and the module
+            docstring); ``default_method`` when None. The result does not depend on it.
+        segment_length: scores per program of the histogram and bucket methods (a power of
+            two >= 256); ``_histogram_segment`` when None. Given alone, it selects the bucket
+            method;
             ``segments`` given alone selects the merge method; each with the other method, or
             both together, is refused (ValueError).
 
@@ -987,7 +997,7 @@ def topk_mask(
         if segments is not None:
             method = "merge"
         elif segment_length is not None:
-            method = "histogram"
+            method = "bucket"
         else:
             method = default_method(rows, length, k, scores.device)
     k_block = _next_power_of_two(k)
@@ -1142,8 +1152,11 @@ def _bucket_select(
     seg_hist = torch.empty((rows, segments, 256), dtype=torch.int32, device=device)
     candidates = torch.empty((rows, length), dtype=torch.long, device=device)
     count = torch.empty((rows,), dtype=torch.int32, device=device)
-    chunk = min(segment_length, 4096)
-    warps = 8 if chunk >= 4096 else 4
+    # The count is bound by its 256-bin histograms and takes 4096-score chunks; the gather,
+    # bound by its prefix sums, was fastest with 2048-score chunks on four warps (H200,
+    # B=64, L=65536: 28 against 36 us with 4096 on eight).
+    count_chunk = min(segment_length, 4096)
+    gather_chunk = min(segment_length, 2048)
     mask_arg = mask_rows if mask_rows is not None else flat_scores
     mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
     k_block = _next_power_of_two(k)
@@ -1158,8 +1171,8 @@ def _bucket_select(
             flat_scores.stride(0),
             segments,
             SEG=segment_length,
-            CHUNK=chunk,
-            num_warps=warps,
+            CHUNK=count_chunk,
+            num_warps=8 if count_chunk >= 4096 else 4,
         )
         kernels.bucket_gather[grid](
             flat_scores,
@@ -1174,10 +1187,10 @@ def _bucket_select(
             mask_stride,
             segments,
             SEG=segment_length,
-            CHUNK=chunk,
+            CHUNK=gather_chunk,
             SEG_BLOCK=max(1, min(_next_power_of_two(segments), 16)),
             HAS_MASK=mask_rows is not None,
-            num_warps=warps,
+            num_warps=4,
         )
         kernels.topk[(rows, 1)](
             candidates,

@@ -536,14 +536,46 @@ def test_bucket_method_selects_what_one_program_per_row_does(order: str) -> None
 
 
 def test_default_method_depends_on_shapes_only() -> None:
-    """Histogram for rows of at least 8k when rows are at most a quarter of the SMs (32 off
-    the GPU); merge otherwise."""
+    """Bucket for rows of at least 8k scores, whatever the row count; merge otherwise."""
     cpu = torch.device("cpu")
     assert _triton_topk.default_method(1, 4096, 2048, cpu) == "merge"
-    assert _triton_topk.default_method(1, 16384, 2048, cpu) == "histogram"
+    assert _triton_topk.default_method(1, 16384, 2048, cpu) == "bucket"
     assert _triton_topk.default_method(1, 16383, 2048, cpu) == "merge"
-    assert _triton_topk.default_method(8, 65536, 2048, cpu) == "histogram"
-    assert _triton_topk.default_method(9, 65536, 2048, cpu) == "merge"
+    assert _triton_topk.default_method(8, 65536, 2048, cpu) == "bucket"
+    assert _triton_topk.default_method(64, 65536, 2048, cpu) == "bucket"
+    assert _triton_topk.default_method(64, 4096, 2048, cpu) == "merge"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "length", "expected"),
+    [
+        ({}, 512, "merge"),
+        ({}, 1024, "bucket"),
+        ({"segment_length": 256}, 512, "bucket"),
+        ({"segments": 2}, 1024, "merge"),
+        ({"method": "histogram"}, 1024, "histogram"),
+    ],
+)
+def test_arguments_given_alone_select_their_method(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, object], length: int, expected: str
+) -> None:
+    """segment_length alone selects the bucket method and segments alone the merge method;
+    with neither, ``default_method`` decides (bucket from 8k scores: k=128 on 512 scores is
+    below that, k=64 on 1024 above). Every choice returns select_topk's picks."""
+    calls: list[str] = []
+    for name, method in (("_bucket_select", "bucket"), ("_histogram_select", "histogram")):
+        real = getattr(_triton_topk, name)
+
+        def spy(*args: object, _real: object = real, _method: str = method) -> None:
+            calls.append(_method)
+            _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(_triton_topk, name, spy)
+    scores = distinct_scores((2, length), seed=151)
+    k = 64 if length == 1024 else 128
+    got = _triton_topk.topk_mask(scores, k, **kwargs)  # type: ignore[arg-type]
+    assert (calls[0] if calls else "merge") == expected
+    assert torch.equal(got, select_topk(scores, k))
 
 
 @pytest.mark.parametrize(
