@@ -372,7 +372,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "PyTorch: bf16 bmm scorer, torch.topk, -inf fill and branchless scatter update. Triton: "
         "the fused scorer, then the fused top-k (a radix select; see dsa/_triton_topk.py for "
-        "its two methods), which sorts the picks and writes the whole mask row. Triton + fp8: "
+        "its methods), which sorts the picks and writes the whole mask row. Triton + fp8: "
         "the same on e4m3 keys with a float32 scale per key, the queries quantised to e4m3 "
         "in the scorer (a power-of-two scale per head). Index order: the step with "
         '`order="index"` (the picks by position: no sort of the k picks).',
