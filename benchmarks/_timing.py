@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["median_time", "warm_up"]
+__all__ = ["graph_replay_us", "median_time", "warm_up"]
 
 
 def warm_up(fn: Callable[[], Any], k: int = 3) -> Any:
@@ -89,3 +89,22 @@ def median_time(
     if cuda and not wait:
         torch.cuda.synchronize()
     return statistics.median(times)
+
+
+def graph_replay_us(fn: Callable[[], Any], *, warmup_ms: int = 10, rep_ms: int = 60) -> float:
+    """Median replay time in µs of a CUDA graph of ``fn`` (CUDA only).
+
+    ``fn`` runs once eagerly (compiling what it launches) and once more through ``warm_up``,
+    is captured, and the graph's replays are timed with ``triton.testing.do_bench`` (warm-up
+    and measuring budgets in ms).
+    """
+    from triton.testing import do_bench
+
+    fn()
+    torch.cuda.synchronize()
+    warm_up(fn, k=1)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return 1e3 * float(do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median"))

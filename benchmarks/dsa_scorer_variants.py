@@ -29,6 +29,10 @@ from typing import Any
 
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 H, D, K = 64, 128, 2048
 MODES = ("bf16", "fp8->bf16", "fp8->fp16", "fp8xfp8")
 CONFIGS = ((64, 1, 4, 1), (128, 8, 4, 3), (128, 4, 4, 3), (256, 2, 8, 3))
@@ -75,25 +79,10 @@ def _kernel() -> Any:
     return scores_kernel
 
 
-def graph_us(fn: Any) -> float:
-    from triton.testing import do_bench
-
-    fn()
-    torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return 1e3 * do_bench(graph.replay, warmup=10, rep=60, return_mode="median")
-
-
 def measure() -> list[dict[str, Any]]:
     import triton
+
+    from benchmarks._timing import graph_replay_us
 
     kernel = _kernel()
     rows: list[dict[str, Any]] = []
@@ -134,7 +123,7 @@ def measure() -> list[dict[str, Any]]:
                         MODE=mode, num_warps=cfg[2], num_stages=cfg[3],
                     )  # fmt: skip
 
-                us = graph_us(launch)
+                us = graph_replay_us(launch)
                 top = out.topk(K, dim=-1).indices
                 if reference is None:
                     reference = top.clone()
@@ -195,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         rows, meta = json.loads(args.render.read_text()), json.loads(args.meta)
+        missing = [key for key in ("gpu", "torch", "triton", "date") if key not in meta]
+        if missing:
+            parser.error(f"--render needs --meta with {', '.join(missing)} (a JSON object)")
     else:
         if not torch.cuda.is_available():
             print("dsa_scorer_variants.py needs a CUDA GPU", file=sys.stderr)

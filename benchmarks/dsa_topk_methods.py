@@ -57,24 +57,8 @@ def indexer_logits(batch: int, length: int) -> torch.Tensor:
     return scores.view(batch, length)
 
 
-def graph_us(fn: Any) -> float:
-    from triton.testing import do_bench
-
-    fn()
-    torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return 1e3 * do_bench(graph.replay, warmup=10, rep=60, return_mode="median")
-
-
 def measure() -> list[dict[str, Any]]:
+    from benchmarks._timing import graph_replay_us
     from dsa import _triton_topk
 
     rows: list[dict[str, Any]] = []
@@ -111,7 +95,7 @@ def measure() -> list[dict[str, Any]]:
             same = bool(torch.equal(got, want) and torch.equal(mask, want_mask))
             rows.append(
                 {"B": batch, "L": length, "rows": source, "order": order, "method": method,
-                 "r": bits, "seg": seg, "same": same, "us": graph_us(step)}
+                 "r": bits, "seg": seg, "same": same, "us": graph_replay_us(step)}
             )  # fmt: skip
             print(rows[-1], flush=True)
     return rows
@@ -150,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         rows, meta = json.loads(args.render.read_text()), json.loads(args.meta)
+        missing = [key for key in ("gpu", "torch", "triton", "date") if key not in meta]
+        if missing:
+            parser.error(f"--render needs --meta with {', '.join(missing)} (a JSON object)")
     else:
         if not torch.cuda.is_available():
             print("dsa_topk_methods.py needs a CUDA GPU", file=sys.stderr)

@@ -16,35 +16,26 @@ Usage::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
 
-import dsa._triton_topk as fused
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-
-def graph_of(fn: Callable[[], Any]) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
+import dsa._triton_topk as fused  # noqa: E402
+from benchmarks._timing import graph_replay_us  # noqa: E402
 
 
 def replay_us(fn: Callable[[], Any]) -> float:
-    graph = graph_of(fn)
-    return 1e3 * float(do_bench(graph.replay, warmup=25, rep=200, return_mode="median"))
+    return graph_replay_us(fn, warmup_ms=25, rep_ms=200)
 
 
 @triton.jit
@@ -102,8 +93,6 @@ def radix_table() -> None:
 
 
 def main() -> None:
-    import sys
-
     if "--radix" in sys.argv[1:]:
         radix_table()
         return

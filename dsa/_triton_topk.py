@@ -128,6 +128,10 @@ _ordered_key: Any = None
 _choose_digit: Any = None
 _sort_and_write: Any = None
 _coarse_digit: Any = None
+_count_digits: Any = None
+_slots_of: Any = None
+_select_lanes: Any = None
+_replay_digits: Any = None
 
 
 def _device_reason(*tensors: Tensor) -> str | None:
@@ -191,7 +195,8 @@ class _Kernels(NamedTuple):
 @functools.lru_cache(maxsize=1)
 def _load() -> _Kernels:
     """Import triton and define the kernels (once)."""
-    global tl, _ordered_key, _choose_digit, _sort_and_write, _coarse_digit
+    global tl, _ordered_key, _choose_digit, _sort_and_write, _coarse_digit, _count_digits
+    global _slots_of, _select_lanes, _replay_digits
     import triton
     import triton.language as language
 
@@ -230,6 +235,56 @@ def _load() -> _Kernels:
         return digit, ties - above, matching
 
     @triton.jit
+    def count_digits(digit, live, bins, CHUNK: tl.constexpr, NBINS: tl.constexpr):
+        # The histogram of `digit` over the live lanes. Dead lanes are counted in bin 0 and
+        # taken out again (no histogram mask argument, which older Triton releases lack).
+        dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
+        return tl.histogram(tl.where(live, digit, 0), NBINS) - tl.where(bins == 0, dead, 0)
+
+    @triton.jit
+    def slots_of(sel_i, picked):
+        # Where each selected lane goes: `picked` plus the selected lanes before it.
+        return picked + tl.cumsum(sel_i, axis=0) - sel_i
+
+    @triton.jit
+    def select_lanes(key, live, threshold, ties, ties_seen, all_ties):
+        # The picks of one chunk: every key above the threshold and, in index order, the first
+        # `ties` keys equal to it (`ties_seen` of them were in earlier chunks); just key >=
+        # threshold when every tied key is a pick. Also returns the tied lanes.
+        tie = (live & (key == threshold)).to(tl.int32)
+        if all_ties:
+            sel = live & (key >= threshold)
+        else:
+            tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
+            sel = (live & (key > threshold)) | ((tie > 0) & (tie_rank < ties))
+        return sel, tie
+
+    @triton.jit
+    def replay_digits(
+        hist_row, take, NUM: tl.constexpr, RADIX_BITS: tl.constexpr, NBINS: tl.constexpr,
+        PASSES: tl.constexpr,
+    ):  # fmt: skip
+        # The histogram method: the digits of passes 0 .. NUM-1 from the row histograms of the
+        # earlier launches (every program of a row derives the same ones). Returns the bits of
+        # the threshold fixed so far, the picks still owed among the keys matching them, how
+        # many keys match them, and the last pass that ran with its digit.
+        threshold = tl.zeros([1], tl.uint32)
+        ties = take
+        matching = take + 1
+        last = 0
+        last_digit = 0
+        bins = tl.arange(0, NBINS)
+        for q in tl.static_range(NUM):
+            if ties < matching:
+                counts = tl.load(hist_row + q * NBINS + bins)
+                digit, ties, matching = _choose_digit(counts, ties, bins, NBINS)
+                shift = (32 - RADIX_BITS * (q + 1)) * (q < PASSES - 1)
+                threshold = threshold | (digit.to(tl.uint32) << shift)
+                last = q
+                last_digit = digit
+        return threshold, ties, matching, last, last_digit
+
+    @triton.jit
     def sort_and_write(
         out_row, has_keys_ptr, row, take, k, K_BLOCK: tl.constexpr, WRITE_HAS_KEYS: tl.constexpr
     ):
@@ -248,7 +303,8 @@ def _load() -> _Kernels:
             tl.store(has_keys_ptr + row, (tl.sum(real.to(tl.int32), axis=0) > 0).to(tl.uint8))
 
     _ordered_key, _choose_digit, _sort_and_write = ordered_key, choose_digit, sort_and_write
-    _coarse_digit = coarse_digit
+    _coarse_digit, _count_digits, _slots_of = coarse_digit, count_digits, slots_of
+    _select_lanes, _replay_digits = select_lanes, replay_digits
 
     @triton.jit
     def _topk_mask_kernel(
@@ -339,11 +395,8 @@ def _load() -> _Kernels:
                     if p > 0:
                         high = (key >> top) == (threshold >> top)
                         live = live & high
-                    digit = tl.where(live, (key >> shift) & (NBINS - 1), 0).to(tl.int32)
-                    # Dead lanes were counted in bin 0; take them out (no histogram mask
-                    # argument, which older Triton releases lack).
-                    dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
-                    counts += tl.histogram(digit, NBINS) - tl.where(bins == 0, dead, 0)
+                    digit = ((key >> shift) & (NBINS - 1)).to(tl.int32)
+                    counts += _count_digits(digit, live, bins, CHUNK, NBINS)
                 byte, ties, matching = _choose_digit(counts, ties, bins, NBINS)
                 threshold = threshold | (byte.to(tl.uint32) << shift)
         # Every key equal to the threshold is a pick (the usual case: one such key, or an early
@@ -370,24 +423,19 @@ def _load() -> _Kernels:
                 signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True)
                 index = pos.to(tl.int64)
                 packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
-            tie = (live & (key == threshold)).to(tl.int32)
-            if all_ties:
-                sel = live & (key >= threshold)
-            else:
-                tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
-                sel = (live & (key > threshold)) | ((tie > 0) & (tie_rank < ties))
+            sel, tie = _select_lanes(key, live, threshold, ties, ties_seen, all_ties)
             # finite scores lie strictly between the keys of -inf and +inf (signed form)
             finite = (signed_key > -2139095041) & (signed_key < 2139095040)
             if CANDIDATES or BY_SCORE:
                 sel_i = sel.to(tl.int32)
-                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                slot = _slots_of(sel_i, picked)
                 tl.store(out_row + slot, packed, mask=sel)
             else:
                 # Index order: the finite picks are the result, in the order compacted here
                 # (ascending position: the candidates of a second launch are in that order
                 # too); no read-back. `picked` counts finite picks only.
                 sel_i = (sel & finite).to(tl.int32)
-                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                slot = _slots_of(sel_i, picked)
                 tl.store(out_row + slot, index, mask=sel & finite)
             if MASK_MODE == 1:
                 value = tl.where(sel & finite, 0.0, float("-inf"))
@@ -484,24 +532,20 @@ def _load() -> _Kernels:
         cell = row * segments + seg
         offs = tl.arange(0, CHUNK)
         bins = tl.arange(0, NBINS)
-        threshold = tl.zeros([1], tl.uint32)
-        ties = tl.minimum(k, length)
-        matching = ties + 1
-        above_before = 0
-        for q in tl.static_range(PASS):
-            if ties < matching:
-                counts = tl.load(hist_row + q * NBINS + bins)
-                digit, ties, matching = _choose_digit(counts, ties, bins, NBINS)
-                shift = (32 - RADIX_BITS * (q + 1)) * (q < PASSES - 1)
-                threshold = threshold | (digit.to(tl.uint32) << shift)
-                if q == PASS - 1:
-                    mine = tl.load(
-                        seg_hist_ptr + ((row * PASSES + q) * segments + seg) * NBINS + bins
-                    )
-                    above_before = tl.sum(tl.where(bins > digit, mine, 0), axis=0)
+        threshold, ties, matching, _, last_digit = _replay_digits(
+            hist_row, tl.minimum(k, length), PASS, RADIX_BITS, NBINS, PASSES
+        )
         top = 32 - RADIX_BITS * PASS
         shift = (top - RADIX_BITS) * (PASS < PASSES - 1)
         if ties < matching:
+            # Still open, so every earlier pass ran: this segment's keys that pass PASS-1 put
+            # above the threshold, from its own histogram of that pass.
+            above_before = 0
+            if PASS > 0:
+                mine = tl.load(
+                    seg_hist_ptr + ((row * PASSES + PASS - 1) * segments + seg) * NBINS + bins
+                )
+                above_before = tl.sum(tl.where(bins > last_digit, mine, 0), axis=0)
             counts = tl.zeros([NBINS], tl.int32)
             high = 0  # keys of +inf and NaN (pass 0 only)
             low = 0  # keys of -inf (pass 0 only)
@@ -516,9 +560,8 @@ def _load() -> _Kernels:
                     low += tl.sum((live & (signed_key <= -2139095041)).to(tl.int32), axis=0)
                 else:
                     live = live & ((key >> top) == (threshold >> top))
-                digit = tl.where(live, (key >> shift) & (NBINS - 1), 0).to(tl.int32)
-                dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
-                counts += tl.histogram(digit, NBINS) - tl.where(bins == 0, dead, 0)
+                digit = ((key >> shift) & (NBINS - 1)).to(tl.int32)
+                counts += _count_digits(digit, live, bins, CHUNK, NBINS)
             tl.store(seg_hist_ptr + ((row * PASSES + PASS) * segments + seg) * NBINS + bins, counts)
             tl.atomic_add(hist_row + PASS * NBINS + bins, counts, mask=counts > 0, sem="relaxed")
             if PASS == 0:
@@ -569,20 +612,9 @@ def _load() -> _Kernels:
         hist_row = hist_ptr + row * (PASSES * NBINS)
         offs = tl.arange(0, CHUNK)
         bins = tl.arange(0, NBINS)
-        threshold = tl.zeros([1], tl.uint32)
-        take = tl.minimum(k, length)
-        ties = take
-        matching = take + 1
-        last = 0
-        last_digit = 0
-        for q in tl.static_range(PASSES):
-            if ties < matching:
-                counts = tl.load(hist_row + q * NBINS + bins)
-                digit, ties, matching = _choose_digit(counts, ties, bins, NBINS)
-                shift = (32 - RADIX_BITS * (q + 1)) * (q < PASSES - 1)
-                threshold = threshold | (digit.to(tl.uint32) << shift)
-                last = q
-                last_digit = digit
+        threshold, ties, matching, last, last_digit = _replay_digits(
+            hist_row, tl.minimum(k, length), PASSES, RADIX_BITS, NBINS, PASSES
+        )
         all_ties = ties >= matching
         # Per segment: keys above the threshold (earlier passes from `above`, the last pass
         # from its per-segment histogram), keys in the threshold's bucket, non-finite keys.
@@ -590,7 +622,6 @@ def _load() -> _Kernels:
         bucket_before = 0
         high_before = 0
         low_before = 0
-        size_before = 0
         gt_all = 0
         bucket_all = 0
         high_all = 0
@@ -654,22 +685,17 @@ def _load() -> _Kernels:
             x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
             key = _ordered_key(x)
             signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True)
-            tie = (live & (key == threshold)).to(tl.int32)
-            if all_ties:
-                sel = live & (key >= threshold)
-            else:
-                tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
-                sel = (live & (key > threshold)) | ((tie > 0) & (tie_rank < ties))
+            sel, tie = _select_lanes(key, live, threshold, ties, ties_seen, all_ties)
             finite = (signed_key > -2139095041) & (signed_key < 2139095040)
             if BY_SCORE:
                 sel_i = sel.to(tl.int32)
-                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                slot = _slots_of(sel_i, picked)
                 index = pos.to(tl.int64)
                 packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
                 tl.store(out_row + slot, packed, mask=sel)
             else:
                 sel_i = (sel & finite).to(tl.int32)
-                slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+                slot = _slots_of(sel_i, picked)
                 tl.store(out_row + slot, pos.to(tl.int64), mask=sel & finite)
             if HAS_MASK:
                 value = tl.where(sel & finite, 0.0, float("-inf"))
@@ -724,9 +750,7 @@ def _load() -> _Kernels:
             pos = start + offs
             live = pos < seg_end
             x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
-            digit = tl.where(live, _coarse_digit(x), 0)
-            dead = CHUNK - tl.sum(live.to(tl.int32), axis=0)
-            counts += tl.histogram(digit, 256) - tl.where(bins == 0, dead, 0)
+            counts += _count_digits(_coarse_digit(x), live, bins, CHUNK, 256)
         tl.store(seg_hist_ptr + (row * segments + seg) * 256 + bins, counts)
 
     @triton.jit
@@ -783,7 +807,7 @@ def _load() -> _Kernels:
             x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
             sel = live & (_coarse_digit(x) >= bucket)
             sel_i = sel.to(tl.int32)
-            slot = picked + tl.cumsum(sel_i, axis=0) - sel_i
+            slot = _slots_of(sel_i, picked)
             signed_key = (_ordered_key(x) ^ 0x80000000).to(tl.int32, bitcast=True)
             packed = (signed_key.to(tl.int64) << 32) | (2147483647 - pos.to(tl.int64))
             tl.store(cand_row + slot, packed, mask=sel)
