@@ -11,9 +11,9 @@ of keys, q . k on the tensor cores, relu, head-weighted sum, per-key scale):
   published design and the library's fp8 path now).
 
 For each, a few launch configurations (keys per block, blocks per program, warps, stages), at
-B in {1, 64} x L in {4096, 65536} (H=64, D=128, one query token), timed as CUDA-graph replays
-with ``triton.testing.do_bench`` (median). "overlap" is the share of the bf16 top-2048 set that
-the variant's top-2048 keeps (random Gaussian inputs).
+B in {1, 64} x L in {4096, 65536} and B=64, L=16384 (H=64, D=128, one query token), timed as
+CUDA-graph replays with ``triton.testing.do_bench`` (median). "overlap" is the share of the
+bf16 top-2048 set that the variant's top-2048 keeps (random Gaussian inputs).
 
     python benchmarks/dsa_scorer_variants.py [--out FILE.md] [--json FILE.json]
 """
@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:
 
 H, D, K = 64, 128, 2048
 MODES = ("bf16", "fp8->bf16", "fp8->fp16", "fp8xfp8")
-CONFIGS = ((64, 1, 4, 1), (128, 8, 4, 3), (128, 4, 4, 3), (256, 2, 8, 3))
-SHAPES = ((1, 4096), (1, 65536), (64, 4096), (64, 65536))
+CONFIGS = ((64, 1, 4, 1), (128, 8, 4, 3), (128, 4, 4, 3), (256, 2, 8, 3), (256, 8, 8, 3))
+SHAPES = ((1, 4096), (1, 65536), (64, 4096), (64, 16384), (64, 65536))
 
 
 def _kernel() -> Any:

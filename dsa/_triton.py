@@ -73,6 +73,7 @@ CONFIGS: tuple[ScorerConfig, ...] = (
     ScorerConfig(128, 4, 4, 3),
     ScorerConfig(64, 8, 4, 4),
     ScorerConfig(128, 8, 4, 3),
+    ScorerConfig(256, 8, 8, 3),
 )
 
 # Bound by _load() to triton.language; the kernel body resolves `tl` through module globals.
@@ -183,11 +184,13 @@ def default_config(
 
     Small problems (fewer than two 128-key blocks per SM) take one 64-key block per program,
     for the most programs in flight; everything else takes four 128-key blocks per program
-    (eight with fp8 keys) with a 3-stage load pipeline. On an H200
+    (eight with fp8 keys) with a 3-stage load pipeline, and fp8 problems of at least 2**20
+    keys over all rows eight 256-key blocks on eight warps. On an H200
     (``benchmarks/dsa_speed.py --triton-sweep``, H=64, D=128, decode) these were the fastest
     or within 4% of the fastest of ``CONFIGS`` at B in {1, 64} x L in {4096, 65536}; at B=64
     L=65536 the pipelined one reads the bf16 key cache at about 96% of the bandwidth of a
-    large device-to-device copy.
+    large device-to-device copy. With fp8 keys at B=64 the 256-key blocks took L=65536 from
+    171 to 162 µs and L=16384 from 56 to 51 µs (``benchmarks/dsa_scorer_variants.py``).
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]
@@ -195,7 +198,9 @@ def default_config(
     blocks_128 = rows * -(-length // 128)
     if blocks_128 < 2 * _sm_count(index):
         return CONFIGS[0]
-    return CONFIGS[6] if fp8 else CONFIGS[4]
+    if fp8:
+        return CONFIGS[7] if rows * length >= 1 << 20 else CONFIGS[6]
+    return CONFIGS[4]
 
 
 @functools.lru_cache(maxsize=1)

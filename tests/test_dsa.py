@@ -782,3 +782,24 @@ def test_order_is_validated() -> None:
         select_topk(torch.randn(2, 8), 4, order="position")
     with pytest.raises(ValueError, match="order"):
         DSAIndexer(order="random")
+
+
+def test_scorer_launch_configuration_depends_on_shapes_and_sm_count_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """default_config on a 132-SM GPU (simulated): one 64-key block per program for small
+    problems, eight 256-key blocks on eight warps for fp8 problems of at least 2**20 keys,
+    eight 128-key blocks for smaller fp8 ones, four for bf16."""
+    from dsa import _triton
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_triton, "_sm_count", lambda index: 132)
+    configs = _triton.CONFIGS
+    assert _triton.default_config(1, 4096, fp8=True) == configs[0]
+    assert _triton.default_config(64, 4096) == configs[4]
+    assert _triton.default_config(64, 4096, fp8=True) == configs[6]
+    assert _triton.default_config(64, 16384, fp8=True) == configs[7]
+    assert _triton.default_config(64, 65536, fp8=True) == configs[7]
+    assert _triton.default_config(64, 65536) == configs[4]
+    assert configs[7] == _triton.ScorerConfig(256, 8, 8, 3)
