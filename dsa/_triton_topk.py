@@ -37,12 +37,9 @@ order-preserving 16-bit key of the score clamped to float16's range and rounded 
 are monotone, so a larger key never has a smaller digit. (2) Each program sums every segment's
 histogram of its row, finds the digit of the k-th largest score (the bucket), and writes every
 score of its segment whose digit is at or above the bucket, packed (key, index), from the
-offset that the segments before it take, so each row's candidates are in index order, and the
-scores of the bucket itself to a second buffer the same way; it also fills its part of the mask
-row with -inf. (3) The merge kernel, reading each row's counts from the device, runs step 1
-on the bucket alone (held in registers when it fits one chunk), owing k minus the candidates
-above the bucket, which are picks, then steps 2 and 3 on all the candidates, and writes the
-zeros of the mask.
+offset that the segments before it take, so each row's candidates are in index order; it also
+fills its part of the mask row with -inf. (3) The merge kernel, reading each row's candidate
+count from the device, runs steps 1 to 3 on the candidates and writes the zeros of the mask.
 The candidates hold every score above the bucket and the whole bucket, hence the k largest and
 all their ties: the result is the merge method's, bit for bit. Their buffer has room for a whole
 row, so a row whose scores share one bucket is still exact (and as slow as the merge method).
@@ -316,7 +313,6 @@ def _load() -> _Kernels:
         mask_ptr,
         has_keys_ptr,
         lengths_ptr,
-        members_ptr,
         length,
         seg_len,
         k,
@@ -326,7 +322,6 @@ def _load() -> _Kernels:
         CHUNK: tl.constexpr,
         K_BLOCK: tl.constexpr,
         ROW_LENGTHS: tl.constexpr,
-        BUCKET: tl.constexpr,
         PACKED_INPUT: tl.constexpr,
         CANDIDATES: tl.constexpr,
         MASK_MODE: tl.constexpr,
@@ -346,10 +341,7 @@ def _load() -> _Kernels:
         # MASK_MODE 0: no mask; 1: the whole mask row (-inf, 0 at finite picks); 2: -inf over
         # the segment; 3: 0 at the finite picks (the second launch, after a mode-2 first one).
         # ROW_LENGTHS: row r holds lengths_ptr[r] entries (the bucket method's candidates),
-        # not `length`. BUCKET (with it): the radix passes count only the candidates of the
-        # bucket itself, members_ptr's row r (lengths_ptr[2 * rows + r] of them, held in
-        # registers when they fit one chunk), owing k minus the lengths_ptr[rows + r]
-        # candidates above the bucket, which are picks; the compaction reads every candidate.
+        # not `length`.
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
         if ROW_LENGTHS:
@@ -383,35 +375,18 @@ def _load() -> _Kernels:
         threshold = tl.zeros([1], tl.uint32)
         ties = take
         matching = take + 1
-        pass_row = src_row
-        pass_start = seg_start
-        pass_end = seg_end
-        if BUCKET:
-            rows = tl.num_programs(0)
-            ties = take - tl.load(lengths_ptr + rows + row)
-            matching = tl.load(lengths_ptr + 2 * rows + row)
-            pass_row = members_ptr + row * stride_src
-            pass_start = 0
-            pass_end = matching
-            fits = matching <= CHUNK
-            held = tl.load(pass_row + offs, mask=offs < matching, other=filler)
         for p in tl.static_range(PASSES):
             top = 32 - RADIX_BITS * p  # constexprs: p is one; the bits >= top are fixed
             shift = (top - RADIX_BITS) * (p < PASSES - 1)  # the last pass starts at bit 0
             if ties < matching:
                 counts = tl.zeros([NBINS], tl.int32)
-                for start in range(pass_start, pass_end, CHUNK):
+                for start in range(seg_start, seg_end, CHUNK):
                     pos = start + offs
-                    live = pos < pass_end
+                    live = pos < seg_end
                     if ONE_CHUNK:
                         loaded = held
-                    elif BUCKET:
-                        if fits:
-                            loaded = held
-                        else:
-                            loaded = tl.load(pass_row + pos, mask=live, other=filler)
                     else:
-                        loaded = tl.load(pass_row + pos, mask=live, other=filler)
+                        loaded = tl.load(src_row + pos, mask=live, other=filler)
                     if PACKED_INPUT:
                         signed = (loaded >> 32).to(tl.int32)
                         key = (signed ^ -2147483648).to(tl.uint32, bitcast=True)
@@ -782,7 +757,6 @@ def _load() -> _Kernels:
     def _bucket_gather_kernel(
         src_ptr,
         cand_ptr,
-        members_ptr,
         count_ptr,
         mask_ptr,
         seg_hist_ptr,
@@ -802,9 +776,7 @@ def _load() -> _Kernels:
         # scores at or above it lie in the segments before this one. Every score of this
         # segment with a digit at or above the bucket is written packed (key, index) from
         # there on, so each row's candidates (a superset of its top k) are in index order;
-        # the scores of the bucket itself go to members_ptr the same way. count_ptr gets,
-        # per row, the candidates, those above the bucket and the bucket's size. The mask gets
-        # -inf over the segment (the last launch writes the zeros).
+        # the mask gets -inf over the segment (the last launch writes the zeros).
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
         seg_start = seg * SEG
@@ -825,39 +797,24 @@ def _load() -> _Kernels:
             )
             row_counts += tl.sum(hist, axis=0)
             counts_before += tl.sum(tl.where((ids < seg)[:, None], hist, 0), axis=0)
-        bucket, _, size = _choose_digit(row_counts, tl.minimum(k, length), bins, 256)
+        bucket, _, _ = _choose_digit(row_counts, tl.minimum(k, length), bins, 256)
         picked = tl.sum(tl.where(bins >= bucket, counts_before, 0), axis=0)
-        members_picked = tl.sum(tl.where(bins == bucket, counts_before, 0), axis=0)
         if seg == 0:
-            rows = tl.num_programs(0)
-            above = tl.sum(tl.where(bins > bucket, row_counts, 0), axis=0)
-            tl.store(count_ptr + row, above + size)
-            tl.store(count_ptr + rows + row, above)
-            tl.store(count_ptr + 2 * rows + row, size)
-        members_row = members_ptr + row * stride_cand
+            tl.store(count_ptr + row, tl.sum(tl.where(bins >= bucket, row_counts, 0), axis=0))
         for start in range(seg_start, seg_end, CHUNK):
             pos = start + offs
             live = pos < seg_end
             x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
-            digit = _coarse_digit(x)
-            sel = live & (digit >= bucket)
-            member = live & (digit == bucket)
-            # Both prefix sums in one scan: candidates in the low 16 bits, members above them.
-            tl.static_assert(CHUNK < 65536)
+            sel = live & (_coarse_digit(x) >= bucket)
             sel_i = sel.to(tl.int32)
-            member_i = member.to(tl.int32)
-            both = tl.cumsum(sel_i | (member_i << 16), axis=0)
-            slot = picked + (both & 0xFFFF) - sel_i
-            member_slot = members_picked + (both >> 16) - member_i
+            slot = _slots_of(sel_i, picked)
             signed_key = (_ordered_key(x) ^ 0x80000000).to(tl.int32, bitcast=True)
             packed = (signed_key.to(tl.int64) << 32) | (2147483647 - pos.to(tl.int64))
             tl.store(cand_row + slot, packed, mask=sel)
-            tl.store(members_row + member_slot, packed, mask=member)
             if HAS_MASK:
                 value = tl.full([CHUNK], float("-inf"), tl.float32)
                 tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
             picked += tl.sum(sel_i, axis=0)
-            members_picked += tl.sum(member_i, axis=0)
 
     return _Kernels(
         _topk_mask_kernel,
@@ -1118,7 +1075,6 @@ def topk_mask(
                 mask_arg,
                 has_keys_arg,
                 has_keys_arg,  # no per-row lengths
-                has_keys_arg,  # no bucket members
                 length,
                 length,
                 k,
@@ -1128,7 +1084,6 @@ def topk_mask(
                 CHUNK=_chunk(length),
                 K_BLOCK=k_block,
                 ROW_LENGTHS=False,
-                BUCKET=False,
                 PACKED_INPUT=False,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 1,
@@ -1148,7 +1103,6 @@ def topk_mask(
                 mask_arg,
                 has_keys_arg,
                 has_keys_arg,  # no per-row lengths
-                has_keys_arg,  # no bucket members
                 length,
                 seg_len,
                 k,
@@ -1158,7 +1112,6 @@ def topk_mask(
                 CHUNK=_chunk(seg_len),
                 K_BLOCK=k_block,
                 ROW_LENGTHS=False,
-                BUCKET=False,
                 PACKED_INPUT=False,
                 CANDIDATES=True,
                 MASK_MODE=0 if mask_rows is None else 2,
@@ -1177,7 +1130,6 @@ def topk_mask(
                 mask_arg,
                 has_keys_arg,
                 has_keys_arg,  # no per-row lengths
-                has_keys_arg,  # no bucket members
                 width,
                 width,
                 k,
@@ -1187,7 +1139,6 @@ def topk_mask(
                 CHUNK=_chunk(width),
                 K_BLOCK=k_block,
                 ROW_LENGTHS=False,
-                BUCKET=False,
                 PACKED_INPUT=True,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 3,
@@ -1225,9 +1176,7 @@ def _bucket_select(
     device = flat_scores.device
     seg_hist = torch.empty((rows, segments, 256), dtype=torch.int32, device=device)
     candidates = torch.empty((rows, length), dtype=torch.long, device=device)
-    members = torch.empty((rows, length), dtype=torch.long, device=device)
-    # per row: the candidates, those above the bucket, the bucket's size
-    count = torch.empty((3, rows), dtype=torch.int32, device=device)
+    count = torch.empty((rows,), dtype=torch.int32, device=device)
     # The count is bound by its 256-bin histograms and takes 4096-score chunks; the gather,
     # bound by its prefix sums, was fastest with 2048-score chunks on four warps (H200,
     # B=64, L=65536: 28 against 36 us with 4096 on eight).
@@ -1253,7 +1202,6 @@ def _bucket_select(
         kernels.bucket_gather[grid](
             flat_scores,
             candidates,
-            members,
             count,
             mask_arg,
             seg_hist,
@@ -1275,7 +1223,6 @@ def _bucket_select(
             mask_arg,
             has_keys_arg,
             count,
-            members,
             length,
             length,
             k,
@@ -1285,7 +1232,6 @@ def _bucket_select(
             CHUNK=select_chunk,
             K_BLOCK=k_block,
             ROW_LENGTHS=True,
-            BUCKET=True,
             PACKED_INPUT=True,
             CANDIDATES=False,
             MASK_MODE=0 if mask_rows is None else 3,
