@@ -189,8 +189,10 @@ def default_config(
     (``benchmarks/dsa_speed.py --triton-sweep``, H=64, D=128, decode) these were the fastest
     or within 4% of the fastest of ``CONFIGS`` at B in {1, 64} x L in {4096, 65536}; at B=64
     L=65536 the pipelined one reads the bf16 key cache at about 96% of the bandwidth of a
-    large device-to-device copy. With fp8 keys at B=64 the 256-key blocks took L=65536 from
-    171 to 162 µs and L=16384 from 56 to 51 µs (``benchmarks/dsa_scorer_variants.py``).
+    large device-to-device copy. With fp8 keys at B=64 the 256-key blocks were the fastest of
+    eleven configurations tried on this kernel: L=65536 162 against 171 µs, L=16384 51 against
+    56 (a probe; ``benchmarks/results/gpu-tests-h200-sixth.txt``). The standalone copy in
+    ``benchmarks/dsa_scorer_variants.py`` gives 153.7 against 157.4 and 49.1 against 51.5.
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]
