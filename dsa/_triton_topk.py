@@ -42,7 +42,8 @@ fills its part of the mask row with -inf. (3) The merge kernel, reading each row
 count from the device, runs steps 1 to 3 on the candidates and writes the zeros of the mask.
 The candidates hold every score above the bucket and the whole bucket, hence the k largest and
 all their ties: the result is the merge method's, bit for bit. Their buffer has room for a whole
-row, so a row whose scores share one bucket is still exact (and as slow as the merge method).
+row, so a row whose scores share one bucket is still exact, only as slow as the merge method
+with one program per row.
 
 The "histogram" method runs the same radix select with every pass spread over the whole GPU:
 rows are cut into segments of ``segment_length`` scores, and pass p is one launch over all
