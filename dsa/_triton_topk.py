@@ -1186,7 +1186,9 @@ def _bucket_select(
     mask_arg = mask_rows if mask_rows is not None else flat_scores
     mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
     k_block = _next_power_of_two(k)
-    select_chunk = _chunk(length)
+    # The select's passes cost per chunk lane, and a row's candidates (about 3,100 on indexer
+    # logits at L=65536, up to about 4,800) rarely fill whole 4096-score chunks.
+    select_chunk = min(_chunk(length), 2048)
     kernels = _load()
     grid = (rows, segments)
     with _launch_context(flat_scores):
