@@ -879,10 +879,10 @@ def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
     "bucket" for rows of at least 8 * k scores, "merge" otherwise. On an H200, k=2048, mask
     written (``benchmarks/results/dsa_topk_methods-h200.md``, Gaussian rows and indexer
     logits, B from 1 to 64, L from 16384 to 131072), the bucket method at its default segment
-    length was the fastest method in index order: 79 against 124 µs (merge) and 148 µs
-    (histogram) at B=64, L=65536 on indexer logits. Shorter segments were up to 3.4 µs faster
-    at B=8, and in score order at B=1 the histogram method up to 6 µs faster. On rows of 4096
-    the merge method's single launch is faster (16 against 27 µs at B=64).
+    length was the fastest method at every shape, in both orders: 74 against 123 µs (merge)
+    and 147 µs (histogram) at B=64, L=65536 on indexer logits, index order. Shorter segments
+    were up to 3.4 µs faster at B=8. On rows of 4096 the merge method's single launch is
+    faster (16 against 27 µs at B=64).
     """
     del rows, device  # the choice depends on the row length alone
     return "bucket" if length >= 8 * k else "merge"
