@@ -13,9 +13,6 @@ with ``triton.testing.do_bench`` (median), µs.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,37 +123,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--render", type=Path, help="only render a JSON file an earlier run wrote")
-    parser.add_argument("--meta", default="{}", help="with --render: card, versions, date (JSON)")
-    args = parser.parse_args(argv)
-    if args.render:
-        rows, meta = json.loads(args.render.read_text()), json.loads(args.meta)
-        missing = [key for key in ("gpu", "torch", "triton", "date") if key not in meta]
-        if missing:
-            parser.error(f"--render needs --meta with {', '.join(missing)} (a JSON object)")
-    else:
-        if not torch.cuda.is_available():
-            print("dsa_topk_methods.py needs a CUDA GPU", file=sys.stderr)
-            return 2
-        import triton
+    from benchmarks._report import run_table_script
 
-        rows = measure()
-        meta = {
-            "gpu": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        }
-        if args.json:
-            args.json.write_text(json.dumps(rows))
-    text = render(rows, meta)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return run_table_script(__doc__ or "", "dsa_topk_methods.py", measure, render, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from benchmarks import dsa_scorer_variants, dsa_topk_methods
 
@@ -61,3 +62,15 @@ def test_committed_speed_table_is_rendered_from_its_raw_results() -> None:
     assert dsa_speed.render(raw["rows"], raw["meta"]) == table
     shapes = {(row["B"], row["L"]) for row in raw["rows"]}
     assert shapes == {(1, 4096), (1, 65536), (64, 4096), (64, 65536)}
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message a machine without CUDA gets"
+)
+@pytest.mark.parametrize("script", [dsa_topk_methods, dsa_scorer_variants])
+def test_measuring_without_cuda_says_so(
+    script: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert script.main([]) == 2
+    name = Path(script.__file__ or "").name
+    assert capsys.readouterr().err.strip() == f"{name} needs a CUDA GPU"
