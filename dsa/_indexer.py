@@ -54,12 +54,13 @@ class DSAIndexer(nn.Module):
 
     ``backend`` picks the kernels: "torch" runs the pure-PyTorch scorer, ``torch.topk`` and the
     mask update (the reference, and the only path on CPU); "triton" runs the fused Triton scorer
-    (``indexer_scores``) and the fused top-k + mask kernel (``dsa._triton_topk.topk_mask``:
-    one launch selects, sorts and writes the whole mask row), raising ValueError where they
-    cannot run; "auto" (default) takes each Triton kernel where it can run on the inputs and
-    PyTorch elsewhere. Both paths return the same picks in the same order; where
-    ``select_topk`` leaves ties open the Triton top-k takes lower indices first. With Triton,
-    run the step once eagerly before capturing a graph so the kernels compile outside capture.
+    (``indexer_scores``) and the fused top-k + mask kernels (``dsa._triton_topk.topk_mask``:
+    one to three launches, by row length, select, sort and write the whole mask row, with no
+    separate fill or scatter), raising ValueError where they cannot run; "auto" (default)
+    takes each Triton kernel where it can run on the inputs and PyTorch elsewhere. Both paths
+    return the same picks in the same order; where ``select_topk`` leaves ties open the Triton
+    top-k takes lower indices first. With Triton, run the step once eagerly before capturing a
+    graph so the kernels compile outside capture.
     ``patched=False`` keeps the branchy mask update whatever the backend (its top-k follows the
     backend, so both forms return identical outputs).
 
