@@ -889,8 +889,8 @@ def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
 
 
 def _histogram_segment(rows: int, length: int, device: torch.device) -> int:
-    """Scores per program of the histogram method: a power of two in [1024, 8192], aiming at
-    about four programs per SM over all rows (shape and SM count only)."""
+    """Scores per program of the histogram and bucket methods: a power of two in [1024, 8192],
+    aiming at about four programs per SM over all rows (shape and SM count only)."""
     if device.type == "cuda":
         index = torch.cuda.current_device() if device.index is None else device.index
         programs = 4 * _sm_count(index)
