@@ -442,13 +442,9 @@ def test_radix_width_outside_the_supported_ones_is_refused(bits: object) -> None
 # ------------------------------------------------------------------ histogram method
 
 
-@pytest.mark.parametrize("bits", [8, 5])
-@pytest.mark.parametrize("order", ["score", "index"])
-def test_histogram_method_selects_what_one_program_per_row_does(order: str, bits: int) -> None:
-    """One launch per radix pass over 256-score segments: the one-launch merge kernel's
-    indices, mask and row flags, with ties across segments, NaN, +inf, -inf, -0.0, a hidden
-    row, rows with fewer finite scores than k, and k up to L; on tie-free rows the torch path."""
-    gen = torch.Generator().manual_seed(131)
+def edge_rows(gen: torch.Generator) -> Tensor:
+    """[6, 600] small-integer scores (ties everywhere) with NaN, +inf, -inf, -0.0, a hidden row,
+    an all +inf row and rows with fewer finite scores than most k."""
     ties = torch.randint(-3, 4, (6, 600), generator=gen).float()
     ties[1, 100:] = NEG_INF
     ties[2, 7], ties[2, 9], ties[2, 400], ties[2, 500] = NAN, POS_INF, NAN, -0.0
@@ -456,8 +452,16 @@ def test_histogram_method_selects_what_one_program_per_row_does(order: str, bits
     ties[4, :] = POS_INF
     ties[4, 300] = NAN
     ties[5, ::2] = NEG_INF
-    distinct = distinct_scores((2, 600), seed=132)
-    for scores, ks in ((ties, (40, 290, 700)), (distinct, (1, 300))):
+    return ties
+
+
+def assert_matches_merge(
+    cases: list[tuple[Tensor, tuple[int, ...], bool]], order: str, **method: object
+) -> None:
+    """For each (scores, ks, tie_free) case and each k, ``topk_mask(**method)`` returns the
+    one-launch merge kernel's indices, mask and row flags; on tie-free rows also the torch
+    path's indices."""
+    for scores, ks, tie_free in cases:
         for k in ks:
             want_mask = torch.full_like(scores, 2.0)
             want_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
@@ -470,16 +474,28 @@ def test_histogram_method_selects_what_one_program_per_row_does(order: str, bits
                 scores,
                 k,
                 mask,
-                method="histogram",
-                segment_length=256,
                 has_keys=has_keys,
                 order=order,
-                radix_bits=bits,
+                **method,  # type: ignore[arg-type]
             )
-            assert torch.equal(got, want), (k, order, bits)
+            assert torch.equal(got, want), (k, order, method)
             assert torch.equal(mask, want_mask) and torch.equal(has_keys, want_keys)
-            if scores is distinct:
+            if tie_free:
                 assert torch.equal(got, select_topk(scores, k, order=order))
+
+
+@pytest.mark.parametrize("bits", [8, 5])
+@pytest.mark.parametrize("order", ["score", "index"])
+def test_histogram_method_selects_what_one_program_per_row_does(order: str, bits: int) -> None:
+    """One launch per radix pass over 256-score segments: the one-launch merge kernel's
+    indices, mask and row flags, with ties across segments, NaN, +inf, -inf, -0.0, a hidden
+    row, rows with fewer finite scores than k, and k up to L; on tie-free rows the torch path."""
+    gen = torch.Generator().manual_seed(131)
+    cases = [
+        (edge_rows(gen), (40, 290, 700), False),
+        (distinct_scores((2, 600), seed=132), (1, 300), True),
+    ]
+    assert_matches_merge(cases, order, method="histogram", segment_length=256, radix_bits=bits)
 
 
 # ------------------------------------------------------------------ bucket method
@@ -490,49 +506,26 @@ def test_bucket_method_selects_what_one_program_per_row_does(order: str) -> None
     """A coarse histogram, the candidates at or above the k-th score's bucket, a radix select
     over them: the merge kernel's indices, mask and row flags, with ties, NaN, +inf, -inf,
     -0.0, hidden rows, rows with fewer finite scores than k, k up to L, rows whose scores all
-    share one bucket (every score a candidate), and magnitudes past float16's range (which
-    round to +-inf in the coarse digit) and below it (subnormal or zero there)."""
+    share one bucket (every score a candidate), magnitudes past float16's range (which round
+    to +-inf in the coarse digit) and below it (subnormal or zero there), and a row of 4500
+    scores in one bucket, whose candidates span several of the select's chunks."""
     gen = torch.Generator().manual_seed(141)
-    ties = torch.randint(-3, 4, (6, 600), generator=gen).float()
-    ties[1, 100:] = NEG_INF
-    ties[2, 7], ties[2, 9], ties[2, 400], ties[2, 500] = NAN, POS_INF, NAN, -0.0
-    ties[3] = NEG_INF
-    ties[4, :] = POS_INF
-    ties[4, 300] = NAN
-    ties[5, ::2] = NEG_INF
-    distinct = distinct_scores((2, 600), seed=142)
+    ties = edge_rows(gen)
     spread = distinct_scores((2, 600), seed=143)
     one_bucket = 1.0 + (spread - spread.min()) * 1e-4  # all in [1, 1.25): one coarse bucket
     exponents = torch.randint(-30, 30, (3, 600), generator=gen).float()
     magnitudes = distinct_scores((3, 600), seed=144).sign() * 2.0**exponents
     magnitudes = magnitudes * (1 + torch.rand(3, 600, generator=gen))
-    for scores, ks in (
-        (ties, (40, 290, 700)),
-        (distinct, (1, 300)),
-        (one_bucket, (5, 599)),
-        (magnitudes, (17, 256)),
-    ):
-        for k in ks:
-            want_mask = torch.full_like(scores, 2.0)
-            want_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
-            want = _triton_topk.topk_mask(
-                scores, k, want_mask, method="merge", segments=1, has_keys=want_keys, order=order
-            )
-            mask = torch.full_like(scores, 2.0)
-            has_keys = torch.empty(scores.shape[0], dtype=torch.uint8)
-            got = _triton_topk.topk_mask(
-                scores,
-                k,
-                mask,
-                method="bucket",
-                segment_length=256,
-                has_keys=has_keys,
-                order=order,
-            )
-            assert torch.equal(got, want), (k, order)
-            assert torch.equal(mask, want_mask) and torch.equal(has_keys, want_keys)
-            if scores is not ties:
-                assert torch.equal(got, select_topk(scores, k, order=order))
+    wide = distinct_scores((1, 4500), seed=145)
+    wide_bucket = 1.0 + (wide - wide.min()) * 1e-5  # 4500 candidates: three 2048-wide chunks
+    cases = [
+        (ties, (40, 290, 700), False),
+        (distinct_scores((2, 600), seed=142), (1, 300), True),
+        (one_bucket, (5, 599), True),
+        (magnitudes, (17, 256), True),
+        (wide_bucket, (2048,), True),
+    ]
+    assert_matches_merge(cases, order, method="bucket", segment_length=256)
 
 
 def test_default_method_depends_on_shapes_only() -> None:
