@@ -53,15 +53,24 @@ _MAX_LENGTH = 1 << 22
 
 
 class ScorerConfig(NamedTuple):
-    """Launch configuration: keys per block, blocks per program, warps, pipeline stages."""
+    """Launch configuration: keys per block, blocks per program, warps, pipeline stages, and
+    programs per SM (0: one program per ``iters`` blocks of one row; n > 0: a persistent grid of
+    n programs per SM, each scoring one contiguous run of the (row, block) pairs, ``iters``
+    unused)."""
 
     block_l: int
     iters: int
     num_warps: int
     num_stages: int
+    programs_per_sm: int = 0
 
     @property
     def name(self) -> str:
+        if self.programs_per_sm:
+            return (
+                f"L{self.block_l}-w{self.num_warps}-s{self.num_stages}"
+                f"-persistent{self.programs_per_sm}"
+            )
         return f"L{self.block_l}x{self.iters}-w{self.num_warps}-s{self.num_stages}"
 
 
@@ -74,10 +83,15 @@ CONFIGS: tuple[ScorerConfig, ...] = (
     ScorerConfig(64, 8, 4, 4),
     ScorerConfig(128, 8, 4, 3),
     ScorerConfig(256, 8, 8, 3),
+    ScorerConfig(128, 1, 4, 4, programs_per_sm=2),
 )
 
-# Bound by _load() to triton.language; the kernel body resolves `tl` through module globals.
+# Bound by _load(): triton.language and the jitted helpers. The kernel body resolves names
+# through module globals, so they live here rather than in _load's closure.
 tl: Any = None
+_query_operands: Any = None
+_row_limit: Any = None
+_score_block: Any = None
 
 
 def _disabled() -> bool:
@@ -177,6 +191,14 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _program_slots(device: torch.device) -> int:
+    """The SM count of a CUDA device; 3 under the interpreter (so that tests of the persistent
+    grid see programs that share rows and rows split between programs)."""
+    if device.type != "cuda":
+        return 3
+    return _sm_count(torch.cuda.current_device() if device.index is None else device.index)
+
+
 def default_config(
     rows: int, length: int, device: torch.device | None = None, *, fp8: bool = False
 ) -> ScorerConfig:
@@ -185,14 +207,15 @@ def default_config(
     Small problems (fewer than two 128-key blocks per SM) take one 64-key block per program,
     for the most programs in flight; everything else takes four 128-key blocks per program
     (eight with fp8 keys) with a 3-stage load pipeline, and fp8 problems of at least 2**20
-    keys over all rows eight 256-key blocks on eight warps. On an H200
+    keys over all rows the persistent grid: two programs per SM, each streaming one contiguous
+    run of 128-key blocks through a 4-stage pipeline. On an H200
     (``benchmarks/dsa_speed.py --triton-sweep``, H=64, D=128, decode) these were the fastest
     or within 4% of the fastest of ``CONFIGS`` at B in {1, 64} x L in {4096, 65536}; at B=64
     L=65536 the pipelined one reads the bf16 key cache at about 96% of the bandwidth of a
-    large device-to-device copy. With fp8 keys at B=64 the 256-key blocks were the fastest of
-    eleven configurations tried on this kernel: L=65536 162 against 171 µs, L=16384 51 against
-    56 (a probe; ``benchmarks/results/gpu-tests-h200-sixth.txt``). The standalone copy in
-    ``benchmarks/dsa_scorer_variants.py`` gives 153.7 against 157.4 and 49.1 against 51.5.
+    large device-to-device copy. With fp8 keys at B=64 the persistent grid was the fastest of
+    the configurations tried on this kernel: L=65536 150.1 against 161.3 µs for the best
+    block grid (256-key blocks, eight per program), L=16384 48.6 against 50.8 (probes;
+    ``benchmarks/results/gpu-tests-h200-seventh.txt``).
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]
@@ -201,50 +224,27 @@ def default_config(
     if blocks_128 < 2 * _sm_count(index):
         return CONFIGS[0]
     if fp8:
-        return CONFIGS[7] if rows * length >= 1 << 20 else CONFIGS[6]
+        return CONFIGS[8] if rows * length >= 1 << 20 else CONFIGS[6]
     return CONFIGS[4]
 
 
 @functools.lru_cache(maxsize=1)
 def _load() -> Any:
     """Import triton and define the kernel (once); return the JIT function."""
-    global tl
+    global tl, _query_operands, _row_limit, _score_block
     import triton
     import triton.language as language
 
     tl = language
 
     @triton.jit
-    def _fused_scores_kernel(
-        q_ptr,
-        k_ptr,
-        w_ptr,
-        limit_ptr,
-        out_ptr,
-        scale_ptr,
-        tokens,
-        length,
-        stride_kb,
-        stride_scale_b,
-        stride_limit_b,
-        stride_limit_t,
-        H: tl.constexpr,
-        D: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-        ITERS: tl.constexpr,
-        HAS_LIMIT: tl.constexpr,
-        HAS_SCALE: tl.constexpr,
-    ):
-        row = tl.program_id(0)  # b * T + t
-        chunk = tl.program_id(1)
-        b = row // tokens
-        t = row - b * tokens
-        row64 = row.to(tl.int64)
+    def query_operands(q_ptr, w_ptr, row64, H: tl.constexpr, D: tl.constexpr, FP8: tl.constexpr):
+        # q[row] transposed ([D, H], the dot's right operand) and w[row] in float32.
         offs_h = tl.arange(0, H)
         offs_d = tl.arange(0, D)
         q = tl.load(q_ptr + row64 * (H * D) + offs_h[:, None] * D + offs_d[None, :])  # [H, D]
         w = tl.load(w_ptr + row64 * H + offs_h).to(tl.float32)  # [H]
-        if HAS_SCALE:
+        if FP8:
             # fp8 queries (dsa._fp8.quantize_queries_fp8, bit for bit): per head the smallest
             # power-of-two scale with max |q| / scale <= 448, from the float32 bits of the max;
             # the scale joins the head weight, the scaled values round to e4m3.
@@ -260,32 +260,106 @@ def _load() -> Any:
             normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
             subnormal = (scaled + 24576.0) - 24576.0
             q = tl.where(tl.abs(scaled) >= 0.015625, normal, subnormal).to(tl.float8e4nv)
-        q_t = tl.trans(q)  # [D, H]
+        return tl.trans(q), w
+
+    @triton.jit
+    def row_limit(limit_ptr, row, tokens, length, stride_limit_b, stride_limit_t, HAS_LIMIT):
+        # The token's visible limit in [0, length] and its batch index.
+        b = row // tokens
         if HAS_LIMIT:
+            t = row - b * tokens
             lim = tl.load(
                 limit_ptr + b.to(tl.int64) * stride_limit_b + t.to(tl.int64) * stride_limit_t
             )
             lim = tl.minimum(tl.maximum(lim, 0), length).to(tl.int32)
         else:
             lim = length
-        k_row = k_ptr + b.to(tl.int64) * stride_kb
-        out_row = out_ptr + row64 * length
-        for i in range(ITERS):
-            offs_l = (chunk * ITERS + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-            visible = offs_l < lim
-            keys = tl.load(
-                k_row + offs_l[:, None] * D + offs_d[None, :], mask=visible[:, None], other=0.0
-            )  # [BLOCK_L, D]
-            logits = tl.dot(keys, q_t)  # [BLOCK_L, H], float32 accumulation (fp8 x fp8 too)
-            logits = tl.maximum(logits, 0.0)
-            scores = tl.sum(logits * w[None, :], axis=1)  # [BLOCK_L]
-            if HAS_SCALE:
-                scale = tl.load(
-                    scale_ptr + b.to(tl.int64) * stride_scale_b + offs_l, mask=visible, other=0.0
+        return lim, b.to(tl.int64)
+
+    @triton.jit
+    def score_block(
+        k_row, scale_row, out_row, q_t, w, offs_l, lim, length, D: tl.constexpr, FP8: tl.constexpr
+    ):
+        # Scores of the keys offs_l of one row: keys at or past lim are not read and score -inf.
+        offs_d = tl.arange(0, D)
+        visible = offs_l < lim
+        keys = tl.load(
+            k_row + offs_l[:, None] * D + offs_d[None, :], mask=visible[:, None], other=0.0
+        )  # [BLOCK_L, D]
+        logits = tl.dot(keys, q_t)  # [BLOCK_L, H], float32 accumulation (fp8 x fp8 too)
+        logits = tl.maximum(logits, 0.0)
+        scores = tl.sum(logits * w[None, :], axis=1)  # [BLOCK_L]
+        if FP8:
+            scores = scores * tl.load(scale_row + offs_l, mask=visible, other=0.0)
+        scores = tl.where(visible, scores, float("-inf"))
+        tl.store(out_row + offs_l, scores, mask=offs_l < length)
+
+    _query_operands, _row_limit, _score_block = query_operands, row_limit, score_block
+
+    @triton.jit
+    def _fused_scores_kernel(
+        q_ptr,
+        k_ptr,
+        w_ptr,
+        limit_ptr,
+        out_ptr,
+        scale_ptr,
+        rows,
+        tokens,
+        length,
+        stride_kb,
+        stride_scale_b,
+        stride_limit_b,
+        stride_limit_t,
+        H: tl.constexpr,
+        D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+        ITERS: tl.constexpr,
+        HAS_LIMIT: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
+        PERSISTENT: tl.constexpr,
+        STAGES: tl.constexpr,
+    ):
+        if PERSISTENT:
+            # One contiguous run of the (row, block) pairs per program, at most a few rows:
+            # the key loads of a row stream through one pipelined loop.
+            blocks = tl.cdiv(length, BLOCK_L)
+            total = rows * blocks
+            per = tl.cdiv(total, tl.num_programs(0))
+            start = tl.program_id(0) * per
+            end = tl.minimum(start + per, total)
+            first_row = start // blocks
+            for r in range(0, (end - 1) // blocks + 1 - first_row):
+                row = first_row + r
+                row64 = row.to(tl.int64)
+                lim, b64 = _row_limit(
+                    limit_ptr, row, tokens, length, stride_limit_b, stride_limit_t, HAS_LIMIT
                 )
-                scores = scores * scale
-            scores = tl.where(visible, scores, float("-inf"))
-            tl.store(out_row + offs_l, scores, mask=offs_l < length)
+                q_t, w = _query_operands(q_ptr, w_ptr, row64, H, D, HAS_SCALE)
+                k_row = k_ptr + b64 * stride_kb
+                scale_row = scale_ptr + b64 * stride_scale_b
+                out_row = out_ptr + row64 * length
+                b0 = tl.maximum(start - row * blocks, 0)
+                b1 = tl.minimum(end - row * blocks, blocks)
+                for block in tl.range(b0, b1, num_stages=STAGES):
+                    offs_l = block * BLOCK_L + tl.arange(0, BLOCK_L)
+                    _score_block(
+                        k_row, scale_row, out_row, q_t, w, offs_l, lim, length, D, HAS_SCALE
+                    )
+        else:
+            row = tl.program_id(0)  # b * T + t
+            chunk = tl.program_id(1)
+            row64 = row.to(tl.int64)
+            lim, b64 = _row_limit(
+                limit_ptr, row, tokens, length, stride_limit_b, stride_limit_t, HAS_LIMIT
+            )
+            q_t, w = _query_operands(q_ptr, w_ptr, row64, H, D, HAS_SCALE)
+            k_row = k_ptr + b64 * stride_kb
+            scale_row = scale_ptr + b64 * stride_scale_b
+            out_row = out_ptr + row64 * length
+            for i in range(ITERS):
+                offs_l = (chunk * ITERS + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+                _score_block(k_row, scale_row, out_row, q_t, w, offs_l, lim, length, D, HAS_SCALE)
 
     return _fused_scores_kernel
 
@@ -349,7 +423,14 @@ def fused_scores(
         else default_config(rows, length, q.device, fp8=k_scale is not None)
     )
     kernel = _load()
-    grid = (rows, -(-length // (cfg.block_l * cfg.iters)))
+    if cfg.programs_per_sm:
+        blocks = rows * -(-length // cfg.block_l)
+        grid: tuple[int, ...] = (min(blocks, _program_slots(q.device) * cfg.programs_per_sm),)
+        # The pipeline depth is the key loop's (STAGES); the launch keeps Triton's default.
+        launch: dict[str, int] = {"num_warps": cfg.num_warps}
+    else:
+        grid = (rows, -(-length // (cfg.block_l * cfg.iters)))
+        launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         kernel[grid](
             q,
@@ -358,6 +439,7 @@ def fused_scores(
             limit_arg,
             out,
             scale_arg,
+            rows,
             tokens,
             length,
             k.stride(0),
@@ -370,7 +452,8 @@ def fused_scores(
             ITERS=cfg.iters,
             HAS_LIMIT=has_limit,
             HAS_SCALE=k_scale is not None,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
+            PERSISTENT=cfg.programs_per_sm > 0,
+            STAGES=cfg.num_stages,
+            **launch,
         )
     return out

@@ -788,8 +788,8 @@ def test_scorer_launch_configuration_depends_on_shapes_and_sm_count_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """default_config on a 132-SM GPU (simulated): one 64-key block per program for small
-    problems, eight 256-key blocks on eight warps for fp8 problems of at least 2**20 keys,
-    eight 128-key blocks for smaller fp8 ones, four for bf16."""
+    problems, the persistent grid (two programs per SM) for fp8 problems of at least 2**20
+    keys, eight 128-key blocks per program for smaller fp8 ones, four for bf16."""
     from dsa import _triton
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -799,7 +799,9 @@ def test_scorer_launch_configuration_depends_on_shapes_and_sm_count_only(
     assert _triton.default_config(1, 4096, fp8=True) == configs[0]
     assert _triton.default_config(64, 4096) == configs[4]
     assert _triton.default_config(64, 4096, fp8=True) == configs[6]
-    assert _triton.default_config(64, 16384, fp8=True) == configs[7]
-    assert _triton.default_config(64, 65536, fp8=True) == configs[7]
+    assert _triton.default_config(64, 16384, fp8=True) == configs[8]
+    assert _triton.default_config(64, 65536, fp8=True) == configs[8]
     assert _triton.default_config(64, 65536) == configs[4]
-    assert configs[7] == _triton.ScorerConfig(256, 8, 8, 3)
+    assert configs[8] == _triton.ScorerConfig(128, 1, 4, 4, programs_per_sm=2)
+    assert configs[8].name == "L128-w4-s4-persistent2"
+    assert configs[7].name == "L256x8-w8-s3"

@@ -231,6 +231,35 @@ def test_fp8_fused_scores_match_the_torch_fp8_scorer() -> None:
     torch.testing.assert_close(fused[finite], plain[finite], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fp8_keys", [False, True], ids=["fp16", "fp8"])
+def test_every_scorer_launch_configuration_equals_the_torch_scorer(fp8_keys: bool) -> None:
+    """Every configuration of ``CONFIGS``, the persistent grid included (under the interpreter
+    it has three program slots per "SM": programs that score parts of two rows, and rows split
+    between programs), on 300 keys (a multiple of no block width), two tokens per row and
+    limits of 300, 299, 77 and 0: the PyTorch scorer's scores and the same -inf."""
+    from dsa import _triton
+
+    gen = torch.Generator().manual_seed(10)
+    q = torch.randn(2, 2, 16, 32, generator=gen).half()
+    k = torch.randn(2, 300, 32, generator=gen)
+    w = torch.randn(2, 2, 16, generator=gen) * 0.05
+    seq_lens = torch.tensor([[300, 299], [77, 0]])
+    scales = None
+    if fp8_keys:
+        k, scales = quantize_keys_fp8(k)
+    else:
+        k = k.half()
+    plain = indexer_scores(
+        q.float(), k if fp8_keys else k.float(), w, seq_lens=seq_lens, k_scale=scales
+    )
+    finite = torch.isfinite(plain)
+    assert any(cfg.programs_per_sm for cfg in _triton.CONFIGS)
+    for cfg in _triton.CONFIGS:
+        got = _triton.fused_scores(q, k, w, seq_lens, config=cfg, k_scale=scales)
+        assert torch.equal(torch.isfinite(got), finite), cfg.name
+        torch.testing.assert_close(got[finite], plain[finite], rtol=1e-3, atol=1e-3, msg=cfg.name)
+
+
 def test_fp8_query_quantisation_in_the_kernel_equals_the_torch_one() -> None:
     """Heads of magnitudes 1e-3 to 1e3 (each its own power-of-two scale) and values on
     rounding ties: the kernel's in-register e4m3 queries are the torch ones, so the scores
