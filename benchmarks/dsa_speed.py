@@ -380,6 +380,17 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_document(payload: dict[str, Any]) -> str:
+    """The whole markdown of a run from its raw results (the --json payload): the step table,
+    then the scorer and top-k sweeps when the run made them."""
+    table = render(payload["rows"], payload["meta"])
+    if payload.get("scorer_sweep"):
+        table += render_sweep(payload["scorer_sweep"])
+    if payload.get("topk_sweep"):
+        table += render_topk_sweep(payload["topk_sweep"])
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -483,11 +494,9 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
                 print(f"topk sweep {topk_sweeps[-1]}", file=sys.stderr, flush=True)
 
-    table = render(rows, meta)
-    if sweeps:
-        table += render_sweep(sweeps)
-    if topk_sweeps:
-        table += render_topk_sweep(topk_sweeps)
+    table = render_document(
+        {"meta": meta, "rows": rows, "scorer_sweep": sweeps, "topk_sweep": topk_sweeps}
+    )
     print(table)
     if args.out:
         args.out.write_text(table, encoding="utf-8")

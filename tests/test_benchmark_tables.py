@@ -54,12 +54,13 @@ def test_render_without_its_metadata_is_refused(capsys: pytest.CaptureFixture[st
 
 
 def test_committed_speed_table_is_rendered_from_its_raw_results() -> None:
-    """dsa_speed-h200.md (issue 14's table) from dsa_speed-h200.json, goals and verdicts too."""
+    """dsa_speed-h200.md (issue 14's table, and the scorer sweep of that run) from
+    dsa_speed-h200.json, goals and verdicts too."""
     from benchmarks import dsa_speed
 
     raw = json.loads((RESULTS / "dsa_speed-h200.json").read_text())
     table = (RESULTS / "dsa_speed-h200.md").read_text()
-    assert dsa_speed.render(raw["rows"], raw["meta"]) == table
+    assert dsa_speed.render_document(raw) == table
     shapes = {(row["B"], row["L"]) for row in raw["rows"]}
     assert shapes == {(1, 4096), (1, 65536), (64, 4096), (64, 65536)}
 
