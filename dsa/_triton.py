@@ -212,10 +212,11 @@ def default_config(
     (``benchmarks/dsa_speed.py --triton-sweep``, H=64, D=128, decode) these were the fastest
     or within 4% of the fastest of ``CONFIGS`` at B in {1, 64} x L in {4096, 65536}; at B=64
     L=65536 the pipelined one reads the bf16 key cache at about 96% of the bandwidth of a
-    large device-to-device copy. With fp8 keys at B=64 the persistent grid was the fastest of
-    the configurations tried on this kernel: L=65536 150.1 against 161.3 µs for the best
-    block grid (256-key blocks, eight per program), L=16384 48.6 against 50.8 (probes;
-    ``benchmarks/results/gpu-tests-h200-seventh.txt``).
+    large device-to-device copy. With fp8 keys at B=64 the persistent grid was within 1% of
+    the fastest of seven configurations tried: L=65536 151.1 against 161.6 µs for the best
+    block grid (256-key blocks, eight per program), L=16384 48.9 against 50.9
+    (``benchmarks/results/gpu-tests-h200-seventh.txt``). On bf16 keys it is not faster than
+    the block grid (``dsa_speed-h200.md``, scorer sweep), so bf16 keeps its default.
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]

@@ -112,6 +112,13 @@ ORDERS = ("score", "index")
 METHODS = ("merge", "histogram", "bucket")
 #: The digit width of the histogram method when none is given (at most four pass launches).
 HISTOGRAM_RADIX_BITS = 8
+# Coarse digits counted per segment by the bucket method: the 64 quarter octaves (16 octaves)
+# below the segment's largest score.
+_BUCKET_WINDOW = 64
+_MAX_BUCKET_SEGMENT = 1 << 14
+# The bucket method's gather ranks its candidates by prefix sums over groups of this many
+# scores, then over the groups of a chunk.
+_GATHER_GROUP = 32
 #: Digit widths of the radix select (bits per pass; ceil(32 / width) passes).
 RADIX_WIDTHS = (4, 5, 6, 7, 8)
 #: The width ``topk_mask`` uses when none is given.
@@ -731,28 +738,29 @@ def _load() -> _Kernels:
     def _bucket_count_kernel(
         src_ptr,
         seg_hist_ptr,
+        seg_top_ptr,
         length,
         stride_src,
         segments,
         SEG: tl.constexpr,
-        CHUNK: tl.constexpr,
+        WINDOW: tl.constexpr,
     ):
-        # The bucket method's first launch: the histogram of the coarse digits of one segment
-        # of one row, stored per segment (no atomics: the next launch sums the segments).
+        # The bucket method's first launch, for one segment of one row, held in registers: the
+        # segment's largest coarse digit (its top) and the histogram of the digits in the
+        # WINDOW just below it, top - WINDOW + 1 to top; lower digits are not counted. Stored
+        # per segment (no atomics: the next launch combines the segments).
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
-        seg_start = seg * SEG
-        seg_end = tl.minimum(seg_start + SEG, length)
-        src_row = src_ptr + row * stride_src
-        offs = tl.arange(0, CHUNK)
-        bins = tl.arange(0, 256)
-        counts = tl.zeros([256], tl.int32)
-        for start in range(seg_start, seg_end, CHUNK):
-            pos = start + offs
-            live = pos < seg_end
-            x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
-            counts += _count_digits(_coarse_digit(x), live, bins, CHUNK, 256)
-        tl.store(seg_hist_ptr + (row * segments + seg) * 256 + bins, counts)
+        pos = seg * SEG + tl.arange(0, SEG)
+        live = pos < length
+        x = tl.load(src_ptr + row * stride_src + pos, mask=live, other=0.0).to(tl.float32)
+        digit = _coarse_digit(x)
+        top = tl.max(tl.where(live, digit, 0), axis=0)
+        rel = digit - (top - (WINDOW - 1))
+        counted = live & (rel >= 0)
+        counts = tl.histogram(tl.where(counted, rel, 0), WINDOW, mask=counted)
+        tl.store(seg_hist_ptr + (row * segments + seg) * WINDOW + tl.arange(0, WINDOW), counts)
+        tl.store(seg_top_ptr + row * segments + seg, top)
 
     @triton.jit
     def _bucket_gather_kernel(
@@ -761,6 +769,7 @@ def _load() -> _Kernels:
         count_ptr,
         mask_ptr,
         seg_hist_ptr,
+        seg_top_ptr,
         length,
         k,
         stride_src,
@@ -770,14 +779,19 @@ def _load() -> _Kernels:
         SEG: tl.constexpr,
         CHUNK: tl.constexpr,
         SEG_BLOCK: tl.constexpr,
+        WINDOW: tl.constexpr,
+        GROUP: tl.constexpr,
         HAS_MASK: tl.constexpr,
     ):
-        # The bucket method's second launch, for one segment of one row. From the segments'
-        # histograms: the coarse digit of the k-th largest score (the bucket), and how many
-        # scores at or above it lie in the segments before this one. Every score of this
-        # segment with a digit at or above the bucket is written packed (key, index) from
-        # there on, so each row's candidates (a superset of its top k) are in index order;
-        # the mask gets -inf over the segment (the last launch writes the zeros).
+        # The bucket method's second launch, for one segment of one row. The row's top digit
+        # is the largest segment top; every segment's window covers the WINDOW digits below
+        # the row's top, so shifting each segment's histogram by its distance to the row's top
+        # gives the row's exact histogram over those digits. From it: the coarse digit of the
+        # k-th largest score (the bucket; digit 0, every score, when fewer than k scores lie in
+        # the window), and how many scores at or above it lie in the segments before this one.
+        # Every score of this segment with a digit at or above the bucket is written packed
+        # (key, index) from there on, so each row's candidates (a superset of its top k) are in
+        # index order; the mask gets -inf over the segment (the last launch writes the zeros).
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
         seg_start = seg * SEG
@@ -785,37 +799,57 @@ def _load() -> _Kernels:
         src_row = src_ptr + row * stride_src
         cand_row = cand_ptr + row * stride_cand
         mask_row = mask_ptr + row * stride_mask
-        offs = tl.arange(0, CHUNK)
-        bins = tl.arange(0, 256)
-        row_counts = tl.zeros([256], tl.int32)
-        counts_before = tl.zeros([256], tl.int32)
+        bins = tl.arange(0, WINDOW)
+        tops = seg_top_ptr + row * segments
+        row_top = 0
         for s0 in range(0, segments, SEG_BLOCK):
             ids = s0 + tl.arange(0, SEG_BLOCK)
+            row_top = tl.maximum(row_top, tl.max(tl.load(tops + ids, mask=ids < segments, other=0)))
+        row_counts = tl.zeros([WINDOW], tl.int32)
+        counts_before = tl.zeros([WINDOW], tl.int32)
+        for s0 in range(0, segments, SEG_BLOCK):
+            ids = s0 + tl.arange(0, SEG_BLOCK)
+            shift = row_top - tl.load(tops + ids, mask=ids < segments, other=0)  # >= 0
+            at = bins[None, :] + shift[:, None]
             hist = tl.load(
-                seg_hist_ptr + (row * segments + ids[:, None]) * 256 + bins[None, :],
-                mask=(ids < segments)[:, None],
+                seg_hist_ptr + (row * segments + ids[:, None]) * WINDOW + at,
+                mask=(ids < segments)[:, None] & (at < WINDOW),
                 other=0,
             )
             row_counts += tl.sum(hist, axis=0)
             counts_before += tl.sum(tl.where((ids < seg)[:, None], hist, 0), axis=0)
-        bucket, _, _ = _choose_digit(row_counts, tl.minimum(k, length), bins, 256)
-        picked = tl.sum(tl.where(bins >= bucket, counts_before, 0), axis=0)
+        ties = tl.minimum(k, length)
+        in_window = tl.sum(row_counts, axis=0) >= ties
+        bucket, _, _ = _choose_digit(row_counts, ties, bins, WINDOW)
+        bucket = tl.where(in_window, bucket, 0)
+        threshold = tl.where(in_window, row_top - (WINDOW - 1) + bucket, 0)
+        picked = tl.where(
+            in_window, tl.sum(tl.where(bins >= bucket, counts_before, 0), axis=0), seg_start
+        )
         if seg == 0:
-            tl.store(count_ptr + row, tl.sum(tl.where(bins >= bucket, row_counts, 0), axis=0))
+            total = tl.where(
+                in_window, tl.sum(tl.where(bins >= bucket, row_counts, 0), axis=0), length
+            )
+            tl.store(count_ptr + row, total)
+        # A chunk is [CHUNK // GROUP, GROUP]: ranks are prefix sums along each group, plus a
+        # prefix sum of the group counts.
+        offs = tl.arange(0, CHUNK // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
         for start in range(seg_start, seg_end, CHUNK):
             pos = start + offs
             live = pos < seg_end
             x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
-            sel = live & (_coarse_digit(x) >= bucket)
+            sel = live & (_coarse_digit(x) >= threshold)
             sel_i = sel.to(tl.int32)
-            slot = _slots_of(sel_i, picked)
+            per_group = tl.sum(sel_i, axis=1)
+            before_group = tl.cumsum(per_group, axis=0) - per_group
+            slot = picked + before_group[:, None] + tl.cumsum(sel_i, axis=1) - sel_i
             signed_key = (_ordered_key(x) ^ 0x80000000).to(tl.int32, bitcast=True)
             packed = (signed_key.to(tl.int64) << 32) | (2147483647 - pos.to(tl.int64))
             tl.store(cand_row + slot, packed, mask=sel)
             if HAS_MASK:
-                value = tl.full([CHUNK], float("-inf"), tl.float32)
+                value = tl.full([CHUNK // GROUP, GROUP], float("-inf"), tl.float32)
                 tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
-            picked += tl.sum(sel_i, axis=0)
+            picked += tl.sum(per_group, axis=0)
 
     return _Kernels(
         _topk_mask_kernel,
@@ -938,7 +972,8 @@ def topk_mask(
         method: "merge", "histogram" or "bucket" (see ``METHODS`` and the module
             docstring); ``default_method`` when None. The result does not depend on it.
         segment_length: scores per program of the histogram and bucket methods (a power of
-            two >= 256); ``_histogram_segment`` when None. Given alone, it selects the bucket
+            two >= 256, at most 16384 with the bucket method); ``_histogram_segment`` when
+            None. Given alone, it selects the bucket
             method;
             ``segments`` given alone selects the merge method; each with the other method, or
             both together, is refused (ValueError).
@@ -974,6 +1009,15 @@ def topk_mask(
         or segment_length & (segment_length - 1)
     ):
         raise ValueError(f"segment_length must be a power of two >= 256; got {segment_length!r}")
+    if (
+        segment_length is not None
+        and segment_length > _MAX_BUCKET_SEGMENT
+        and method != "histogram"
+    ):
+        raise ValueError(
+            f"the bucket method holds a segment in registers: segment_length must be at most "
+            f"{_MAX_BUCKET_SEGMENT}; got {segment_length}"
+        )
     if segments is not None and (method in ("histogram", "bucket") or segment_length is not None):
         raise ValueError(
             "segments is the merge method's; the histogram and bucket methods take segment_length"
@@ -1175,13 +1219,12 @@ def _bucket_select(
     rows, length = flat_scores.shape
     segments = -(-length // segment_length)
     device = flat_scores.device
-    seg_hist = torch.empty((rows, segments, 256), dtype=torch.int32, device=device)
+    seg_hist = torch.empty((rows, segments, _BUCKET_WINDOW), dtype=torch.int32, device=device)
+    seg_top = torch.empty((rows, segments), dtype=torch.int32, device=device)
     candidates = torch.empty((rows, length), dtype=torch.long, device=device)
     count = torch.empty((rows,), dtype=torch.int32, device=device)
-    # The count is bound by its 256-bin histograms and takes 4096-score chunks; the gather,
-    # bound by its prefix sums, was fastest with 2048-score chunks on four warps (H200,
-    # B=64, L=65536: 28 against 36 us with 4096 on eight).
-    count_chunk = min(segment_length, 4096)
+    # The gather, bound by its prefix sums, was fastest with 2048-score chunks on four warps
+    # (H200, B=64, L=65536: 28 against 36 us with 4096 on eight).
     gather_chunk = min(segment_length, 2048)
     mask_arg = mask_rows if mask_rows is not None else flat_scores
     mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
@@ -1195,12 +1238,13 @@ def _bucket_select(
         kernels.bucket_count[grid](
             flat_scores,
             seg_hist,
+            seg_top,
             length,
             flat_scores.stride(0),
             segments,
             SEG=segment_length,
-            CHUNK=count_chunk,
-            num_warps=8 if count_chunk >= 4096 else 4,
+            WINDOW=_BUCKET_WINDOW,
+            num_warps=min(max(segment_length // 1024, 4), 16),
         )
         kernels.bucket_gather[grid](
             flat_scores,
@@ -1208,6 +1252,7 @@ def _bucket_select(
             count,
             mask_arg,
             seg_hist,
+            seg_top,
             length,
             k,
             flat_scores.stride(0),
@@ -1217,6 +1262,8 @@ def _bucket_select(
             SEG=segment_length,
             CHUNK=gather_chunk,
             SEG_BLOCK=max(1, min(_next_power_of_two(segments), 16)),
+            WINDOW=_BUCKET_WINDOW,
+            GROUP=min(_GATHER_GROUP, gather_chunk),
             HAS_MASK=mask_rows is not None,
             num_warps=4,
         )

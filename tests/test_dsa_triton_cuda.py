@@ -687,7 +687,8 @@ def test_bucket_method_selects_what_one_program_per_row_does(
     """The bucket method (a float16 top-byte histogram, the candidates at or above the k-th
     score's bucket, a radix select over them) returns the one-launch merge kernel's indices,
     mask and row flags: repeated values, NaN, +inf, -inf, a hidden tail, a row with fewer
-    finite scores than k, magnitudes past float16's range and below it, one row whose scores
+    finite scores than k, magnitudes past float16's range and below it, a row whose k-th
+    score lies below the counted window (every score a candidate), one row whose scores
     all share one bucket, under graph replay too."""
     k = 2048
     gen = torch.Generator().manual_seed(rows + length + 7)
@@ -697,6 +698,11 @@ def test_bucket_method_selects_what_one_program_per_row_does(
     if rows >= 4:
         exponents = torch.randint(-30, 30, (length,), generator=gen).float()
         scores[2] = distinct_scores(1, length, gen)[0].cpu().sign() * 2.0**exponents
+    if rows >= 5:
+        # a floor 23 octaves below 64 large scores: the k-th lies below every counted window
+        far = distinct_scores(1, length, gen)[0].cpu()
+        scores[3] = (far - far.min() + 1) / length * 1e-3
+        scores[3, torch.randperm(length, generator=gen)[:64]] = 1e4
     one_bucket = distinct_scores(1, length, gen)[0].cpu().add(length).mul(1e-6)
     scores[-1] = 1.0 + one_bucket  # all in [1, 1.25): one float16 top-byte bucket
     scores = scores.cuda()

@@ -536,8 +536,10 @@ def test_bucket_method_selects_what_one_program_per_row_does(order: str) -> None
     over them: the merge kernel's indices, mask and row flags, with ties, NaN, +inf, -inf,
     -0.0, hidden rows, rows with fewer finite scores than k, k up to L, rows whose scores all
     share one bucket (every score a candidate), magnitudes past float16's range (which round
-    to +-inf in the coarse digit) and below it (subnormal or zero there), and a row of 4500
-    scores in one bucket, whose candidates span several of the select's chunks."""
+    to +-inf in the coarse digit) and below it (subnormal or zero there), a row of 4500
+    scores in one bucket, whose candidates span several of the select's chunks, and rows
+    whose k-th score or whose segments lie more than the counted window below the row's
+    largest score."""
     gen = torch.Generator().manual_seed(141)
     ties = edge_rows(gen)
     spread = distinct_scores((2, 600), seed=143)
@@ -547,12 +549,23 @@ def test_bucket_method_selects_what_one_program_per_row_does(order: str) -> None
     magnitudes = magnitudes * (1 + torch.rand(3, 600, generator=gen))
     wide = distinct_scores((1, 4500), seed=145)
     wide_bucket = 1.0 + (wide - wide.min()) * 1e-5  # 4500 candidates: three 2048-wide chunks
+    # Each segment counts only the 64 quarter octaves (16 octaves) below its own largest score.
+    # Row 0: five scores near 1e4 over a floor near 1e-3, 23 octaves lower, so for k > 5 the
+    # k-th score lies below the row's window and every score is a candidate. Row 1: the first
+    # segment's scores are 2**20 times those of the other segments, whose windows then lie
+    # wholly below the row's; row 2: the reverse, the last segment on top.
+    far = distinct_scores((3, 600), seed=146)
+    far = (far - far.min() + 1) * 1e-3  # distinct, in [1e-3, 0.23]
+    far[0, torch.tensor([3, 250, 251, 480, 599])] = torch.tensor([1e4, 2e4, 3e4, 4e4, 5e4])
+    far[1, :256] *= 2.0**20
+    far[2, 512:] *= 2.0**20
     cases = [
         (ties, (40, 290, 700), False),
         (distinct_scores((2, 600), seed=142), (1, 300), True),
         (one_bucket, (5, 599), True),
         (magnitudes, (17, 256), True),
         (wide_bucket, (2048,), True),
+        (far, (3, 5, 6, 100, 300), True),
     ]
     assert_matches_merge(cases, order, method="bucket", segment_length=256)
 
@@ -612,6 +625,8 @@ def test_arguments_given_alone_select_their_method(
         ({"segments": 2, "segment_length": 256}, "segments is the merge method's"),
         ({"method": "bucket", "segments": 2}, "segments is the merge method's"),
         ({"method": "merge", "segment_length": 256}, "segment_length is the histogram and bucket"),
+        ({"segment_length": 32768}, "segment_length must be at most 16384"),
+        ({"method": "bucket", "segment_length": 32768}, "segment_length must be at most 16384"),
     ],
 )
 def test_bad_method_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:
