@@ -31,19 +31,25 @@ does not depend on S.
 
 The "bucket" method (``default_method`` takes it for rows of at least 8k scores) first narrows
 each row to a small candidate set, in three launches over segments of ``segment_length``
-scores. (1) Each program histograms the coarse digit of its scores: the top byte of the
+scores. (1) Each program computes the coarse digit of its scores: the top byte of the
 order-preserving 16-bit key of the score clamped to float16's range and rounded to float16
 (sign, five exponent bits, two mantissa bits: a quarter octave; NaN 255). Clamping and rounding
-are monotone, so a larger key never has a smaller digit. (2) Each program sums every segment's
-histogram of its row, finds the digit of the k-th largest score (the bucket), and writes every
-score of its segment whose digit is at or above the bucket, packed (key, index), from the
-offset that the segments before it take, so each row's candidates are in index order; it also
-fills its part of the mask row with -inf. (3) The merge kernel, reading each row's candidate
-count from the device, runs steps 1 to 3 on the candidates and writes the zeros of the mask.
-The candidates hold every score above the bucket and the whole bucket, hence the k largest and
-all their ties: the result is the merge method's, bit for bit. Their buffer has room for a whole
-row, so a row whose scores share one bucket is still exact, only as slow as the merge method
-with one program per row.
+are monotone, so a larger key never has a smaller digit. It stores its segment's largest digit
+(the top) and the histogram of the 128 digits at and below it (32 octaves; below a positive
+top: every positive score and zero too); lower digits are not counted.
+(2) Each program takes its row's top (the largest segment top) and shifts every segment's
+histogram by that segment's distance to it: a segment's window starts at or below the row's, so
+the sum is the row's exact histogram over the row's 128-digit window. From it: the digit of the
+k-th largest score (the bucket), or digit 0 (every score) when fewer than k scores lie in the
+window. The program writes every score of its segment whose digit is at or above the bucket,
+packed (key, index), from the offset that the segments before it take, so each row's
+candidates are in index order; it also fills its part of the mask row with -inf. (3) The merge
+kernel, reading each row's candidate count from the device, runs steps 1 to 3 on the
+candidates and writes the zeros of the mask. The candidates hold every score above the bucket
+and the whole bucket, hence the k largest and all their ties: the result is the merge method's,
+bit for bit. Their buffer has room for a whole row, so a row whose scores share one bucket, or
+whose k-th score lies below the window (a negative one far below a positive largest score), is
+still exact, only as slow as the merge method with one program per row.
 
 The "histogram" method runs the same radix select with every pass spread over the whole GPU:
 rows are cut into segments of ``segment_length`` scores, and pass p is one launch over all
@@ -112,13 +118,11 @@ ORDERS = ("score", "index")
 METHODS = ("merge", "histogram", "bucket")
 #: The digit width of the histogram method when none is given (at most four pass launches).
 HISTOGRAM_RADIX_BITS = 8
-# Coarse digits counted per segment by the bucket method: the 64 quarter octaves (16 octaves)
-# below the segment's largest score.
-_BUCKET_WINDOW = 64
+# Coarse digits counted per segment by the bucket method: the 128 at and below the segment's
+# largest (32 octaves; below a positive top, every positive score, zero and the negative ones
+# down to some magnitude).
+_BUCKET_WINDOW = 128
 _MAX_BUCKET_SEGMENT = 1 << 14
-# The bucket method's gather ranks its candidates by prefix sums over groups of this many
-# scores, then over the groups of a chunk.
-_GATHER_GROUP = 32
 #: Digit widths of the radix select (bits per pass; ceil(32 / width) passes).
 RADIX_WIDTHS = (4, 5, 6, 7, 8)
 #: The width ``topk_mask`` uses when none is given.
@@ -780,7 +784,6 @@ def _load() -> _Kernels:
         CHUNK: tl.constexpr,
         SEG_BLOCK: tl.constexpr,
         WINDOW: tl.constexpr,
-        GROUP: tl.constexpr,
         HAS_MASK: tl.constexpr,
     ):
         # The bucket method's second launch, for one segment of one row. The row's top digit
@@ -831,25 +834,21 @@ def _load() -> _Kernels:
                 in_window, tl.sum(tl.where(bins >= bucket, row_counts, 0), axis=0), length
             )
             tl.store(count_ptr + row, total)
-        # A chunk is [CHUNK // GROUP, GROUP]: ranks are prefix sums along each group, plus a
-        # prefix sum of the group counts.
-        offs = tl.arange(0, CHUNK // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+        offs = tl.arange(0, CHUNK)
         for start in range(seg_start, seg_end, CHUNK):
             pos = start + offs
             live = pos < seg_end
             x = tl.load(src_row + pos, mask=live, other=0.0).to(tl.float32)
             sel = live & (_coarse_digit(x) >= threshold)
             sel_i = sel.to(tl.int32)
-            per_group = tl.sum(sel_i, axis=1)
-            before_group = tl.cumsum(per_group, axis=0) - per_group
-            slot = picked + before_group[:, None] + tl.cumsum(sel_i, axis=1) - sel_i
+            slot = _slots_of(sel_i, picked)
             signed_key = (_ordered_key(x) ^ 0x80000000).to(tl.int32, bitcast=True)
             packed = (signed_key.to(tl.int64) << 32) | (2147483647 - pos.to(tl.int64))
             tl.store(cand_row + slot, packed, mask=sel)
             if HAS_MASK:
-                value = tl.full([CHUNK // GROUP, GROUP], float("-inf"), tl.float32)
+                value = tl.full([CHUNK], float("-inf"), tl.float32)
                 tl.store(mask_row + pos, value.to(mask_ptr.dtype.element_ty), mask=live)
-            picked += tl.sum(per_group, axis=0)
+            picked += tl.sum(sel_i, axis=0)
 
     return _Kernels(
         _topk_mask_kernel,
@@ -1263,7 +1262,6 @@ def _bucket_select(
             CHUNK=gather_chunk,
             SEG_BLOCK=max(1, min(_next_power_of_two(segments), 16)),
             WINDOW=_BUCKET_WINDOW,
-            GROUP=min(_GATHER_GROUP, gather_chunk),
             HAS_MASK=mask_rows is not None,
             num_warps=4,
         )

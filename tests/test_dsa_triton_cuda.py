@@ -699,9 +699,10 @@ def test_bucket_method_selects_what_one_program_per_row_does(
         exponents = torch.randint(-30, 30, (length,), generator=gen).float()
         scores[2] = distinct_scores(1, length, gen)[0].cpu().sign() * 2.0**exponents
     if rows >= 5:
-        # a floor 23 octaves below 64 large scores: the k-th lies below every counted window
+        # 64 scores of 1e4 over negative ones (-1 to -0.004): the k-th lies below every
+        # counted window (the 128 coarse digits at and below a segment's largest score)
         far = distinct_scores(1, length, gen)[0].cpu()
-        scores[3] = (far - far.min() + 1) / length * 1e-3
+        scores[3] = -(far - far.min() + 64) / (length + 64)
         scores[3, torch.randperm(length, generator=gen)[:64]] = 1e4
     one_bucket = distinct_scores(1, length, gen)[0].cpu().add(length).mul(1e-6)
     scores[-1] = 1.0 + one_bucket  # all in [1, 1.25): one float16 top-byte bucket

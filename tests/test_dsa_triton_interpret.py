@@ -549,15 +549,19 @@ def test_bucket_method_selects_what_one_program_per_row_does(order: str) -> None
     magnitudes = magnitudes * (1 + torch.rand(3, 600, generator=gen))
     wide = distinct_scores((1, 4500), seed=145)
     wide_bucket = 1.0 + (wide - wide.min()) * 1e-5  # 4500 candidates: three 2048-wide chunks
-    # Each segment counts only the 64 quarter octaves (16 octaves) below its own largest score.
-    # Row 0: five scores near 1e4 over a floor near 1e-3, 23 octaves lower, so for k > 5 the
-    # k-th score lies below the row's window and every score is a candidate. Row 1: the first
-    # segment's scores are 2**20 times those of the other segments, whose windows then lie
-    # wholly below the row's; row 2: the reverse, the last segment on top.
+    # Each segment counts only the 128 coarse digits at and below its own largest score: below
+    # a positive one, every positive score, zero and the negative ones down to some magnitude.
+    # Row 0: five scores near 1e4 over negative ones (-0.1 to -23), below that window, so for
+    # k > 5 every score is a candidate. Row 1: the first segment holds large positive scores,
+    # the other segments negative ones whose windows lie wholly below the row's; row 2: the
+    # reverse, the last segment on top.
     far = distinct_scores((3, 600), seed=146)
     far = (far - far.min() + 1) * 1e-3  # distinct, in [1e-3, 0.23]
+    far[0] *= -100.0
     far[0, torch.tensor([3, 250, 251, 480, 599])] = torch.tensor([1e4, 2e4, 3e4, 4e4, 5e4])
     far[1, :256] *= 2.0**20
+    far[1, 256:] *= -100.0
+    far[2, :512] *= -100.0
     far[2, 512:] *= 2.0**20
     cases = [
         (ties, (40, 290, 700), False),
