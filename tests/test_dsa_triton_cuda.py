@@ -628,24 +628,11 @@ def test_every_radix_width_selects_what_the_eight_bit_one_does(
     assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)
 
 
-@pytest.mark.parametrize("bits", [8, 6, 5])
-@pytest.mark.parametrize("order", ["score", "index"])
-@pytest.mark.parametrize(
-    ("rows", "length", "segment_length"),
-    [(3, 65536, None), (2, 131072, 1024), (5, 20000, 4096), (64, 16384, None)],
-)
-def test_histogram_method_selects_what_one_program_per_row_does(
-    rows: int, length: int, segment_length: int | None, order: str, bits: int
-) -> None:
-    """The histogram method (one launch per radix pass over every segment of a row) returns
-    the one-launch merge kernel's indices, mask and row flags: rows of repeated values, NaN,
-    +inf, hidden tails, a row with fewer finite scores than k, under graph replay too."""
+def assert_method_matches_merge(scores: Tensor, order: str, **method: object) -> None:
+    """``topk_mask(**method)`` returns the one-launch merge kernel's indices, mask and row flags
+    (k=2048), eagerly and from a graph replay into refilled buffers."""
     k = 2048
-    gen = torch.Generator().manual_seed(rows + length + bits)
-    scores = torch.randint(-400, 400, (rows, length), generator=gen).float().div(8).cuda()
-    scores[1, 1000:] = NEG_INF
-    scores[0, 5], scores[0, 9], scores[0, 70000 % length] = float("nan"), float("inf"), NEG_INF
-    scores[-1] = distinct_scores(1, length, gen)[0]
+    rows, length = scores.shape
     want_mask = torch.empty(rows, length, device="cuda")
     want_flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
     want = _triton_topk.topk_mask(
@@ -659,14 +646,13 @@ def test_histogram_method_selects_what_one_program_per_row_does(
             scores,
             k,
             mask,
-            method="histogram",
-            segment_length=segment_length,
             has_keys=flags,
             order=order,
-            radix_bits=bits,
+            **method,  # type: ignore[arg-type]
         )
 
     assert torch.equal(step(), want)
+    assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)
     graph, out = capture(step)
     mask.fill_(7.0)
     flags.fill_(9)
@@ -674,6 +660,35 @@ def test_histogram_method_selects_what_one_program_per_row_does(
     torch.cuda.synchronize()
     assert torch.equal(out, want)
     assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)
+
+
+def repeated_values_with_edges(rows: int, length: int, gen: torch.Generator) -> Tensor:
+    """[rows, length] CPU scores in steps of 1/8 (ties everywhere) with NaN, +inf and -inf in
+    row 0 and a hidden tail (fewer finite scores than k) in row 1."""
+    scores = torch.randint(-400, 400, (rows, length), generator=gen).float().div(8)
+    scores[1, 1000:] = NEG_INF
+    scores[0, 5], scores[0, 9], scores[0, 70000 % length] = float("nan"), float("inf"), NEG_INF
+    return scores
+
+
+@pytest.mark.parametrize("bits", [8, 6, 5])
+@pytest.mark.parametrize("order", ["score", "index"])
+@pytest.mark.parametrize(
+    ("rows", "length", "segment_length"),
+    [(3, 65536, None), (2, 131072, 1024), (5, 20000, 4096), (64, 16384, None)],
+)
+def test_histogram_method_selects_what_one_program_per_row_does(
+    rows: int, length: int, segment_length: int | None, order: str, bits: int
+) -> None:
+    """The histogram method (one launch per radix pass over every segment of a row) returns
+    the one-launch merge kernel's indices, mask and row flags: rows of repeated values, NaN,
+    +inf, hidden tails, a row with fewer finite scores than k, under graph replay too."""
+    gen = torch.Generator().manual_seed(rows + length + bits)
+    scores = repeated_values_with_edges(rows, length, gen).cuda()
+    scores[-1] = distinct_scores(1, length, gen)[0]
+    assert_method_matches_merge(
+        scores, order, method="histogram", segment_length=segment_length, radix_bits=bits
+    )
 
 
 @pytest.mark.parametrize("order", ["score", "index"])
@@ -690,11 +705,8 @@ def test_bucket_method_selects_what_one_program_per_row_does(
     finite scores than k, magnitudes past float16's range and below it, a row whose k-th
     score lies below the counted window (every score a candidate), one row whose scores
     all share one bucket, under graph replay too."""
-    k = 2048
     gen = torch.Generator().manual_seed(rows + length + 7)
-    scores = torch.randint(-400, 400, (rows, length), generator=gen).float().div(8)
-    scores[1, 1000:] = NEG_INF
-    scores[0, 5], scores[0, 9], scores[0, 70000 % length] = float("nan"), float("inf"), NEG_INF
+    scores = repeated_values_with_edges(rows, length, gen)
     if rows >= 4:
         exponents = torch.randint(-30, 30, (length,), generator=gen).float()
         scores[2] = distinct_scores(1, length, gen)[0].cpu().sign() * 2.0**exponents
@@ -706,31 +718,6 @@ def test_bucket_method_selects_what_one_program_per_row_does(
         scores[3, torch.randperm(length, generator=gen)[:64]] = 1e4
     one_bucket = distinct_scores(1, length, gen)[0].cpu().add(length).mul(1e-6)
     scores[-1] = 1.0 + one_bucket  # all in [1, 1.25): one float16 top-byte bucket
-    scores = scores.cuda()
-    want_mask = torch.empty(rows, length, device="cuda")
-    want_flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
-    want = _triton_topk.topk_mask(
-        scores, k, want_mask, method="merge", segments=1, has_keys=want_flags, order=order
+    assert_method_matches_merge(
+        scores.cuda(), order, method="bucket", segment_length=segment_length
     )
-    mask = torch.empty(rows, length, device="cuda")
-    flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
-
-    def step() -> Tensor:
-        return _triton_topk.topk_mask(
-            scores,
-            k,
-            mask,
-            method="bucket",
-            segment_length=segment_length,
-            has_keys=flags,
-            order=order,
-        )
-
-    assert torch.equal(step(), want)
-    graph, out = capture(step)
-    mask.fill_(7.0)
-    flags.fill_(9)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, want)
-    assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)
