@@ -216,7 +216,8 @@ def default_config(
     the fastest of seven configurations tried: L=65536 151.1 against 161.6 µs for the best
     block grid (256-key blocks, eight per program), L=16384 48.9 against 50.9
     (``benchmarks/results/gpu-tests-h200-seventh.txt``). On bf16 keys it is not faster than
-    the block grid (``dsa_speed-h200.md``, scorer sweep), so bf16 keeps its default.
+    the block grid (271.8 against 267.4 µs at B=64, L=65536, same file), so bf16 keeps its
+    default.
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]
