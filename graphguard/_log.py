@@ -193,6 +193,7 @@ def _regions_enabled() -> bool:
 def region_event(event: str, **fields: Any) -> None:
     """Log a region start/end event at debug level, if debug events are wanted."""
     try:
+        check_env()  # GRAPHGUARD_LOG decides where the event goes, hence whether it is wanted
         if _regions_enabled():
             get_logger().debug(event, **fields)
     except Exception:  # logging must never break the user's region
