@@ -1,7 +1,9 @@
 """The DSA indexer scorer alone, four ways of doing q . k, side by side (CUDA only).
 
 One standalone Triton kernel with a compile-time switch (the library kernel's loop: load a block
-of keys, q . k on the tensor cores, relu, head-weighted sum, per-key scale):
+of keys, q . k on the tensor cores, relu, head-weighted sum, per-key scale; on the library's
+block grid: the persistent grid that fp8 problems of at least 2**20 keys now take is timed
+on the library's kernel by ``benchmarks/dsa_speed.py --triton-sweep``):
 
 - ``bf16``: bf16 keys and queries;
 - ``fp8->bf16``: e4m3 keys cast to bf16 in registers, bf16 queries (the library's fp8 path

@@ -22,8 +22,9 @@ the bf16 Triton selection on these random inputs.
 Default: B in {1, 64} x L in {4096, 65536} (about a minute on an H200). ``--full`` adds B in
 {8, 32} and L=16384. ``--eager`` adds eager timings of the PyTorch step (branchy seed form and
 branchless), which sync with the host or are bound by dispatch. ``--triton-sweep`` adds the
-scorer alone for every launch configuration in ``dsa._triton.CONFIGS``; ``--topk-sweep`` the
-fused top-k + mask alone for 4, 8 and 16 warps and 1, 2, 4 and 8 segments per row.
+scorer alone for every launch configuration in ``dsa._triton.CONFIGS``, on bf16 and on fp8
+keys; ``--topk-sweep`` the fused top-k + mask alone for 4, 8 and 16 warps and 1, 2, 4 and 8
+segments per row.
 
 Usage::
 
@@ -179,33 +180,39 @@ def bench_config(batch: int, length: int, timer: Timer, *, eager: bool) -> dict[
     return row
 
 
-def bench_scorer_sweep(batch: int, length: int, timer: Timer) -> dict[str, Any]:
-    """Scorer alone (graph replay, no top-k): PyTorch path and every Triton config."""
+def bench_scorer_sweep(batch: int, length: int, timer: Timer, keys: str = "bf16") -> dict[str, Any]:
+    """Scorer alone (graph replay, no top-k): PyTorch path and every Triton config, on bf16
+    keys or on fp8 keys with their scales (``keys="fp8"``)."""
     gen = torch.Generator(device="cuda").manual_seed(batch * 1_000_003 + length)
     q = torch.randn(batch, 1, HEADS, DIM, generator=gen, device="cuda").bfloat16()
     k = torch.randn(batch, length, DIM, generator=gen, device="cuda").bfloat16()
     w = (torch.randn(batch, 1, HEADS, generator=gen, device="cuda") * (HEADS * DIM) ** -0.5).to(
         torch.bfloat16
     )
+    scale = None
+    if keys == "fp8":
+        k, scale = quantize_keys_fp8(k)
     seq_lens = torch.full((batch,), length, dtype=torch.int32, device="cuda")
     limit = seq_lens.view(batch, 1)
-    sweep: dict[str, Any] = {"B": batch, "L": length}
-    graph = capture_graph(lambda: indexer_scores(q, k, w, seq_lens=seq_lens, backend="torch"))
+    sweep: dict[str, Any] = {"B": batch, "L": length, "keys": keys}
+    graph = capture_graph(
+        lambda: indexer_scores(q, k, w, seq_lens=seq_lens, backend="torch", k_scale=scale)
+    )
     sweep["torch_us"] = 1e3 * timer(graph.replay)
     del graph
-    default = dsa_triton.default_config(batch, length, q.device)
+    default = dsa_triton.default_config(batch, length, q.device, fp8=scale is not None)
     sweep["default"] = default.name
-    reference = indexer_scores(q, k, w, seq_lens=seq_lens, backend="torch")
+    reference = indexer_scores(q, k, w, seq_lens=seq_lens, backend="torch", k_scale=scale)
     configs: dict[str, float | str] = {}
     for cfg in dsa_triton.CONFIGS:
         try:
-            got = dsa_triton.fused_scores(q, k, w, limit, config=cfg)
+            got = dsa_triton.fused_scores(q, k, w, limit, config=cfg, k_scale=scale)
             err = float((got - reference).norm() / reference.norm())
             if not err < 1e-2:
                 configs[cfg.name] = f"wrong (rel err {err:.2e})"
                 continue
             graph = capture_graph(
-                lambda cfg=cfg: dsa_triton.fused_scores(q, k, w, limit, config=cfg)
+                lambda cfg=cfg: dsa_triton.fused_scores(q, k, w, limit, config=cfg, k_scale=scale)
             )
             configs[cfg.name] = 1e3 * timer(graph.replay)
             del graph
@@ -289,10 +296,12 @@ def render_sweep(sweeps: list[dict[str, Any]]) -> str:
         "",
         "## Scorer alone (graph replay of the scorer only, no top-k), µs",
         "",
-        "Configs are BLOCK_L x blocks per program, warps, stages; * marks the default.",
+        "Configs are BLOCK_L x blocks per program, warps, stages (the persistent grid: BLOCK_L,"
+        " warps, stages, programs per SM); * marks the default. fp8 keys: e4m3 with a float32"
+        " scale per key.",
         "",
-        "| B | L | PyTorch | " + " | ".join(names) + " |",
-        "|---:|---:|---:|" + "---:|" * len(names),
+        "| keys | B | L | PyTorch | " + " | ".join(names) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(names),
     ]
     for sw in sweeps:
         cells = []
@@ -301,7 +310,9 @@ def render_sweep(sweeps: list[dict[str, Any]]) -> str:
             cell = f"{value:.1f}" if isinstance(value, float) else str(value)
             cells.append(cell + ("*" if name == sw["default"] else ""))
         lines.append(
-            f"| {sw['B']} | {sw['L']} | {sw['torch_us']:.1f} | " + " | ".join(cells) + " |"
+            f"| {sw.get('keys', 'bf16')} | {sw['B']} | {sw['L']} | {sw['torch_us']:.1f} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -413,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--triton-sweep",
         action="store_true",
-        help="also time the scorer alone: PyTorch and every Triton launch configuration",
+        help="also time the scorer alone: PyTorch and every Triton launch configuration, "
+        "on bf16 and on fp8 keys",
     )
     parser.add_argument(
         "--topk-sweep",
@@ -482,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.triton_sweep and dsa_triton.triton_available():
         for batch in batches:
             for length in lengths:
-                sweeps.append(bench_scorer_sweep(batch, length, timer))
+                for keys in ("bf16", "fp8"):
+                    sweeps.append(bench_scorer_sweep(batch, length, timer, keys))
                 torch.cuda.empty_cache()
                 print(f"sweep {sweeps[-1]}", file=sys.stderr, flush=True)
 
