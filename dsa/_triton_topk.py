@@ -972,10 +972,9 @@ def topk_mask(
             docstring); ``default_method`` when None. The result does not depend on it.
         segment_length: scores per program of the histogram and bucket methods (a power of
             two >= 256, at most 16384 with the bucket method); ``_histogram_segment`` when
-            None. Given alone, it selects the bucket
-            method;
-            ``segments`` given alone selects the merge method; each with the other method, or
-            both together, is refused (ValueError).
+            None. Given alone, it selects the bucket method; ``segments`` given alone selects
+            the merge method; each with the other method, or both together, is refused
+            (ValueError).
 
     Returns int64 indices [..., k] equal to ``select_topk(scores, k)`` (see the module
     docstring for the tie rule). Raises ValueError when ``topk_unsupported_reason`` names a
