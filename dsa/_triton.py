@@ -191,12 +191,15 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _program_slots(device: torch.device) -> int:
-    """The SM count of a CUDA device; 3 under the interpreter (so that tests of the persistent
-    grid see programs that share rows and rows split between programs)."""
-    if device.type != "cuda":
+def _program_slots(device: torch.device | None) -> int:
+    """The SM count of a CUDA device (None: the current one); 3 for the interpreter's CPU
+    tensors (so that tests of the persistent grid see programs that share rows and rows split
+    between programs)."""
+    if device is not None and device.type != "cuda":
         return 3
-    return _sm_count(torch.cuda.current_device() if device.index is None else device.index)
+    return _sm_count(
+        torch.cuda.current_device() if device is None or device.index is None else device.index
+    )
 
 
 def default_config(
@@ -221,9 +224,8 @@ def default_config(
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]
-    index = torch.cuda.current_device() if device is None or device.index is None else device.index
     blocks_128 = rows * -(-length // 128)
-    if blocks_128 < 2 * _sm_count(index):
+    if blocks_128 < 2 * _program_slots(device):
         return CONFIGS[0]
     if fp8:
         return CONFIGS[8] if rows * length >= 1 << 20 else CONFIGS[6]

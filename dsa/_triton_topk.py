@@ -1010,7 +1010,7 @@ def topk_mask(
     if (
         segment_length is not None
         and segment_length > _MAX_BUCKET_SEGMENT
-        and method != "histogram"
+        and method in (None, "bucket")
     ):
         raise ValueError(
             f"the bucket method holds a segment in registers: segment_length must be at most "

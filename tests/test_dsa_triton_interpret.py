@@ -631,6 +631,10 @@ def test_arguments_given_alone_select_their_method(
         ({"method": "merge", "segment_length": 256}, "segment_length is the histogram and bucket"),
         ({"segment_length": 32768}, "segment_length must be at most 16384"),
         ({"method": "bucket", "segment_length": 32768}, "segment_length must be at most 16384"),
+        (
+            {"method": "merge", "segment_length": 32768},
+            "segment_length is the histogram and bucket",
+        ),
     ],
 )
 def test_bad_method_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:
