@@ -788,8 +788,8 @@ def test_scorer_launch_configuration_depends_on_shapes_and_sm_count_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """default_config on a 132-SM GPU (simulated): one 64-key block per program for small
-    problems, the persistent grid (two programs per SM) for fp8 problems of at least 2**20
-    keys, eight 128-key blocks per program for smaller fp8 ones, four for bf16."""
+    problems; above that, the persistent grid (two programs per SM) for fp8 keys and four
+    128-key blocks per program for bf16 keys."""
     from dsa import _triton
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -798,7 +798,10 @@ def test_scorer_launch_configuration_depends_on_shapes_and_sm_count_only(
     configs = _triton.CONFIGS
     assert _triton.default_config(1, 4096, fp8=True) == configs[0]
     assert _triton.default_config(64, 4096) == configs[4]
-    assert _triton.default_config(64, 4096, fp8=True) == configs[6]
+    assert _triton.default_config(64, 4096, fp8=True) == configs[8]
+    assert _triton.default_config(1, 65536, fp8=True) == configs[8]
+    assert _triton.default_config(1, 65536) == configs[4]
+    assert _triton.default_config(2, 16384, fp8=True) == configs[0]  # 256 blocks < 2 * 132
     assert _triton.default_config(64, 16384, fp8=True) == configs[8]
     assert _triton.default_config(64, 65536, fp8=True) == configs[8]
     assert _triton.default_config(64, 65536) == configs[4]
