@@ -2,7 +2,7 @@
 
 One standalone Triton kernel with a compile-time switch (the library kernel's loop: load a block
 of keys, q . k on the tensor cores, relu, head-weighted sum, per-key scale; on the library's
-block grid: the persistent grid that fp8 problems of at least 2**20 keys now take is timed
+block grid: the persistent grid that fp8 problems now take is timed
 on the library's kernel by ``benchmarks/dsa_speed.py --triton-sweep``):
 
 - ``bf16``: bf16 keys and queries;
