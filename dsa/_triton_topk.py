@@ -144,6 +144,7 @@ _count_digits: Any = None
 _slots_of: Any = None
 _select_lanes: Any = None
 _replay_digits: Any = None
+_digit_key_bounds: Any = None
 
 
 def _device_reason(*tensors: Tensor) -> str | None:
@@ -208,7 +209,7 @@ class _Kernels(NamedTuple):
 def _load() -> _Kernels:
     """Import triton and define the kernels (once)."""
     global tl, _ordered_key, _choose_digit, _sort_and_write, _coarse_digit, _count_digits
-    global _slots_of, _select_lanes, _replay_digits
+    global _slots_of, _select_lanes, _replay_digits, _digit_key_bounds
     import triton
     import triton.language as language
 
@@ -234,6 +235,24 @@ def _load() -> _Kernels:
         half = clamped.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         key = tl.where(half >= 0x8000, half ^ 0xFFFF, half | 0x8000)
         return tl.where(x != x, 255, key >> 8)
+
+    @triton.jit
+    def digit_key_bounds(low_digit, high_digit):
+        # Ordered float32 keys (ordered_key, as int32 bits) `low` <= `high` with low <= key(x)
+        # <= high for every x whose coarse digit lies in [low_digit, high_digit]. x's float16
+        # rounding is monotone in x, so x lies above the float16 value just below the first
+        # of digit low_digit, and below the first of digit high_digit + 1. Digits <= 5 hold
+        # the scores clamped to -65504 and -inf, digits >= 250 those clamped to 65504, +inf
+        # and NaN: the bound there is the whole key range.
+        below = (low_digit << 8) - 1  # 16-bit ordered keys
+        above = (high_digit + 1) << 8
+        half_below = tl.where(below >= 0x8000, below ^ 0x8000, below ^ 0xFFFF)
+        half_above = tl.where(above >= 0x8000, above ^ 0x8000, above ^ 0xFFFF)
+        x_below = half_below.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        x_above = half_above.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        low = tl.where(low_digit <= 5, 0, _ordered_key(x_below).to(tl.int32, bitcast=True))
+        high = tl.where(high_digit >= 250, -1, _ordered_key(x_above).to(tl.int32, bitcast=True))
+        return low, high
 
     @triton.jit
     def choose_digit(counts, ties, bins, NBINS: tl.constexpr):
@@ -316,6 +335,7 @@ def _load() -> _Kernels:
 
     _ordered_key, _choose_digit, _sort_and_write = ordered_key, choose_digit, sort_and_write
     _coarse_digit, _count_digits, _slots_of = coarse_digit, count_digits, slots_of
+    _digit_key_bounds = digit_key_bounds
     _select_lanes, _replay_digits = select_lanes, replay_digits
 
     @triton.jit
@@ -324,7 +344,7 @@ def _load() -> _Kernels:
         out_ptr,
         mask_ptr,
         has_keys_ptr,
-        lengths_ptr,
+        row_info_ptr,
         length,
         seg_len,
         k,
@@ -333,7 +353,7 @@ def _load() -> _Kernels:
         stride_mask,
         CHUNK: tl.constexpr,
         K_BLOCK: tl.constexpr,
-        ROW_LENGTHS: tl.constexpr,
+        ROW_INFO: tl.constexpr,
         PACKED_INPUT: tl.constexpr,
         CANDIDATES: tl.constexpr,
         MASK_MODE: tl.constexpr,
@@ -352,12 +372,18 @@ def _load() -> _Kernels:
         # (the first launch of a two-launch selection); else sort them and write indices.
         # MASK_MODE 0: no mask; 1: the whole mask row (-inf, 0 at finite picks); 2: -inf over
         # the segment; 3: 0 at the finite picks (the second launch, after a mode-2 first one).
-        # ROW_LENGTHS: row r holds lengths_ptr[r] entries (the bucket method's candidates),
-        # not `length`.
+        # ROW_INFO (the bucket method's candidates): row r holds row_info[r, 0] entries, not
+        # `length`, and every key of it lies in [row_info[r, 1], row_info[r, 2]] (unsigned).
+        # The radix passes then run on key - low, from the highest set bit of high - low down,
+        # instead of from bit 31: the bits that every key of a narrow range shares cost no pass.
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
-        if ROW_LENGTHS:
-            length = tl.load(lengths_ptr + row)
+        if ROW_INFO:
+            length = tl.load(row_info_ptr + row * 3)
+            low = tl.load(row_info_ptr + row * 3 + 1).to(tl.uint32, bitcast=True)
+            span = tl.load(row_info_ptr + row * 3 + 2).to(tl.uint32, bitcast=True) - low
+            bit = tl.arange(0, 32).to(tl.uint32)
+            top_bit = tl.sum(((span >> bit) != 0).to(tl.int32), axis=0)  # span's bit length
         seg_start = seg * seg_len
         seg_end = tl.minimum(seg_start + seg_len, length)
         src_row = src_ptr + row * stride_src
@@ -388,9 +414,17 @@ def _load() -> _Kernels:
         ties = take
         matching = take + 1
         for p in tl.static_range(PASSES):
-            top = 32 - RADIX_BITS * p  # constexprs: p is one; the bits >= top are fixed
-            shift = (top - RADIX_BITS) * (p < PASSES - 1)  # the last pass starts at bit 0
-            if ties < matching:
+            if ROW_INFO:
+                # the bits >= top are fixed; a pass with no bit left below top does not run
+                top_s = top_bit - RADIX_BITS * p
+                run = (ties < matching) & (top_s > 0)
+                top = tl.maximum(top_s, 0).to(tl.uint32)
+                shift = tl.maximum(top_s - RADIX_BITS, 0).to(tl.uint32)
+            else:
+                top = 32 - RADIX_BITS * p  # constexprs: p is one; the bits >= top are fixed
+                shift = (top - RADIX_BITS) * (p < PASSES - 1)  # the last pass starts at bit 0
+                run = ties < matching
+            if run:
                 counts = tl.zeros([NBINS], tl.int32)
                 for start in range(seg_start, seg_end, CHUNK):
                     pos = start + offs
@@ -404,6 +438,8 @@ def _load() -> _Kernels:
                         key = (signed ^ -2147483648).to(tl.uint32, bitcast=True)
                     else:
                         key = _ordered_key(loaded.to(tl.float32))
+                    if ROW_INFO:
+                        key = key - low
                     if p > 0:
                         high = (key >> top) == (threshold >> top)
                         live = live & high
@@ -435,6 +471,8 @@ def _load() -> _Kernels:
                 signed_key = (key ^ 0x80000000).to(tl.int32, bitcast=True)
                 index = pos.to(tl.int64)
                 packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
+            if ROW_INFO:
+                key = key - low
             sel, tie = _select_lanes(key, live, threshold, ties, ties_seen, all_ties)
             # finite scores lie strictly between the keys of -inf and +inf (signed form)
             finite = (signed_key > -2139095041) & (signed_key < 2139095040)
@@ -770,7 +808,7 @@ def _load() -> _Kernels:
     def _bucket_gather_kernel(
         src_ptr,
         cand_ptr,
-        count_ptr,
+        info_ptr,
         mask_ptr,
         seg_hist_ptr,
         seg_top_ptr,
@@ -795,6 +833,7 @@ def _load() -> _Kernels:
         # Every score of this segment with a digit at or above the bucket is written packed
         # (key, index) from there on, so each row's candidates (a superset of its top k) are in
         # index order; the mask gets -inf over the segment (the last launch writes the zeros).
+        # info[row] = (candidates, low, high): every candidate's key lies in [low, high].
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
         seg_start = seg * SEG
@@ -833,7 +872,10 @@ def _load() -> _Kernels:
             total = tl.where(
                 in_window, tl.sum(tl.where(bins >= bucket, row_counts, 0), axis=0), length
             )
-            tl.store(count_ptr + row, total)
+            low, high = _digit_key_bounds(threshold, row_top)
+            tl.store(info_ptr + row * 3, total)
+            tl.store(info_ptr + row * 3 + 1, low)
+            tl.store(info_ptr + row * 3 + 2, high)
         offs = tl.arange(0, CHUNK)
         for start in range(seg_start, seg_end, CHUNK):
             pos = start + offs
@@ -1117,7 +1159,7 @@ def topk_mask(
                 flat_out,
                 mask_arg,
                 has_keys_arg,
-                has_keys_arg,  # no per-row lengths
+                has_keys_arg,  # no row info
                 length,
                 length,
                 k,
@@ -1126,7 +1168,7 @@ def topk_mask(
                 mask_stride,
                 CHUNK=_chunk(length),
                 K_BLOCK=k_block,
-                ROW_LENGTHS=False,
+                ROW_INFO=False,
                 PACKED_INPUT=False,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 1,
@@ -1145,7 +1187,7 @@ def topk_mask(
                 candidates,
                 mask_arg,
                 has_keys_arg,
-                has_keys_arg,  # no per-row lengths
+                has_keys_arg,  # no row info
                 length,
                 seg_len,
                 k,
@@ -1154,7 +1196,7 @@ def topk_mask(
                 mask_stride,
                 CHUNK=_chunk(seg_len),
                 K_BLOCK=k_block,
-                ROW_LENGTHS=False,
+                ROW_INFO=False,
                 PACKED_INPUT=False,
                 CANDIDATES=True,
                 MASK_MODE=0 if mask_rows is None else 2,
@@ -1172,7 +1214,7 @@ def topk_mask(
                 flat_out,
                 mask_arg,
                 has_keys_arg,
-                has_keys_arg,  # no per-row lengths
+                has_keys_arg,  # no row info
                 width,
                 width,
                 k,
@@ -1181,7 +1223,7 @@ def topk_mask(
                 mask_stride,
                 CHUNK=_chunk(width),
                 K_BLOCK=k_block,
-                ROW_LENGTHS=False,
+                ROW_INFO=False,
                 PACKED_INPUT=True,
                 CANDIDATES=False,
                 MASK_MODE=0 if mask_rows is None else 3,
@@ -1213,16 +1255,17 @@ def _bucket_select(
     """The bucket method on [rows, L] scores: three launches. Per segment, its largest coarse
     (float16 top byte) digit and the histogram of the ``_BUCKET_WINDOW`` digits at and below it;
     the candidates (every score whose digit is at or above the k-th largest's, or every score
-    when that lies below the row's window), packed in index order, and the -inf mask; the merge
-    kernel's radix select over each row's candidates, which writes the picks and the mask's
-    zeros."""
+    when that lies below the row's window), packed in index order, the -inf mask and bounds of
+    the row's candidate keys (from their digits); the merge kernel's radix select over each
+    row's candidates, on each key's offset from the lower bound and from the highest bit of the
+    range (not from bit 31), which writes the picks and the mask's zeros."""
     rows, length = flat_scores.shape
     segments = -(-length // segment_length)
     device = flat_scores.device
     seg_hist = torch.empty((rows, segments, _BUCKET_WINDOW), dtype=torch.int32, device=device)
     seg_top = torch.empty((rows, segments), dtype=torch.int32, device=device)
     candidates = torch.empty((rows, length), dtype=torch.long, device=device)
-    count = torch.empty((rows,), dtype=torch.int32, device=device)
+    info = torch.empty((rows, 3), dtype=torch.int32, device=device)  # count, low, high
     # The gather, bound by its prefix sums, was fastest with 2048-score chunks on four warps
     # (H200, B=64, L=65536: 28 against 36 us with 4096 on eight); the count, one segment in
     # registers, with 8 warps at 8192 scores (22.2 against 29.1 us on 4 and 23.0 on 16).
@@ -1250,7 +1293,7 @@ def _bucket_select(
         kernels.bucket_gather[grid](
             flat_scores,
             candidates,
-            count,
+            info,
             mask_arg,
             seg_hist,
             seg_top,
@@ -1272,7 +1315,7 @@ def _bucket_select(
             flat_out,
             mask_arg,
             has_keys_arg,
-            count,
+            info,
             length,
             length,
             k,
@@ -1281,7 +1324,7 @@ def _bucket_select(
             mask_stride,
             CHUNK=select_chunk,
             K_BLOCK=k_block,
-            ROW_LENGTHS=True,
+            ROW_INFO=True,
             PACKED_INPUT=True,
             CANDIDATES=False,
             MASK_MODE=0 if mask_rows is None else 3,

@@ -29,6 +29,9 @@ if importlib.util.find_spec("triton") is None:
 if os.environ.get("TRITON_INTERPRET", "") != "1":
     pytest.skip("set TRITON_INTERPRET=1 to run the Triton kernels on CPU", allow_module_level=True)
 
+import triton
+import triton.language as tl
+
 from dsa import _triton_topk
 
 NEG_INF, POS_INF, NAN = float("-inf"), float("inf"), float("nan")
@@ -571,6 +574,126 @@ def test_bucket_method_selects_what_one_program_per_row_does(order: str) -> None
         (wide_bucket, (2048,), True),
         (far, (3, 5, 6, 100, 300), True),
     ]
+    assert_matches_merge(cases, order, method="bucket", segment_length=256)
+
+
+def float16_of_key(key16: int) -> float:
+    """The float16 value whose order-preserving 16-bit key is key16 (as the kernels' coarse
+    digit builds it: sign bit set for x >= 0, every bit flipped for x < 0)."""
+    bits = key16 ^ 0x8000 if key16 >= 0x8000 else key16 ^ 0xFFFF
+    return float(torch.tensor([bits], dtype=torch.int32).to(torch.int16).view(torch.float16))
+
+
+def around(x: float) -> list[float]:
+    """x rounded to float32 and its two float32 neighbours on each side."""
+    f = torch.tensor([x], dtype=torch.float32)
+    up = torch.tensor([float("inf")])
+    down = torch.tensor([float("-inf")])
+    values = [f]
+    for toward in (up, down):
+        g = f
+        for _ in range(2):
+            g = torch.nextafter(g, toward)
+            values.append(g)
+    return [float(v) for v in values]
+
+
+def digit_edge_row(low_digit: int, high_digit: int, k: int, length: int, seed: int) -> Tensor:
+    """A row whose k-th largest score lies among the float32 values around the lower edge of
+    coarse digit ``low_digit`` (the float16 rounding midpoint between its first value and the
+    value below, and both of those), with three scores at the upper edge of ``high_digit``
+    (around the midpoint between its last value and the next digit's first) and the rest
+    below: the select's candidates reach both ends of their digit range."""
+    first = float16_of_key(low_digit << 8)
+    below = float16_of_key((low_digit << 8) - 1)
+    edge = sorted({*around((first + below) / 2), first, below}, reverse=True)
+    last = float16_of_key((high_digit << 8) + 255)
+    nxt = float16_of_key((high_digit + 1) << 8)
+    top = sorted(set(around((last + nxt) / 2)), reverse=True)[:3]
+    gen = torch.Generator().manual_seed(seed)
+    middle_count = k - len(top) - len(edge) // 2
+    middle = first + (last - first) * (0.25 + 0.5 * torch.rand(middle_count, generator=gen))
+    rest = length - len(top) - middle_count - len(edge)
+    floor = float16_of_key(max((low_digit - 3) << 8, 0))
+    filler = floor - torch.rand(rest, generator=gen).abs() * (1 + abs(floor))
+    row = torch.cat([torch.tensor(top + edge), middle, filler]).float()
+    return row[torch.randperm(length, generator=gen)]
+
+
+def coarse_digits(keys: Tensor) -> Tensor:
+    """The kernels' coarse digit of the float32 values whose ordered keys are ``keys`` (int64
+    in [0, 2**32)): float16 rounding of the value clamped to +-65504, top byte of its ordered
+    16-bit key."""
+    bits = torch.where(keys >= 2**31, keys - 2**31, keys ^ 0xFFFFFFFF)
+    x = bits.to(torch.int64).to(torch.int32).view(torch.float32)  # two's-complement wrap
+    half = x.clamp(-65504.0, 65504.0).half().view(torch.int16).to(torch.int32) & 0xFFFF
+    key16 = torch.where(half >= 0x8000, half ^ 0xFFFF, half | 0x8000)
+    return key16 >> 8
+
+
+def first_key_of_digit(digit: Tensor) -> Tensor:
+    """The smallest ordered float32 key at or above -inf's whose coarse digit is at least
+    ``digit`` (a binary search per digit); NaN's (all ones) past +inf's."""
+    lo = torch.full_like(digit, 0x007FFFFF, dtype=torch.int64)  # -inf
+    hi = torch.full_like(digit, 0xFF800000, dtype=torch.int64)  # +inf
+    for _ in range(33):
+        mid = (lo + hi) // 2
+        below = coarse_digits(mid) < digit
+        lo = torch.where(below, mid + 1, lo)
+        hi = torch.where(below, hi, mid)
+    # past +inf: only NaN, whose key the kernels make all ones
+    return torch.where(lo > 0xFF800000, 0xFFFFFFFF, lo)
+
+
+_triton_topk._load()
+digit_key_bounds = _triton_topk._digit_key_bounds  # a global: jit code resolves names there
+
+
+@triton.jit
+def _bounds_kernel(digit_ptr, low_ptr, high_ptr, N: tl.constexpr):  # type: ignore[no-untyped-def]
+    i = tl.arange(0, N)
+    d = tl.load(digit_ptr + i)
+    low, high = digit_key_bounds(d, d)
+    tl.store(low_ptr + i, low)
+    tl.store(high_ptr + i, high)
+
+
+def test_digit_key_bounds_contain_every_key_of_the_digit_range() -> None:
+    """For every coarse digit d, the select's lower bound lies at or below the key of every
+    float32 whose digit is at least d, and its upper bound at or above the key of every
+    float32 whose digit is at most d; both within 2**15 + 1 keys of those extremes (about half
+    a float16 step: 2**12 keys for normal float16 values, more among its subnormals), except
+    at the clamped ends, where they are the whole range."""
+    digits = torch.arange(256, dtype=torch.int32)
+    low = torch.empty(256, dtype=torch.int32)
+    high = torch.empty(256, dtype=torch.int32)
+    _bounds_kernel[(1,)](digits, low, high, N=256)
+    low64 = low.to(torch.int64) & 0xFFFFFFFF
+    high64 = high.to(torch.int64) & 0xFFFFFFFF
+    first = first_key_of_digit(digits.to(torch.int64))  # smallest key of digit >= d
+    last = first_key_of_digit(digits.to(torch.int64) + 1) - 1  # largest key of digit <= d
+    last = last.clamp(max=0xFF800000)  # +inf's key, but for digit 255 (NaN)
+    last[-1] = 0xFFFFFFFF
+    assert bool((low64 <= first).all()) and bool((high64 >= last).all())
+    inner = (digits > 5) & (digits < 250)
+    assert bool((low64[digits <= 5] == 0).all())
+    assert bool((high64[digits >= 250] == 0xFFFFFFFF).all())
+    assert int((first - low64)[inner].max()) <= 2**15 + 1
+    assert int((high64 - last)[inner].max()) <= 2**15 + 1
+
+
+@pytest.mark.parametrize("order", ["score", "index"])
+def test_bucket_select_bounds_hold_at_the_edges_of_the_digit_range(order: str) -> None:
+    """The select runs on each candidate's offset from a lower bound derived from the k-th
+    score's coarse digit, over the bit length of the range up to the row's largest digit: rows
+    whose candidates sit exactly on the float16 rounding edges of both digits (positive,
+    negative, across zero, near float16's subnormals and near its largest values), with the
+    k-th score among the edge values, give the merge kernel's result."""
+    pairs = [(190, 193), (188, 188), (60, 66), (120, 140), (127, 129), (128, 128), (6, 20),
+             (240, 249), (7, 7), (249, 249)]  # fmt: skip
+    rows = [digit_edge_row(lo, hi, 40, 600, seed=150 + i) for i, (lo, hi) in enumerate(pairs)]
+    scores = torch.stack(rows)
+    cases = [(scores, (40, 37, 43), False)]
     assert_matches_merge(cases, order, method="bucket", segment_length=256)
 
 
