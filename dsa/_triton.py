@@ -211,16 +211,16 @@ def default_config(
     for the most programs in flight. Larger bf16 problems take four 128-key blocks per program
     with a 3-stage load pipeline; larger fp8 problems the persistent grid: two programs per SM,
     each streaming one contiguous run of (row, 128-key block) pairs through a 4-stage
-    pipeline. On an H200 (``benchmarks/dsa_speed.py --triton-sweep``, H=64, D=128, decode)
-    these were the fastest or within 4% of the fastest of ``CONFIGS`` at B in {1, 64} x L in
-    {4096, 65536}; at B=64 L=65536 the pipelined one reads the bf16 key cache at about 96% of
-    the bandwidth of a large device-to-device copy. With fp8 keys the persistent grid was the
-    fastest at B=64: L=65536 151.1 against 161.6 µs for the best block grid (256-key blocks,
-    eight per program), L=16384 48.9 against 50.9
-    (``benchmarks/results/gpu-tests-h200-seventh.txt``), and in the sweep also at B=1,
-    L=65536 (10.7 against 15.2 µs for eight 128-key blocks per program) and B=64, L=4096 (19.8
-    against 21.4). On bf16 keys it is not faster than the block grid (271.8 against 267.4 µs
-    at B=64, L=65536), so bf16 keeps its default.
+    pipeline. On an H200 (``benchmarks/dsa_speed.py --triton-sweep``, H=64, D=128, decode;
+    ``benchmarks/results/dsa_speed-h200.md``) these were the fastest of ``CONFIGS`` or within
+    10% of it (at most 1.6 µs) at B in {1, 64} x L in {4096, 65536}. With fp8 keys the
+    persistent grid was the fastest at B=64: L=65536 151.1 against 161.6 µs for the best block
+    grid (256-key blocks, eight per program), L=16384 48.9 against 50.9
+    (``benchmarks/results/gpu-tests-h200-seventh.txt``); in the sweep also at B=64, L=4096
+    (19.9 against 20.9), and at B=1, L=65536 within 0.6 µs of the fastest (10.5 against 14.8
+    µs for eight 128-key blocks per program, the default there before). On bf16 keys it is not
+    faster than the block grid (271.8 against 267.4 µs at B=64, L=65536), so bf16 keeps its
+    default.
     """
     if not torch.cuda.is_available():  # the Triton interpreter on CPU: any config runs
         return CONFIGS[0]

@@ -45,7 +45,10 @@ window. The program writes every score of its segment whose digit is at or above
 packed (key, index), from the offset that the segments before it take, so each row's
 candidates are in index order; it also fills its part of the mask row with -inf. (3) The merge
 kernel, reading each row's candidate count from the device, runs steps 1 to 3 on the
-candidates and writes the zeros of the mask. The candidates hold every score above the bucket
+candidates and writes the zeros of the mask; its radix passes run on each key's offset from a
+lower bound of the row's candidate keys, from the bit length of their range (both bounds from
+the bucket's digit and the row's top digit, written by the gather), so bits that every
+candidate shares cost no pass. The candidates hold every score above the bucket
 and the whole bucket, hence the k largest and all their ties: the result is the merge method's,
 bit for bit. Their buffer has room for a whole row, so a row whose scores share one bucket, or
 whose k-th score lies below the window (a negative one far below a positive largest score), is
@@ -954,10 +957,10 @@ def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
     "bucket" for rows of at least 8 * k scores, "merge" otherwise. On an H200, k=2048, mask
     written (``benchmarks/results/dsa_topk_methods-h200.md``, Gaussian rows and indexer
     logits, B from 1 to 64, L from 16384 to 131072), the bucket method was the fastest method
-    at every shape, in both orders: 66.5 against 123.8 µs (merge) and 147.5 µs (histogram) at
+    at every shape, in both orders: 62.0 against 123.1 µs (merge) and 146.9 µs (histogram) at
     B=64, L=65536 on indexer logits, index order. Other segment lengths than the default were
-    up to 1.9 µs faster at B=8. On rows of 4096 the merge method's single launch is faster
-    (15.6 against 26.4 µs at B=64).
+    up to 1.7 µs faster at B=8. On rows of 4096 the merge method's single launch is faster
+    (15.4 against 26.5 µs at B=64).
     """
     del rows, device  # the choice depends on the row length alone
     return "bucket" if length >= 8 * k else "merge"
