@@ -96,6 +96,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ._mask import _check_mask_and_indices
 from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 
 __all__ = [
@@ -1444,15 +1445,7 @@ def fill_index_mask(mask: Tensor, idx: Tensor) -> Tensor:
         reason = f"disabled by {DISABLE_ENV}={os.environ.get(DISABLE_ENV)!r}"
     if reason is not None:
         raise ValueError(f"fill_index_mask cannot run on these inputs: {reason}")
-    if not mask.is_floating_point():
-        raise TypeError(f"mask must be a floating tensor; got {mask.dtype}")
-    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-        raise TypeError(f"idx must be an integer tensor; got {idx.dtype}")
-    if mask.dim() < 1 or idx.dim() != mask.dim() or idx.shape[:-1] != mask.shape[:-1]:
-        raise ValueError(
-            f"idx [..., k] must share mask's leading dims [..., L]; "
-            f"got idx {tuple(idx.shape)} and mask {tuple(mask.shape)}"
-        )
+    _check_mask_and_indices(mask, idx)
     length, k = mask.shape[-1], idx.shape[-1]
     rows = mask.numel() // length if length else idx.numel() // max(k, 1)
     if rows == 0 or length == 0:

@@ -366,6 +366,20 @@ def test_has_keys_output_equals_any_real_pick(segments: int) -> None:
     assert got[3].tolist() == [-1, -1, 2, -1, -1, -1, -1, -1]
 
 
+def test_fill_index_mask_refuses_bad_arguments() -> None:
+    """The same argument checks as update_index_mask: a floating mask, integer indices that
+    share its leading dims."""
+    mask = torch.zeros(2, 8)
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(TypeError, match="mask must be a floating tensor"):
+        _triton_topk.fill_index_mask(mask.long(), idx)
+    with pytest.raises(TypeError, match="idx must be an integer tensor"):
+        _triton_topk.fill_index_mask(mask, idx.float())
+    with pytest.raises(ValueError, match="leading dims"):
+        _triton_topk.fill_index_mask(mask, torch.zeros(3, 3, dtype=torch.long))
+    assert torch.equal(mask, torch.zeros(2, 8))
+
+
 def test_fill_index_mask_through_a_transposed_view() -> None:
     """A mask whose last dim is not unit-stride is written correctly (through a copy)."""
     storage = torch.zeros(HAND_L, 4)
