@@ -129,13 +129,20 @@ def _overlap(picked: torch.Tensor, expected: torch.Tensor) -> float:
     return float((picked & expected).sum() / expected.sum().clamp_min(1))
 
 
-def bench_config(batch: int, length: int, timer: Timer, *, eager: bool) -> dict[str, Any]:
+def indexer_inputs(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bf16 q [B, 1, H, D], k [B, L, D] and w [B, 1, H] on the GPU: Gaussian, from a generator
+    seeded by the shape, so every benchmark that times a shape sees the same inputs."""
     gen = torch.Generator(device="cuda").manual_seed(batch * 1_000_003 + length)
     q = torch.randn(batch, 1, HEADS, DIM, generator=gen, device="cuda").bfloat16()
     k = torch.randn(batch, length, DIM, generator=gen, device="cuda").bfloat16()
     w = (torch.randn(batch, 1, HEADS, generator=gen, device="cuda") * (HEADS * DIM) ** -0.5).to(
         torch.bfloat16
     )
+    return q, k, w
+
+
+def bench_config(batch: int, length: int, timer: Timer, *, eager: bool) -> dict[str, Any]:
+    q, k, w = indexer_inputs(batch, length)
     k_fp8, k_scale = quantize_keys_fp8(k)
     seq_lens = torch.full((batch,), length, dtype=torch.int32, device="cuda")
     mask = torch.empty(batch, 1, length, device="cuda")
@@ -183,12 +190,7 @@ def bench_config(batch: int, length: int, timer: Timer, *, eager: bool) -> dict[
 def bench_scorer_sweep(batch: int, length: int, timer: Timer, keys: str = "bf16") -> dict[str, Any]:
     """Scorer alone (graph replay, no top-k): PyTorch path and every Triton config, on bf16
     keys or on fp8 keys with their scales (``keys="fp8"``)."""
-    gen = torch.Generator(device="cuda").manual_seed(batch * 1_000_003 + length)
-    q = torch.randn(batch, 1, HEADS, DIM, generator=gen, device="cuda").bfloat16()
-    k = torch.randn(batch, length, DIM, generator=gen, device="cuda").bfloat16()
-    w = (torch.randn(batch, 1, HEADS, generator=gen, device="cuda") * (HEADS * DIM) ** -0.5).to(
-        torch.bfloat16
-    )
+    q, k, w = indexer_inputs(batch, length)
     scale = None
     if keys == "fp8":
         k, scale = quantize_keys_fp8(k)

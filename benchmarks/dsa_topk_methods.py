@@ -35,20 +35,15 @@ SHAPES = (
     (64, 65536),
 )
 BUCKET_SEGMENTS = (None, 2048, 4096, 8192)
-HEADS, DIM = 64, 128
 
 
 def indexer_logits(batch: int, length: int) -> torch.Tensor:
     """float32 [batch, length] scores of the fused scorer on fp8 keys."""
+    from benchmarks.dsa_speed import indexer_inputs
     from dsa._fp8 import quantize_keys_fp8
     from dsa._scores import indexer_scores
 
-    gen = torch.Generator(device="cuda").manual_seed(batch * 1_000_003 + length)
-    q = torch.randn(batch, 1, HEADS, DIM, generator=gen, device="cuda").bfloat16()
-    k = torch.randn(batch, length, DIM, generator=gen, device="cuda").bfloat16()
-    w = (torch.randn(batch, 1, HEADS, generator=gen, device="cuda") * (HEADS * DIM) ** -0.5).to(
-        torch.bfloat16
-    )
+    q, k, w = indexer_inputs(batch, length)
     k_fp8, k_scale = quantize_keys_fp8(k)
     scores = indexer_scores(q, k_fp8, w, backend="triton", k_scale=k_scale)
     return scores.view(batch, length)
