@@ -46,9 +46,14 @@ packed (key, index), from the offset that the segments before it take, so each r
 candidates are in index order; it also fills its part of the mask row with -inf. (3) The merge
 kernel, reading each row's candidate count from the device, runs steps 1 to 3 on the
 candidates and writes the zeros of the mask; its radix passes run on each key's offset from a
-lower bound of the row's candidate keys, from the bit length of their range (both bounds from
-the bucket's digit and the row's top digit, written by the gather), so bits that every
-candidate shares cost no pass. The candidates hold every score above the bucket
+lower bound of the bucket's keys, capped at the offset of an upper bound (both bounds from the
+bucket's digit, written by the gather; from digit 0 to the row's top when the bucket lies below
+the window), from the bit length of that range: bits that every key of the bucket shares cost
+no pass. A key above the bucket (a pick) lies above every key of the bucket, and capping keeps
+its offset above theirs (every bucket key lies below the upper bound, but for NaN's bucket,
+which has nothing above it), so the k-th
+largest offset is the k-th largest key's and no key above the bucket ties with it. The
+candidates hold every score above the bucket
 and the whole bucket, hence the k largest and all their ties: the result is the merge method's,
 bit for bit. Their buffer has room for a whole row, so a row whose scores share one bucket, or
 whose k-th score lies below the window (a negative one far below a positive largest score), is
@@ -377,9 +382,13 @@ def _load() -> _Kernels:
         # MASK_MODE 0: no mask; 1: the whole mask row (-inf, 0 at finite picks); 2: -inf over
         # the segment; 3: 0 at the finite picks (the second launch, after a mode-2 first one).
         # ROW_INFO (the bucket method's candidates): row r holds row_info[r, 0] entries, not
-        # `length`, and every key of it lies in [row_info[r, 1], row_info[r, 2]] (unsigned).
-        # The radix passes then run on key - low, from the highest set bit of high - low down,
-        # instead of from bit 31: the bits that every key of a narrow range shares cost no pass.
+        # `length`; every key of the bucket lies in [low, high] = row_info[r, 1:3] (unsigned),
+        # every other candidate's above them. The radix passes and the compaction run on
+        # min(key - low, high - low), from the highest set bit of high - low down instead of
+        # from bit 31: the bits that every key of the bucket shares cost no pass. A key above
+        # the bucket (a pick) keeps an offset above every bucket key's: every bucket key lies
+        # below high (the key of the next digit's first float16 value, or at the top end the
+        # largest key, NaN's, which is a bucket key only when nothing lies above the bucket).
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
         if ROW_INFO:
@@ -443,7 +452,7 @@ def _load() -> _Kernels:
                     else:
                         key = _ordered_key(loaded.to(tl.float32))
                     if ROW_INFO:
-                        key = key - low
+                        key = tl.minimum(key - low, span)
                     if p > 0:
                         high = (key >> top) == (threshold >> top)
                         live = live & high
@@ -476,7 +485,7 @@ def _load() -> _Kernels:
                 index = pos.to(tl.int64)
                 packed = (signed_key.to(tl.int64) << 32) | (2147483647 - index)
             if ROW_INFO:
-                key = key - low
+                key = tl.minimum(key - low, span)
             sel, tie = _select_lanes(key, live, threshold, ties, ties_seen, all_ties)
             # finite scores lie strictly between the keys of -inf and +inf (signed form)
             finite = (signed_key > -2139095041) & (signed_key < 2139095040)
@@ -837,7 +846,8 @@ def _load() -> _Kernels:
         # Every score of this segment with a digit at or above the bucket is written packed
         # (key, index) from there on, so each row's candidates (a superset of its top k) are in
         # index order; the mask gets -inf over the segment (the last launch writes the zeros).
-        # info[row] = (candidates, low, high): every candidate's key lies in [low, high].
+        # info[row] = (candidates, low, high): every key of the bucket lies in [low, high], every
+        # other candidate's above it (below the window: every candidate's in [low, high]).
         row = tl.program_id(0).to(tl.int64)
         seg = tl.program_id(1)
         seg_start = seg * SEG
@@ -876,7 +886,8 @@ def _load() -> _Kernels:
             total = tl.where(
                 in_window, tl.sum(tl.where(bins >= bucket, row_counts, 0), axis=0), length
             )
-            low, high = _digit_key_bounds(threshold, row_top)
+            # the bucket's keys; below the window, every score's up to the row's top
+            low, high = _digit_key_bounds(threshold, tl.where(in_window, threshold, row_top))
             tl.store(info_ptr + row * 3, total)
             tl.store(info_ptr + row * 3 + 1, low)
             tl.store(info_ptr + row * 3 + 2, high)
@@ -958,10 +969,10 @@ def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
     "bucket" for rows of at least 8 * k scores, "merge" otherwise. On an H200, k=2048, mask
     written (``benchmarks/results/dsa_topk_methods-h200.md``, Gaussian rows and indexer
     logits, B from 1 to 64, L from 16384 to 131072), the bucket method was the fastest method
-    at every shape, in both orders: 62.0 against 123.1 µs (merge) and 146.9 µs (histogram) at
+    at every shape, in both orders: 62.3 against 123.3 µs (merge) and 147.0 µs (histogram) at
     B=64, L=65536 on indexer logits, index order. Other segment lengths than the default were
     up to 1.7 µs faster at B=8. On rows of 4096 the merge method's single launch is faster
-    (15.4 against 26.5 µs at B=64).
+    (15.9 against 23.4 µs at B=64).
     """
     del rows, device  # the choice depends on the row length alone
     return "bucket" if length >= 8 * k else "merge"
@@ -1260,9 +1271,10 @@ def _bucket_select(
     (float16 top byte) digit and the histogram of the ``_BUCKET_WINDOW`` digits at and below it;
     the candidates (every score whose digit is at or above the k-th largest's, or every score
     when that lies below the row's window), packed in index order, the -inf mask and bounds of
-    the row's candidate keys (from their digits); the merge kernel's radix select over each
-    row's candidates, on each key's offset from the lower bound and from the highest bit of the
-    range (not from bit 31), which writes the picks and the mask's zeros."""
+    the bucket's keys (from its digit); the merge kernel's radix select over each row's
+    candidates, on each key's offset from the lower bound, capped at the upper bound's, and from
+    the highest bit of that range (not from bit 31), which writes the picks and the mask's
+    zeros."""
     rows, length = flat_scores.shape
     segments = -(-length // segment_length)
     device = flat_scores.device
