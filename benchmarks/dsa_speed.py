@@ -343,8 +343,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"- date: {meta['date_utc']}",
         f"- measured copy bandwidth: {meta['bandwidth_gbs']:.0f} GB/s; timer: {meta['timer']}",
         "- step = scores + top-k + index mask (the -inf fill inside); medians in µs; the "
-        "fused top-k: `default_method` (the bucket method for rows of at least 8k scores, "
-        "else the merge method; both select with "
+        "fused top-k: `default_method` (rows of fewer than 8k scores: the merge method; "
+        "longer rows: the rows method, one CUDA block per row, where there are at least 3/8 "
+        "as many rows as SMs, else the bucket method; the Triton methods select with "
         f"{meta['radix_bits']}-bit digits)",
         "",
         "| B | L | " + " | ".join(titles) + extra_head + " | bf16 K-read floor "

@@ -4,7 +4,8 @@ For k=2048, ``dsa._triton_topk.topk_mask`` with the mask written, in index and s
 two kinds of rows: Gaussian float32 ("randn") and the indexer's own scores ("logits": the fused
 scorer on fp8 keys, H=64, D=128, Gaussian q, k and w as in ``dsa_speed.py``). Methods: merge
 with its default segments; histogram with 8- and 6-bit digits at its default segment length;
-bucket at its default segment length and at 2048 to 8192 scores per program. Every variant's
+bucket at its default segment length and at 2048 to 8192 scores per program; rows (one CUDA
+block per row, ``dsa._cuda_topk``) where its kernel can run. Every variant's
 indices and mask are checked against the merge method's ("same"); times are CUDA-graph replays
 with ``triton.testing.do_bench`` (median), µs.
 
@@ -31,8 +32,10 @@ SHAPES = (
     (1, 131072),
     (8, 65536),
     (64, 4096),
+    (32, 65536),
     (64, 16384),
     (64, 65536),
+    (128, 65536),
 )
 BUCKET_SEGMENTS = (None, 2048, 4096, 8192)
 
@@ -71,6 +74,8 @@ def measure() -> list[dict[str, Any]]:
         variants += [
             ("bucket", None, seg) for seg in BUCKET_SEGMENTS if seg is None or 2 * seg <= length
         ]
+        if _triton_topk.rows_method_available(scores.device):
+            variants.append(("rows", None, None))
         for method, bits, seg in variants:
             mask = torch.empty_like(scores)
 
@@ -102,14 +107,19 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
         "float32; logits = the fused scorer's output on fp8 keys (H=64, D=128). CUDA-graph "
         'replays timed with triton.testing.do_bench (median), µs. "same": indices and mask '
         'equal to the merge method\'s. Segment length "default": `_histogram_segment` (about '
-        "four programs per SM). The bucket method's last launch selects with 5-bit digits.",
+        "four programs per SM). The bucket method's last launch selects with 5-bit digits; the "
+        "rows method histograms 11, 11 and 10 bits of the key in shared memory.",
         "",
         "| B | L | rows | order | method | digit bits | scores per program | same | µs |",
         "|---:|---:|---|---|---|---:|---:|:---:|---:|",
     ]
     for r in rows:
         bits = "5 (default)" if r["r"] is None else str(r["r"])
-        seg = "-" if r["method"] == "merge" else ("default" if r["seg"] is None else str(r["seg"]))
+        seg = "default" if r["seg"] is None else str(r["seg"])
+        if r["method"] in ("merge", "rows"):
+            seg = "-"
+        if r["method"] == "rows":
+            bits = "11, 11, 10"
         lines.append(
             f"| {r['B']} | {r['L']} | {r.get('rows', 'randn')} | {r['order']} | {r['method']} | "
             f"{bits} | {seg} | {'yes' if r['same'] else 'NO'} | {r['us']:.1f} |"

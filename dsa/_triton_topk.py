@@ -101,6 +101,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from . import _cuda_topk
 from ._mask import _check_mask_and_indices
 from ._triton import DISABLE_ENV, _disabled, _import_error, _on_kernel_device
 
@@ -123,8 +124,9 @@ ORDERS = ("score", "index")
 #: into segments that each keep their own top k, merged by a second launch); "histogram", every
 #: radix pass one launch over all segments of the row, adding to one histogram per row;
 #: "bucket", a float16 top-byte histogram narrows each row to the candidates at or above the
-#: k-th score's bucket, and the merge kernel selects among them.
-METHODS = ("merge", "histogram", "bucket")
+#: k-th score's bucket, and the merge kernel selects among them; "rows", one CUDA block per row
+#: with its histograms in shared memory (``dsa._cuda_topk``, compiled by NVRTC; CUDA only).
+METHODS = ("merge", "histogram", "bucket", "rows")
 #: The digit width of the histogram method when none is given (at most four pass launches).
 HISTOGRAM_RADIX_BITS = 8
 # Coarse digits counted per segment by the bucket method: the 128 at and below the segment's
@@ -964,18 +966,38 @@ def default_segments(rows: int, length: int, k: int, device: torch.device) -> in
 
 
 def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
-    """The selection method used when none is given: a shape-only choice.
+    """The selection method used when none is given: a choice by shape and device.
 
-    "bucket" for rows of at least 8 * k scores, "merge" otherwise. On an H200, k=2048, mask
-    written (``benchmarks/results/dsa_topk_methods-h200.md``, Gaussian rows and indexer
-    logits, B from 1 to 64, L from 16384 to 131072), the bucket method was the fastest method
-    at every shape, in both orders: 62.3 against 123.3 µs (merge) and 147.0 µs (histogram) at
-    B=64, L=65536 on indexer logits, index order. Other segment lengths than the default were
-    up to 1.7 µs faster at B=8. On rows of 4096 the merge method's single launch is faster
-    (15.9 against 23.4 µs at B=64).
+    "merge" for rows shorter than 8 * k scores; longer rows take "rows" (one CUDA block per
+    row) on a CUDA device where that kernel can run (``rows_method_available``) when there are
+    at least 3/8 as many rows as the device has SMs, else "bucket". On an H200 (132 SMs),
+    k=2048, mask written, index order, indexer logits, side by side in one run
+    (``benchmarks/results/gpu-tests-h200-tenth.txt``, run 4): the rows method took 51.4
+    against 61.8 µs (bucket) at B=64, L=65536, 22.5 against 32.0 at B=64, L=16384 and 67.6
+    against 100.0 at B=128, L=65536, but 49.8 against 44.9 at B=32, L=65536 and 47.9 against
+    33.7 at B=8: one block's time per row does not fall with fewer rows, the bucket method's
+    does. Among the Triton methods the bucket method was the fastest at every shape measured
+    (``benchmarks/results/dsa_topk_methods-h200.md``): 62.3 against 123.3 µs (merge) and
+    147.0 µs (histogram) at B=64, L=65536. On rows of 4096 the merge method's single launch is
+    faster (15.9 against 23.4 µs at B=64).
     """
-    del rows, device  # the choice depends on the row length alone
-    return "bucket" if length >= 8 * k else "merge"
+    if length < 8 * k:
+        return "merge"
+    if device.type == "cuda" and rows_method_available(device):
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if 8 * rows >= 3 * _sm_count(index):
+            return "rows"
+    return "bucket"
+
+
+def rows_method_available(device: torch.device) -> bool:
+    """Whether the "rows" method's CUDA kernel can run on this device: a CUDA device of compute
+    capability 7.0 or newer, NVRTC and the CUDA driver loadable (``dsa._cuda_topk``), Triton's
+    kernels not disabled (``DSA_DISABLE_TRITON`` turns every fused kernel off)."""
+    if device.type != "cuda" or _disabled():
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _cuda_topk.device_reason(index) is None
 
 
 def _histogram_segment(rows: int, length: int, device: torch.device) -> int:
@@ -1081,6 +1103,21 @@ def topk_mask(
         raise ValueError(
             "segment_length is the histogram and bucket methods'; the merge method takes segments"
         )
+    if method == "rows":
+        given = [
+            name
+            for name, value in (
+                ("segments", segments),
+                ("segment_length", segment_length),
+                ("radix_bits", radix_bits),
+                ("num_warps", num_warps),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"the rows method (one CUDA block per row) takes none of {', '.join(given)}"
+            )
     if radix_bits is not None and (
         isinstance(radix_bits, bool)
         or not isinstance(radix_bits, int)
@@ -1125,6 +1162,23 @@ def topk_mask(
             method = "bucket"
         else:
             method = default_method(rows, length, k, scores.device)
+            if method == "rows" and _cuda_topk.unsupported_reason(flat_scores, k, mask_rows):
+                method = "bucket"  # say, a float64 mask
+    if method == "rows":
+        reason = _cuda_topk.unsupported_reason(flat_scores, k, mask_rows)
+        if reason is not None:
+            raise ValueError(f'method="rows" cannot run on these inputs: {reason}')
+        _cuda_topk.topk_mask_rows(
+            flat_scores,
+            flat_out,
+            mask_rows,
+            None if has_keys is None else has_keys.view(torch.uint8),
+            k,
+            order,
+        )
+        if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
+            mask.copy_(mask_rows.view(mask.shape))
+        return out
     k_block = _next_power_of_two(k)
     mask_arg = mask_rows if mask_rows is not None else flat_scores
     mask_stride = mask_rows.stride(0) if mask_rows is not None else 0

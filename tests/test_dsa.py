@@ -808,3 +808,35 @@ def test_scorer_launch_configuration_depends_on_shapes_and_sm_count_only(
     assert configs[8] == _triton.ScorerConfig(128, 1, 4, 4, programs_per_sm=2)
     assert configs[8].name == "L128-w4-s4-persistent2"
     assert configs[7].name == "L256x8-w8-s3"
+
+
+# --------------------------------------------------------------- the rows method's CPU side
+
+
+def test_rows_method_is_cuda_only_and_never_chosen_on_cpu() -> None:
+    """The one-block-per-row CUDA top-k names why it cannot take CPU scores, is never the
+    default on CPU, and its source ships beside the module (it is compiled on first use)."""
+    from dsa import _cuda_topk, _triton_topk
+
+    cpu = torch.device("cpu")
+    assert "rows" in _triton_topk.METHODS
+    assert not _triton_topk.rows_method_available(cpu)
+    assert _triton_topk.default_method(64, 65536, 2048, cpu) == "bucket"
+    reason = _cuda_topk.unsupported_reason(torch.randn(2, 64), 8)
+    assert reason is not None and "CUDA scores" in reason
+    assert _cuda_topk._SOURCE.is_file()
+    assert 'extern "C" __global__' in _cuda_topk._SOURCE.read_text()
+
+
+def test_rows_method_vector_path_needs_aligned_rows() -> None:
+    """The kernel loads and stores four scores at once only where every row starts on a
+    four-element boundary: a contiguous [rows, L] with L a multiple of 4, not a view that
+    starts one score in, nor rows of an odd width."""
+    from dsa import _cuda_topk
+
+    base = torch.empty(4, 64)
+    assert _cuda_topk._vector_ok(base)
+    assert not _cuda_topk._vector_ok(base[:, 1:])
+    assert not _cuda_topk._vector_ok(torch.empty(4, 63))
+    assert _cuda_topk._vector_ok(torch.empty(4, 64, dtype=torch.bfloat16))
+    assert not _cuda_topk._vector_ok(torch.empty(4, 66, dtype=torch.bfloat16))

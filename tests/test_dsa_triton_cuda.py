@@ -3,6 +3,7 @@ fused top-k + mask against ``select_topk`` bit for bit, capture and replay, and 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from benchmarks._timing import warm_up
 from dsa import (
     DSAIndexer,
     IndexerOutput,
+    _cuda_topk,
     _triton,
     _triton_topk,
     indexer_scores,
@@ -706,18 +708,116 @@ def test_bucket_method_selects_what_one_program_per_row_does(
     score lies below the counted window (every score a candidate), one row whose scores
     all share one bucket, under graph replay too."""
     gen = torch.Generator().manual_seed(rows + length + 7)
+    assert_method_matches_merge(
+        long_rows(rows, length, gen).cuda(), order, method="bucket", segment_length=segment_length
+    )
+
+
+def long_rows(rows: int, length: int, gen: torch.Generator) -> Tensor:
+    """[rows, length] CPU scores for the bucket and rows methods: repeated_values_with_edges,
+    with (from 4 rows) a row of magnitudes from 2**-30 to 2**30 of both signs, (from 5 rows) a
+    row of 64 scores of 1e4 over negative ones (-1 to -0.004: the k-th lies below every bucket
+    window, the 128 coarse digits at and below a segment's largest score), and last a row whose
+    scores all lie in [1, 1.25): one float16 top-byte bucket, one bin of the rows method's
+    first histogram."""
     scores = repeated_values_with_edges(rows, length, gen)
     if rows >= 4:
         exponents = torch.randint(-30, 30, (length,), generator=gen).float()
         scores[2] = distinct_scores(1, length, gen)[0].cpu().sign() * 2.0**exponents
     if rows >= 5:
-        # 64 scores of 1e4 over negative ones (-1 to -0.004): the k-th lies below every
-        # counted window (the 128 coarse digits at and below a segment's largest score)
         far = distinct_scores(1, length, gen)[0].cpu()
         scores[3] = -(far - far.min() + 64) / (length + 64)
         scores[3, torch.randperm(length, generator=gen)[:64]] = 1e4
-    one_bucket = distinct_scores(1, length, gen)[0].cpu().add(length).mul(1e-6)
-    scores[-1] = 1.0 + one_bucket  # all in [1, 1.25): one float16 top-byte bucket
-    assert_method_matches_merge(
-        scores.cuda(), order, method="bucket", segment_length=segment_length
-    )
+    scores[-1] = 1.0 + distinct_scores(1, length, gen)[0].cpu().add(length).mul(1e-6)
+    return scores
+
+
+# ------------------------------------------------------------ the rows method (CUDA, NVRTC)
+
+needs_rows_method = pytest.mark.skipif(
+    not _triton_topk.rows_method_available(torch.device("cuda")),
+    reason="the rows method's CUDA kernel cannot run here (NVRTC or the driver did not load)",
+)
+
+
+@needs_rows_method
+@pytest.mark.parametrize("order", ["score", "index"])
+@pytest.mark.parametrize(
+    ("rows", "length"), [(3, 65536), (2, 131072), (5, 20000), (64, 16384), (4, 3000), (3, 5001)]
+)
+def test_rows_method_selects_what_one_program_per_row_does(
+    rows: int, length: int, order: str
+) -> None:
+    """One CUDA block per row (shared-memory histograms of the top 11 key bits, the k-th
+    score's bin narrowed in two more passes, a compaction in position order) returns the
+    one-launch merge kernel's indices, mask and row flags: repeated values, NaN, +inf, -inf, a
+    hidden tail, a row with fewer finite scores than k, magnitudes past float16's range and
+    below it, a row of widely spread scores far below a few large ones, and one row whose
+    scores all share one bin (more of them than the kernel keeps in shared memory from 20000
+    scores on: the narrowing passes read the row again), under graph replay too. 5001 scores
+    end mid-vector (the last vector is read score by score)."""
+    gen = torch.Generator().manual_seed(rows + length + 11)
+    assert length < 20000 or length > _cuda_topk.CACHE_CAP  # the last row's bin overflows
+    assert_method_matches_merge(long_rows(rows, length, gen).cuda(), order, method="rows")
+
+
+@needs_rows_method
+@pytest.mark.parametrize("order", ["score", "index"])
+@pytest.mark.parametrize("score_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rows_method_takes_every_score_and_mask_dtype(
+    order: str, score_dtype: torch.dtype, mask_dtype: torch.dtype
+) -> None:
+    """bf16 and fp16 scores (two-byte vector loads) and every mask dtype: the merge kernel's
+    result on the same scores, k above and below the row length, rows that start off the
+    vector boundary (a view one score in) and a mask that is not addressable row by row."""
+    gen = torch.Generator().manual_seed(23)
+    base = repeated_values_with_edges(4, 3001, gen).to(score_dtype).cuda()
+    for scores in (base, base[:, 1:]):
+        rows, length = scores.shape
+        for k in (1, 300, 3000, 3001, 4096):
+            want_mask = torch.empty(rows, length, device="cuda", dtype=mask_dtype)
+            want = _triton_topk.topk_mask(scores, k, want_mask, method="merge", order=order)
+            mask = torch.empty(rows, 2 * length, device="cuda", dtype=mask_dtype)[:, ::2]
+            flags = torch.empty(rows, dtype=torch.uint8, device="cuda")
+            got = _triton_topk.topk_mask(
+                scores, k, mask, method="rows", order=order, has_keys=flags
+            )
+            assert torch.equal(got, want), (k, tuple(scores.shape))
+            assert torch.equal(mask, want_mask), (k, tuple(scores.shape))
+            assert torch.equal(flags.bool(), (want >= 0).any(dim=-1))
+
+
+@needs_rows_method
+def test_rows_method_refuses_what_it_cannot_take_and_default_falls_back() -> None:
+    """Explicit method="rows" with another method's settings or a float64 mask is a
+    ValueError; the default choice takes the bucket method for a float64 mask, with the same
+    result; a first call under capture (the kernel not yet loaded) is refused before any
+    driver call, naming the eager warm-up."""
+    scores = torch.randn(64, 16384, device="cuda")
+    for extra in ({"segments": 2}, {"segment_length": 1024}, {"radix_bits": 5}, {"num_warps": 8}):
+        with pytest.raises(ValueError, match="rows method"):
+            _triton_topk.topk_mask(scores, 2048, method="rows", **extra)  # type: ignore[arg-type]
+    wide = torch.empty(64, 16384, device="cuda", dtype=torch.float64)
+    with pytest.raises(ValueError, match="float64"):
+        _triton_topk.topk_mask(scores, 2048, wide, method="rows")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if 3 * sms <= 8 * 64:
+        assert _triton_topk.default_method(64, 16384, 2048, scores.device) == "rows"
+    want_mask = torch.empty_like(wide)
+    want = _triton_topk.topk_mask(scores, 2048, want_mask, method="bucket")
+    assert torch.equal(_triton_topk.topk_mask(scores, 2048, wide), want)
+    assert torch.equal(wide, want_mask)
+    # float32 scores, bfloat16 mask: as if this pair had never been loaded in this process
+    _cuda_topk._loaded.discard((torch.cuda.current_device(), 0, 1))
+    mask16 = torch.empty(64, 16384, device="cuda", dtype=torch.bfloat16)
+    graph = torch.cuda.CUDAGraph()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The CUDA Graph is empty")  # nothing was captured
+        with pytest.raises(RuntimeError, match="eager call first"), torch.cuda.graph(graph):
+            _triton_topk.topk_mask(scores, 2048, mask16, method="rows")
+    torch.cuda.synchronize()
+    want_mask16 = torch.empty_like(mask16)
+    want = _triton_topk.topk_mask(scores, 2048, want_mask16, method="merge")
+    assert torch.equal(_triton_topk.topk_mask(scores, 2048, mask16, method="rows"), want)
+    assert torch.equal(mask16, want_mask16)

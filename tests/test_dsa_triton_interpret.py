@@ -712,7 +712,8 @@ def test_bucket_select_bounds_hold_at_the_edges_of_the_digit_range(order: str) -
 
 
 def test_default_method_depends_on_shapes_only() -> None:
-    """Bucket for rows of at least 8k scores, whatever the row count; merge otherwise."""
+    """On CPU (the interpreter): bucket for rows of at least 8k scores, whatever the row
+    count; merge otherwise."""
     cpu = torch.device("cpu")
     assert _triton_topk.default_method(1, 4096, 2048, cpu) == "merge"
     assert _triton_topk.default_method(1, 16384, 2048, cpu) == "bucket"
@@ -720,6 +721,7 @@ def test_default_method_depends_on_shapes_only() -> None:
     assert _triton_topk.default_method(8, 65536, 2048, cpu) == "bucket"
     assert _triton_topk.default_method(64, 65536, 2048, cpu) == "bucket"
     assert _triton_topk.default_method(64, 4096, 2048, cpu) == "merge"
+    assert not _triton_topk.rows_method_available(cpu)  # the rows method is CUDA only
 
 
 @pytest.mark.parametrize(
@@ -772,6 +774,11 @@ def test_arguments_given_alone_select_their_method(
             {"method": "merge", "segment_length": 32768},
             "segment_length is the histogram and bucket",
         ),
+        ({"method": "rows", "segments": 2}, "rows method .* takes none of segments"),
+        ({"method": "rows", "segment_length": 256}, "takes none of segment_length"),
+        ({"method": "rows", "radix_bits": 5}, "takes none of radix_bits"),
+        ({"method": "rows", "num_warps": 8}, "takes none of num_warps"),
+        ({"method": "rows"}, "needs CUDA scores"),
     ],
 )
 def test_bad_method_arguments_are_refused(kwargs: dict[str, object], message: str) -> None:
