@@ -55,8 +55,9 @@ class DSAIndexer(nn.Module):
     ``backend`` picks the kernels: "torch" runs the pure-PyTorch scorer, ``torch.topk`` and the
     mask update (the reference, and the only path on CPU); "triton" runs the fused Triton scorer
     (``indexer_scores``) and the fused top-k + mask kernels (``dsa._triton_topk.topk_mask``:
-    one to three launches, by row length, select, sort and write the whole mask row, with no
-    separate fill or scatter), raising ValueError where they cannot run; "auto" (default)
+    one to three launches, by row length and batch, select, sort and write the whole mask
+    row, with no separate fill or scatter; for large batches of long rows one CUDA kernel
+    compiled by NVRTC), raising ValueError where they cannot run; "auto" (default)
     takes each Triton kernel where it can run on the inputs and PyTorch elsewhere. Both paths
     return the same picks in the same order; where ``select_topk`` leaves ties open the Triton
     top-k takes lower indices first. With Triton, run the step once eagerly before capturing a

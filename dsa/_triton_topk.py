@@ -71,6 +71,11 @@ the segments before its own, writes its segment's picks from there on (in index 
 finite picks; in score order: packed, for one more launch that sorts each row's k picks) and its
 part of the mask row. The result is the merge method's, bit for bit.
 
+The "rows" method is not a Triton kernel: ``dsa._cuda_topk`` compiles one CUDA kernel with
+NVRTC (one block of 1024 threads per row, histograms in shared memory; see that module). It
+returns the merge method's result bit for bit; ``default_method`` takes it for long rows when
+the batch fills enough of the GPU.
+
 The order-preserving key of a float32 x is its bit pattern with the sign bit flipped for x >= 0
 and every bit flipped for x < 0, so unsigned key order is float order; -0.0 is first folded into
 +0.0 (they compare equal) and every NaN becomes the largest key, as ``torch.topk`` ranks NaN

@@ -41,7 +41,7 @@ def test_committed_table_is_rendered_from_its_raw_results(script: ModuleType, st
 def test_every_top_k_method_variant_returned_the_merge_methods_result() -> None:
     rows = json.loads((RESULTS / "dsa_topk_methods-h200.json").read_text())
     methods = {row["method"] for row in rows}
-    assert methods == {"merge", "histogram", "bucket"}
+    assert methods == {"merge", "histogram", "bucket", "rows"}
     assert all(row["same"] is True for row in rows)
 
 

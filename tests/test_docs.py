@@ -84,6 +84,8 @@ def test_wheel_ships_every_rule_page_where_diagnostics_find_it(tmp_path) -> None
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("graphguard-*.whl")
     with zipfile.ZipFile(wheel) as zf:
+        # the rows method's CUDA source, compiled on first use, travels with the package too
+        assert zf.read("dsa/_cuda_topk.cu") == (root / "dsa" / "_cuda_topk.cu").read_bytes()
         zf.extractall(tmp_path / "site")
         for code in graphguard.RULES:
             shipped = zf.read(f"graphguard/_pages/{code}.md")
