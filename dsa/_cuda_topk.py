@@ -270,21 +270,23 @@ def topk_mask_rows(
     array = (ctypes.c_void_p * len(arguments))(
         *[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in arguments]
     )
-    stream = torch.cuda.current_stream(flat_scores.device)
-    _check(
-        "CUDA",
-        _driver().cuLaunchKernel(
-            kernel.function,
-            rows,
-            1,
-            1,
-            THREADS,
-            1,
-            1,
-            _SMEM_BYTES,
-            ctypes.c_void_p(stream.cuda_stream),
-            array,
-            None,
-        ),
-        "cuLaunchKernel",
-    )
+    # the module was loaded into this device's primary context: make it the current one
+    with torch.cuda.device(device_index):
+        stream = torch.cuda.current_stream(device_index)
+        _check(
+            "CUDA",
+            _driver().cuLaunchKernel(
+                kernel.function,
+                rows,
+                1,
+                1,
+                THREADS,
+                1,
+                1,
+                _SMEM_BYTES,
+                ctypes.c_void_p(stream.cuda_stream),
+                array,
+                None,
+            ),
+            "cuLaunchKernel",
+        )
