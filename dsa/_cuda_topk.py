@@ -7,16 +7,17 @@ method. One block of 1024 threads owns one row of scores and, with its counts in
 
 1. histograms the top 11 bits of every score's order-preserving 32-bit key (a quarter of an
    octave per bin) and writes -inf over the mask row;
-2. takes the bin of the k-th largest key, copies that bin's keys and positions into shared
-   memory (up to ``CACHE_CAP`` of them; a larger bin is read from the row again), and narrows
+2. takes the bin of the k-th largest key, copies that bin's keys into shared memory (up to
+   ``CACHE_CAP`` of them; a larger bin is read from the row again), and narrows
    the threshold on bits 20..10, then 9..0, of those keys, stopping as soon as every key that
    matches the bits fixed so far is a pick: the threshold T is the k-th largest key and a count
    of the picks owed among the keys equal to it, lower positions first;
-3. compacts the picks in position order (block-wide prefix sums over tiles of 4096 scores):
-   every key above T and the first owed keys equal to it. Index order writes the finite picks'
-   positions, then -1; score order sorts the packed picks (key, then lower position first) in
-   shared memory with a bitonic sort and writes positions, -1 for non-finite picks and for the
-   slots past min(k, L). The same pass writes the mask's zeros at the finite picks.
+3. compacts the picks in position order (warp prefix sums and one block-wide prefix over the
+   warps, in tiles of 16,384 scores): every key above T and the first owed keys equal to it.
+   Index order writes the finite picks' positions, then -1; score order sorts the packed picks
+   (key, then lower position first) in shared memory with a bitonic sort and writes positions,
+   -1 for non-finite picks and for the slots past min(k, L). The same pass writes the mask's
+   zeros at the finite picks.
 
 The keys, the tie rule and the sentinels are those of the Triton kernels (``dsa._triton_topk``):
 the result equals the merge method's, bit for bit. Launches depend only on shapes; the
@@ -52,8 +53,9 @@ THREADS = 1024
 MAX_TOPK = 4096
 #: Keys of the threshold's bin kept in shared memory for the narrowing passes.
 CACHE_CAP = 16384
-# Positions are int32 inside the kernel; the tile loop adds up to 4 * THREADS past the length.
-_MAX_LENGTH = 2**31 - 8 * THREADS
+# Positions are int32 inside the kernel, and a tile loop's counter runs up to 32768 (one tile
+# of the counting passes) past the length.
+_MAX_LENGTH = 2**31 - 2**16
 _SOURCE = pathlib.Path(__file__).with_name("_cuda_topk.cu")
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 # shared memory: the histogram (2048 x 4 bytes), the scans' scratch (under 1 KB), then the keys
@@ -111,7 +113,7 @@ def _import_error() -> str | None:
 
 def unsupported_reason(scores: Tensor, k: int, mask: Tensor | None = None) -> str | None:
     """Why the one-block-per-row kernel cannot take these scores (and mask), or None when it
-    can: CUDA scores of float32, bfloat16 or float16 with rows of fewer than 2**31 - 8192, a
+    can: CUDA scores of float32, bfloat16 or float16 with rows of fewer than 2**31 - 2**16, a
     mask of one of those dtypes, 1 <= k <= MAX_TOPK, compute capability 7.0 or newer, and
     NVRTC and the CUDA driver loadable."""
     if not scores.is_cuda:
@@ -124,6 +126,9 @@ def unsupported_reason(scores: Tensor, k: int, mask: Tensor | None = None) -> st
         return f"k must be in [1, {MAX_TOPK}] (got {k})"
     if scores.dim() < 1 or scores.shape[-1] >= _MAX_LENGTH:
         return f"rows must hold fewer than {_MAX_LENGTH} scores"
+    for t in (scores,) if mask is None else (scores, mask):
+        if t.dim() >= 2 and t.stride(-2) >= 2**31:
+            return "rows lie 2**31 or more elements apart (the kernel's row strides are int32)"
     index = scores.device.index
     return device_reason(torch.cuda.current_device() if index is None else index)
 
@@ -242,11 +247,6 @@ def topk_mask_rows(
             )
         kernel = _kernel(*key)
         _loaded.add(key)
-    for t, name in ((flat_scores, "scores"), (flat_out, "out")) + (
-        ((mask_rows, "mask"),) if mask_rows is not None else ()
-    ):
-        if t.stride(0) >= 2**31:
-            raise ValueError(f"{name} rows are too far apart for the CUDA top-k")
     pointers = [
         ctypes.c_void_p(flat_scores.data_ptr()),
         ctypes.c_void_p(flat_out.data_ptr()),

@@ -981,10 +981,11 @@ def default_method(rows: int, length: int, k: int, device: torch.device) -> str:
     against 61.8 µs (bucket) at B=64, L=65536, 22.5 against 32.0 at B=64, L=16384 and 67.6
     against 100.0 at B=128, L=65536, but 49.8 against 44.9 at B=32, L=65536 and 47.9 against
     33.7 at B=8: one block's time per row does not fall with fewer rows, the bucket method's
-    does. Among the Triton methods the bucket method was the fastest at every shape measured
-    (``benchmarks/results/dsa_topk_methods-h200.md``): 62.3 against 123.3 µs (merge) and
-    147.0 µs (histogram) at B=64, L=65536. On rows of 4096 the merge method's single launch is
-    faster (15.9 against 23.4 µs at B=64).
+    does. Among the Triton methods the bucket method was the fastest on rows of at least
+    16384 scores (``benchmarks/results/dsa_topk_methods-h200.md``): 62.1 against 122.9 µs
+    (merge) and 146.7 µs (histogram) at B=64, L=65536. On rows of 4096 the merge method's
+    single launch is the fastest (15.6 against 22.9 µs for the bucket method and 17.3 for the
+    rows method at B=64).
     """
     if length < 8 * k:
         return "merge"
@@ -1052,8 +1053,10 @@ def topk_mask(
             (5) when None, ``HISTOGRAM_RADIX_BITS`` (8) with the histogram method. The
             result does not depend on it; the speed does (``benchmarks/dsa_topk_parts.py
             --radix``).
-        method: "merge", "histogram" or "bucket" (see ``METHODS`` and the module
-            docstring); ``default_method`` when None. The result does not depend on it.
+        method: "merge", "histogram", "bucket" or "rows" (see ``METHODS`` and the module
+            docstring; "rows" is CUDA only, takes float32, bf16 or fp16 masks, and none of
+            ``segments``, ``segment_length``, ``radix_bits`` or ``num_warps``);
+            ``default_method`` when None. The result does not depend on it.
         segment_length: scores per program of the histogram and bucket methods (a power of
             two >= 256, at most 16384 with the bucket method); ``_histogram_segment`` when
             None. Given alone, it selects the bucket method; ``segments`` given alone selects
