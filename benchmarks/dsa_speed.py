@@ -5,8 +5,9 @@ and the index mask (the -inf fill inside the step), captured once in a CUDA grap
 Four backends, side by side in one run, on the same inputs:
 
 - PyTorch: ``backend="torch"`` (bf16 bmm scorer, ``torch.topk``, fill + branchless update);
-- Triton: ``backend="triton"`` with a bf16 key cache (fused scorer, then one fused top-k + mask
-  kernel);
+- Triton: ``backend="triton"`` with a bf16 key cache (fused scorer, then the fused top-k + mask
+  of ``default_method``: Triton kernels, or the one-block-per-row CUDA kernel for large batches
+  of long rows);
 - Triton + fp8: the same on an e4m3 key cache with one float32 scale per key (132 bytes per key;
   the cache is quantised once, outside the step, as a serving stack stores it);
 - Triton, index order: the Triton step with ``order="index"``: the same picks and mask, the
