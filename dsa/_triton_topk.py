@@ -1163,6 +1163,7 @@ def topk_mask(
     if mask is not None and mask_rows is None:
         # A mask the kernel cannot address row by row: write a contiguous one, then copy.
         mask_rows = torch.empty((rows, length), dtype=mask.dtype, device=mask.device)
+    chosen = method is None  # by default_method, not by the caller
     if method is None:
         if segments is not None:
             method = "merge"
@@ -1170,12 +1171,15 @@ def topk_mask(
             method = "bucket"
         else:
             method = default_method(rows, length, k, scores.device)
-            if method == "rows" and _cuda_topk.unsupported_reason(flat_scores, k, mask_rows):
-                method = "bucket"  # say, a float64 mask
     if method == "rows":
         reason = _cuda_topk.unsupported_reason(flat_scores, k, mask_rows)
-        if reason is not None:
+        if reason is not None and not chosen:
             raise ValueError(f'method="rows" cannot run on these inputs: {reason}')
+        if reason is not None:
+            method = "bucket"  # the default's choice cannot take these inputs (a float64 mask)
+    # every Triton method's first arguments
+    rows_args = (flat_scores, flat_out, mask_rows, has_keys, has_keys_arg, k, order)
+    if method == "rows":
         _cuda_topk.topk_mask_rows(
             flat_scores,
             flat_out,
@@ -1184,52 +1188,55 @@ def topk_mask(
             k,
             order,
         )
-        if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
-            mask.copy_(mask_rows.view(mask.shape))
-        return out
-    k_block = _next_power_of_two(k)
-    mask_arg = mask_rows if mask_rows is not None else flat_scores
-    mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
-    if method == "bucket":
+    elif method == "bucket":
         _bucket_select(
-            flat_scores,
-            flat_out,
-            mask_rows,
-            has_keys,
-            has_keys_arg,
-            k,
-            order,
+            *rows_args,
             DEFAULT_RADIX_BITS if radix_bits is None else radix_bits,
             segment_length or _histogram_segment(rows, length, scores.device),
             num_warps,
         )
-        if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
-            mask.copy_(mask_rows.view(mask.shape))
-        return out
-    if method == "histogram":
+    elif method == "histogram":
         _histogram_select(
-            flat_scores,
-            flat_out,
-            mask_rows,
-            has_keys,
-            has_keys_arg,
-            k,
-            order,
+            *rows_args,
             HISTOGRAM_RADIX_BITS if radix_bits is None else radix_bits,
             segment_length or _histogram_segment(rows, length, scores.device),
         )
-        if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
-            mask.copy_(mask_rows.view(mask.shape))
-        return out
-    if radix_bits is None:
-        radix_bits = DEFAULT_RADIX_BITS
-    if segments is None:
-        segments = default_segments(rows, length, k, scores.device)
+    else:
+        _merge_select(
+            *rows_args,
+            DEFAULT_RADIX_BITS if radix_bits is None else radix_bits,
+            default_segments(rows, length, k, scores.device) if segments is None else segments,
+            num_warps,
+        )
+    if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
+        mask.copy_(mask_rows.view(mask.shape))  # a mask the kernels could not address by row
+    return out
+
+
+def _merge_select(
+    flat_scores: Tensor,
+    flat_out: Tensor,
+    mask_rows: Tensor | None,
+    has_keys: Tensor | None,
+    has_keys_arg: Tensor,
+    k: int,
+    order: str,
+    radix_bits: int,
+    segments: int,
+    num_warps: int | None,
+) -> None:
+    """The merge method on [rows, L] scores: one launch (segments=1), or a launch that reduces
+    each of S segments of a row to its top k (packed, in index order; the mask row filled with
+    -inf) and one that selects the top k of the S * k candidates and writes the mask's zeros."""
+    rows, length = flat_scores.shape
+    k_block = _next_power_of_two(k)
+    mask_arg = mask_rows if mask_rows is not None else flat_scores
+    mask_stride = mask_rows.stride(0) if mask_rows is not None else 0
     segments = min(segments, length)
     seg_len = -(-length // segments)
     segments = -(-length // seg_len)  # no empty segment
     kernel = _load().topk
-    with _launch_context(scores):
+    with _launch_context(flat_scores):
         if segments == 1:
             kernel[(rows, 1)](
                 flat_scores,
@@ -1258,7 +1265,9 @@ def topk_mask(
                 num_warps=num_warps or _warps(_chunk(length), k_block),
             )
         else:
-            candidates = torch.empty((rows, segments * k), dtype=torch.long, device=out.device)
+            candidates = torch.empty(
+                (rows, segments * k), dtype=torch.long, device=flat_scores.device
+            )
             kernel[(rows, segments)](
                 flat_scores,
                 candidates,
@@ -1312,9 +1321,6 @@ def topk_mask(
                 ONE_CHUNK=width <= _chunk(width),
                 num_warps=num_warps or _warps(_chunk(width), k_block),
             )
-    if mask is not None and mask_rows is not None and mask_rows.data_ptr() != mask.data_ptr():
-        mask.copy_(mask_rows.view(mask.shape))
-    return out
 
 
 def _bucket_select(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -754,6 +755,65 @@ def test_arguments_given_alone_select_their_method(
     got = _triton_topk.topk_mask(scores, k, **kwargs)  # type: ignore[arg-type]
     assert (calls[0] if calls else "merge") == expected
     assert torch.equal(got, select_topk(scores, k))
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("reason", [None, "a stand-in reason"])
+def test_rows_method_dispatch(
+    monkeypatch: pytest.MonkeyPatch, explicit: bool, reason: str | None
+) -> None:
+    """The rows method chosen by the caller or by ``default_method``: where its kernel takes the
+    inputs, topk_mask hands it the flat rows, the row flags as uint8 and the order, and copies
+    back a mask the kernel could not address by row; where it cannot, an explicit request is a
+    ValueError naming the reason and the default's choice falls back to the bucket method. The
+    CUDA kernel is replaced by the merge method here (its own tests run on a GPU)."""
+    calls: list[str] = []
+    real_merge = _triton_topk._merge_select
+
+    def fake_rows(flat_scores, flat_out, mask_rows, has_keys, k, order):  # type: ignore[no-untyped-def]
+        assert has_keys is None or has_keys.dtype == torch.uint8
+        calls.append(f"rows k={k} {order}")
+        flags = flat_out if has_keys is None else has_keys
+        real_merge(flat_scores, flat_out, mask_rows, has_keys, flags, k, order, 5, 1, None)
+
+    def spy(name: str, real: Any) -> Any:
+        def select(*args: Any) -> None:
+            calls.append(name)
+            real(*args)
+
+        return select
+
+    monkeypatch.setattr(_triton_topk._cuda_topk, "unsupported_reason", lambda *a: reason)
+    monkeypatch.setattr(_triton_topk._cuda_topk, "topk_mask_rows", fake_rows)
+    monkeypatch.setattr(_triton_topk, "default_method", lambda *a: "rows")
+    for name in ("merge", "bucket", "histogram"):
+        real = getattr(_triton_topk, f"_{name}_select")
+        monkeypatch.setattr(_triton_topk, f"_{name}_select", spy(name, real))
+    scores = distinct_scores((3, 1024), seed=152)
+    want_mask = torch.empty(3, 1024)
+    want_flags = torch.empty(3, dtype=torch.bool)
+    want = _triton_topk.topk_mask(
+        scores, 64, want_mask, method="merge", order="index", has_keys=want_flags
+    )
+    mask = torch.empty(3, 2048)[:, ::2]  # not addressable row by row: written, then copied
+    flags = torch.empty(3, dtype=torch.bool)
+    method = {"method": "rows"} if explicit else {}
+    if explicit and reason is not None:
+        with pytest.raises(ValueError, match="a stand-in reason"):
+            _triton_topk.topk_mask(scores, 64, mask, order="index", **method)  # type: ignore[arg-type]
+        return
+    calls.clear()  # the merge reference above
+    got = _triton_topk.topk_mask(
+        scores,
+        64,
+        mask,
+        order="index",
+        has_keys=flags,
+        **method,  # type: ignore[arg-type]
+    )
+    assert calls == (["bucket"] if reason is not None else ["rows k=64 index"])
+    assert torch.equal(got, want)
+    assert torch.equal(mask, want_mask) and torch.equal(flags, want_flags)
 
 
 @pytest.mark.parametrize(
